@@ -1,0 +1,40 @@
+"""Where models come from. Each source turns its config into a :class:`LayerGraph`.
+
+``source.type`` picks the loader (each file in ``conf/source/`` sets it): ``spec`` (layers
+listed in YAML), ``saved`` (tlexp's own format), ``keras`` (h5py reader), ``zoo`` (timm).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from tlexp.errors import ConfigError, choices
+from tlexp.graph import LayerGraph
+
+__all__ = ["SOURCES", "load_source"]
+
+#: source type -> module that defines ``from_config(cfg) -> LayerGraph``; imported lazily so
+#: that a run from a saved model never imports timm or h5py-reading code it does not need
+SOURCES: dict[str, str] = {
+    "spec": "tlexp.sources.spec",
+    "saved": "tlexp.sources.saved",
+    "keras": "tlexp.sources.keras",
+    "zoo": "tlexp.sources.zoo",
+}
+
+
+def load_source(cfg: Mapping[str, Any]) -> LayerGraph:
+    """Build the model that ``cfg`` (the ``source`` config node) describes."""
+    if not isinstance(cfg, dict):
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            cfg = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    kind = cfg.get("type")
+    if kind not in SOURCES:
+        raise ConfigError(f"source.type: unknown source {kind!r}; valid: {choices(SOURCES)}")
+    module = importlib.import_module(SOURCES[kind])
+    loader: Callable[[Mapping[str, Any]], LayerGraph] = module.from_config
+    return loader(cfg)
