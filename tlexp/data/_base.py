@@ -12,6 +12,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from tlexp.data._sampler import raw_loader
+
 __all__ = ["TlexpDataModule", "SPLITS"]
 
 SPLITS = ("train", "val", "test")
@@ -78,15 +80,7 @@ class TlexpDataModule(pl.LightningDataModule):
         return w
 
     def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
-        g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            ds,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            generator=g if shuffle else None,
-            persistent_workers=self.num_workers > 0,
-        )
+        return raw_loader(ds, self.batch_size, shuffle=shuffle, seed=self.seed, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.augmented_dataset("train"), shuffle=True)

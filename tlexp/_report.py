@@ -1,0 +1,93 @@
+"""Tables a person reads: the end-of-run summary and tlexp-inspect's layer table."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from tlexp.graph import LayerGraph, SummaryRow
+
+__all__ = ["print_run_table", "layer_table", "human_count"]
+
+
+def human_count(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit, div in (("M", 1_000_000), ("k", 1_000)):
+        if n >= div:
+            return f"{n / div:.1f}{unit}"
+    return str(n)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def print_run_table(cfg: Any, metrics: Mapping[str, Any], out_dir: Path, console: Console | None = None) -> None:
+    console = console or Console()
+    t = Table(title=f"tlexp run: {metrics.get('name')}", show_header=True, header_style="bold")
+    t.add_column("", style="bold")
+    t.add_column("value")
+    src = cfg.source
+    what = src.get("path") or src.get("name") or f"{len(src.get('layers') or [])} layers listed"
+    t.add_row("source", f"{src.type}: {what}")
+    t.add_row("surgery", f"{len(cfg.surgery.ops)} op(s)" + (": " + ", ".join(str(o.get('op')) for o in cfg.surgery.ops) if cfg.surgery.ops else ""))
+    frz = metrics["freeze"]
+    t.add_row("frozen", f"up to {frz['up_to']!r}: {len(frz['frozen'])} layer(s)" if frz["frozen"] else "nothing")
+    f = metrics["featurize"]
+    mode = f["mode"]
+    if f.get("key"):
+        mode += f"  (cache {'hit' if f['cache_hit'] else 'built'}, key {f['key'][:12]})"
+    t.add_row("mode", mode)
+    t.add_row("data", f"{cfg.data.type}: train {metrics['samples']['train']}, val {metrics['samples']['val']}, "
+                      f"test {metrics['samples']['test']}, {metrics['num_classes']} classes")
+    t.add_row("epochs", str(metrics["epochs"] + 1 if metrics["epochs"] < cfg.trainer.max_epochs else metrics["epochs"]))
+    tm = metrics["timing"]
+    t.add_row("time", f"featurize {tm['featurize_s']:.2f}s · fit {tm['fit_s']:.2f}s · total {tm['total_s']:.2f}s")
+    for split in ("val", "test"):
+        m = metrics[split]
+        parts = [f"accuracy {m['accuracy']:.4f}"]
+        for k in ("f1", "auroc"):
+            if k in m:
+                parts.append(f"{k} {m[k]:.4f}")
+        parts.append(f"loss {m['loss']:.4f}")
+        t.add_row(split, " · ".join(parts))
+    t.add_row("saved", str(out_dir))
+    console.print(t)
+
+
+def layer_table(graph: LayerGraph, rows: Sequence[SummaryRow], title: str = "model") -> Table:
+    """Index, name, type, output shape, parameters, frozen/trainable, and the feature size a cut
+    after that layer would store per sample (the boundary tensors, skip connections included)."""
+    t = Table(title=title, header_style="bold")
+    for col, just in (("#", "right"), ("layer", "left"), ("type", "left"), ("inputs", "left"), ("output", "left"),
+                      ("params", "right"), ("state", "left"), ("cut here: floats/sample", "right")):
+        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    shapes = {r.name: r.output_shape for r in rows}
+    for gi in graph.graph_inputs:
+        shapes[gi.name] = (tuple(gi.shape),) if gi.shape is not None else None
+    frozen = graph.frozen
+    last_frozen = max((r.index for r in rows if r.frozen), default=-1)
+    for r in rows:
+        cut = graph.ancestors([r.name])
+        size = 0
+        for b in graph.boundary(cut):
+            s = shapes.get(b)
+            if s is None:
+                size = None  # type: ignore[assignment]
+                break
+            for part in s:
+                n = 1
+                for d in part:
+                    n *= d
+                size += n
+        out = " ".join(str(list(s)) for s in r.output_shape) if r.output_shape else "?"
+        state = "frozen" if r.name in frozen else ("trainable" if r.params else "-")
+        t.add_row(str(r.index), r.name, r.type, ", ".join(r.inputs), out, human_count(r.params), state,
+                  human_count(size) if size is not None else "?",
+                  end_section=r.index == last_frozen)
+    return t

@@ -1,0 +1,139 @@
+"""Console scripts: ``tlexp`` (a run, or a sweep with -m) and ``tlexp-inspect`` (the layer table).
+
+Both are Hydra apps over the package's ``conf/``; a user adds their own config folder with
+``--config-dir``. User errors — a bad override, an unknown option, a wrong layer name, an
+unreadable file — print one line and exit with status 2, leaving no half-written run folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from tlexp import config as _config  # noqa: F401  (registers the structured configs)
+from tlexp.errors import TlexpError
+
+__all__ = ["main", "inspect_main"]
+
+EXIT_USAGE = 2
+
+
+def _fail(message: str) -> None:
+    print(f"tlexp: error: {message}", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
+
+
+def _hydra_error_line(e: BaseException) -> str | None:
+    """One line for the config errors Hydra and OmegaConf raise at compose time."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(e, MissingConfigException):
+        opts = getattr(e, "options", None)
+        first = str(e).strip().splitlines()[0]
+        return first + (f"; valid: {', '.join(sorted(opts))}" if opts else "")
+    if isinstance(e, (ConfigCompositionException, OverrideParseException)):
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+        cause = e.__cause__
+        tail = ""
+        if isinstance(cause, OmegaConfBaseException):
+            tail = _omegaconf_line(cause)
+        elif len(lines) > 1:
+            tail = lines[-1]
+        return lines[0] + (f" ({tail})" if tail and tail not in lines[0] else "")
+    if isinstance(e, OmegaConfBaseException):
+        return _omegaconf_line(e)
+    return None
+
+
+def _omegaconf_line(e: Any) -> str:
+    import dataclasses
+
+    msg = str(e).strip().splitlines()[0]
+    key = getattr(e, "full_key", None)
+    obj_type = getattr(e, "object_type", None)
+    if "not in struct" in msg and obj_type is not None and dataclasses.is_dataclass(obj_type):
+        valid = ", ".join(f.name for f in dataclasses.fields(obj_type))
+        return f"{key}: no such key; valid keys here: {valid}"
+    if key:
+        return f"{key}: {msg}"
+    return msg
+
+
+def _guard(entry: Callable[[], Any]) -> None:
+    """Run a Hydra entry point, turning config errors into one line and exit status 2."""
+    # Hydra re-raises the original exception (instead of printing its own report) with this set
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    try:
+        entry()
+    except TlexpError as e:
+        _fail(str(e))
+    except Exception as e:  # noqa: BLE001 - only config errors are turned into a line
+        line = _hydra_error_line(e)
+        if line is None:
+            raise
+        _fail(line)
+
+
+def _default_recipe(argv: list[str]) -> list[str]:
+    """Choosing another model (source=…) without naming an experiment starts from a blank
+    recipe: the default experiment's surgery and freeze belong to the shipped digits model."""
+    names = {a.split("=", 1)[0].lstrip("+~") for a in argv if "=" in a and not a.startswith("-")}
+    if "source" in names and "experiment" not in names:
+        return [*argv, "experiment=none"]
+    return argv
+
+
+def _cleanup_run_dir(out_dir: Path) -> None:
+    """Remove a run folder that holds nothing but what Hydra wrote before the error."""
+    if not out_dir.is_dir():
+        return
+    left = {p.name for p in out_dir.iterdir()} - {".hydra", "tlexp.log"}
+    if not left:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def _run_app(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from tlexp.train import run
+
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        metrics = run(cfg)
+    except TlexpError as e:
+        _cleanup_run_dir(out_dir)
+        _fail(str(e))
+        return None
+    # returned for sweepers that optimize a value
+    return float(metrics["val"]["accuracy"])
+
+
+def main() -> None:
+    """``tlexp [overrides]`` / ``tlexp -m key=a,b …``."""
+    sys.argv = [sys.argv[0], *_default_recipe(sys.argv[1:])]
+    _guard(_run_app)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def _inspect_app(cfg: DictConfig) -> None:
+    from tlexp.inspect import inspect_config
+
+    inspect_config(cfg)
+
+
+def inspect_main() -> None:
+    """``tlexp-inspect [overrides]``: the layer table (or ``inspect.format=json``)."""
+    argv = _default_recipe(sys.argv[1:])
+    # inspecting writes nothing: no run folder, no log file
+    quiet = ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+    sys.argv = [sys.argv[0], *argv, *quiet]
+    _guard(_inspect_app)

@@ -1,0 +1,246 @@
+"""Structured config schemas, registered in Hydra's ConfigStore.
+
+Each YAML option in ``conf/`` extends one of these (``defaults: [base_x, _self_]``), so a
+misspelled key or a value of the wrong type fails when the config is composed, before any
+compute. Sources and data sets are polymorphic groups: every option has its own schema, and
+``type`` says which loader reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+__all__ = ["register_configs", "TlexpConfig"]
+
+
+# ---- source -----------------------------------------------------------------------------------
+
+
+@dataclass
+class SpecSource:
+    type: str = "spec"
+    layers: list[Any] = field(default_factory=list)
+    input_shape: Optional[list[int]] = None
+    inputs: Optional[list[Any]] = None
+    outputs: Optional[list[str]] = None
+
+
+@dataclass
+class SavedSource:
+    type: str = "saved"
+    path: str = MISSING
+    load_optimizer_state: bool = False
+
+
+@dataclass
+class KerasSource:
+    type: str = "keras"
+    path: str = MISSING
+    weights_path: Optional[str] = None
+    input_shape: Optional[list[int]] = None
+    enforce_training_config: bool = False
+    input_layout: str = "channels_first"
+
+
+@dataclass
+class ZooSource:
+    type: str = "zoo"
+    name: str = MISSING
+    pretrained: bool = False
+    weights: Optional[str] = None
+    num_classes: Optional[int] = None
+    in_chans: int = 3
+    input_size: Optional[list[int]] = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+# ---- model edits, freezing, fine-tuning ----------------------------------------------------------
+
+
+@dataclass
+class SurgeryConfig:
+    #: list of ops applied in order, each a mapping with ``op`` and its arguments
+    ops: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class FreezeConfig:
+    #: a layer name or index (or a list of names on a graph); null = nothing frozen
+    up_to: Any = None
+    #: featurize: run the frozen prefix once into the HDF5 cache; in_model: keep it in the model
+    mode: str = "featurize"
+
+
+@dataclass
+class FeaturizeConfig:
+    #: prefix outputs above this many bytes stream from HDF5 instead of living in memory
+    max_memory: str = "2GB"
+    #: dtype the cache stores (part of the key): float32, float16, bfloat16
+    dtype: str = "float32"
+    batch_size: int = 256
+    #: K > 0 stores K randomly augmented passes of the training split; each epoch draws one
+    augment_copies: int = 0
+    #: rebuild the cache even when a valid file exists
+    overwrite: bool = False
+
+
+@dataclass
+class GroupOverride:
+    pattern: str = MISSING
+    lr: Optional[float] = None
+    weight_decay: Optional[float] = None
+
+
+@dataclass
+class FinetuneConfig:
+    #: sgd, nesterov, adam, adamw, rmsprop, adagrad, or a mapping with _target_ (_partial_: true)
+    optimizer: Any = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    #: decoupled weight decay (p -= lr * wd * p), distinct from l2
+    weight_decay: float = 0.0
+    #: L2 penalty on weights added to the loss: l2 / 2 * sum ||w||^2
+    l2: float = 0.0
+    schedule: str = "none"
+    schedule_args: dict[str, Any] = field(default_factory=dict)
+    dropout: Optional[float] = None
+    activation: Optional[str] = None
+    apply_to_output: bool = False
+    weight_init: Optional[str] = None
+    bias_init: Optional[float] = None
+    gradient_normalization: str = "none"
+    gradient_normalization_threshold: float = 1.0
+    seed: Optional[int] = None
+    groups: list[GroupOverride] = field(default_factory=list)
+    #: cross_entropy (probabilities or logits, read off the output layer) or nll
+    loss: str = "cross_entropy"
+    #: weigh the loss by inverse class frequency of the training split
+    class_weights: bool = False
+    #: keep the optimizer state in model/optimizer.safetensors (DL4J saveUpdater)
+    save_optimizer_state: bool = True
+
+
+# ---- data -------------------------------------------------------------------------------------
+
+
+@dataclass
+class DigitsData:
+    type: str = "digits"
+    #: digit classes to keep (relabelled 0..k-1 in this order); null = all ten
+    classes: Optional[list[int]] = None
+    #: cap on training samples per class (a small training set for transfer)
+    max_per_class: Optional[int] = None
+    val_fraction: float = 0.2
+    test_fraction: float = 0.3
+    split_seed: int = 42
+    batch_size: int = 32
+    num_workers: int = 0
+
+
+@dataclass
+class TabularData:
+    type: str = "csv"
+    path: Optional[str] = None
+    label: str = MISSING
+    drop: list[str] = field(default_factory=list)
+    categorical: list[str] = field(default_factory=list)
+    #: keep only rows whose column values are listed: {Geography: [Germany]}
+    where: dict[str, Any] = field(default_factory=dict)
+    max_per_class: Optional[int] = None
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    split_seed: int = 42
+    batch_size: int = 64
+    num_workers: int = 0
+    #: rows of the synthetic churn table when no path is given
+    synthetic_rows: int = 10000
+
+
+@dataclass
+class ImageFolderData:
+    type: str = "image_folder"
+    path: str = MISSING
+    split_dirs: Optional[dict[str, str]] = None
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    split_seed: int = 42
+    augment: bool = False
+    max_per_class: Optional[int] = None
+    batch_size: int = 32
+    num_workers: int = 0
+
+
+# ---- running ----------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 10
+    accelerator: str = "cpu"
+    devices: Any = 1
+    precision: Any = "32-true"
+    deterministic: bool = True
+    log_every_n_steps: int = 10
+    enable_progress_bar: bool = True
+    enable_model_summary: bool = False
+    num_sanity_val_steps: int = 0
+    check_val_every_n_epoch: int = 1
+    limit_train_batches: Optional[float] = None
+    limit_val_batches: Optional[float] = None
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = "."
+    output_dir: str = MISSING
+    cache_dir: str = MISSING
+
+
+@dataclass
+class InspectConfig:
+    #: table (rich) or json (the architecture JSON)
+    format: str = "table"
+
+
+@dataclass
+class TlexpConfig:
+    name: str = "run"
+    seed: int = 12345
+    source: Any = MISSING
+    surgery: SurgeryConfig = field(default_factory=SurgeryConfig)
+    freeze: FreezeConfig = field(default_factory=FreezeConfig)
+    featurize: FeaturizeConfig = field(default_factory=FeaturizeConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    data: Any = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: Any = None
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    inspect: InspectConfig = field(default_factory=InspectConfig)
+    #: print the summary table at the end of a run
+    print_table: bool = True
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=TlexpConfig)
+    cs.store(group="source", name="base_source_spec", node=SpecSource)
+    cs.store(group="source", name="base_source_saved", node=SavedSource)
+    cs.store(group="source", name="base_source_keras", node=KerasSource)
+    cs.store(group="source", name="base_source_zoo", node=ZooSource)
+    cs.store(group="surgery", name="base_surgery", node=SurgeryConfig)
+    cs.store(group="freeze", name="base_freeze", node=FreezeConfig)
+    cs.store(group="finetune", name="base_finetune", node=FinetuneConfig)
+    cs.store(group="data", name="base_data_digits", node=DigitsData)
+    cs.store(group="data", name="base_data_tabular", node=TabularData)
+    cs.store(group="data", name="base_data_image_folder", node=ImageFolderData)
+    cs.store(group="trainer", name="base_trainer", node=TrainerConfig)
+    cs.store(group="paths", name="base_paths", node=PathsConfig)
+
+
+register_configs()

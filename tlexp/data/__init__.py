@@ -1,0 +1,40 @@
+"""LightningDataModules for the shipped data sets and the user's own files.
+
+``data.type`` picks the module (each file in ``conf/data/`` sets it); every other key of the
+``data`` node is passed to its constructor.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+from tlexp.data._base import SPLITS, TlexpDataModule
+from tlexp.errors import ConfigError, choices
+
+__all__ = ["DATA_MODULES", "SPLITS", "TlexpDataModule", "build_datamodule"]
+
+#: data.type -> "module:Class"; imported on use
+DATA_MODULES: dict[str, str] = {
+    "digits": "tlexp.data.digits:DigitsDataModule",
+    "churn": "tlexp.data.tabular:TabularDataModule",
+    "csv": "tlexp.data.tabular:TabularDataModule",
+    "image_folder": "tlexp.data.image_folder:ImageFolderDataModule",
+}
+
+#: keys that choose the data module rather than configure it
+_PASS_TYPE = {"churn", "csv"}
+
+
+def build_datamodule(cfg: Mapping[str, Any], seed: int, **extra: Any) -> TlexpDataModule:
+    """The data module that the ``data`` config node describes (``seed`` orders the batches)."""
+    cfg = dict(cfg)
+    kind = cfg.pop("type", None)
+    if kind not in DATA_MODULES:
+        raise ConfigError(f"data.type: unknown data set {kind!r}; valid: {choices(DATA_MODULES)}")
+    mod_name, cls_name = DATA_MODULES[kind].split(":")
+    cls = getattr(importlib.import_module(mod_name), cls_name)
+    if kind in _PASS_TYPE:
+        cfg["type"] = kind
+    return cls(seed=seed, **cfg, **extra)

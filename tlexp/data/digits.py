@@ -1,0 +1,70 @@
+"""``data=digits``: scikit-learn's bundled 8×8 handwritten digits (real data, no download)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from tlexp.data._base import TlexpDataModule
+from tlexp.data._split import cap_per_class, stratified_split
+from tlexp.errors import ConfigError
+
+__all__ = ["DigitsDataModule"]
+
+
+class DigitsDataModule(TlexpDataModule):
+    """Images (1, 8, 8) scaled to [0, 1]; ``classes`` keeps a subset, relabelled 0..k-1 in order."""
+
+    def __init__(
+        self,
+        classes: list[int] | None = None,
+        max_per_class: int | None = None,
+        val_fraction: float = 0.2,
+        test_fraction: float = 0.3,
+        split_seed: int = 42,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
+        classes = list(range(10)) if classes is None else [int(c) for c in classes]
+        bad = [c for c in classes if not 0 <= c <= 9]
+        if bad or len(set(classes)) != len(classes) or len(classes) < 2:
+            raise ConfigError(f"data.classes: {classes} must be at least two distinct digits among 0..9")
+        if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
+            raise ConfigError("data.val_fraction/test_fraction: each must be in (0, 1) and their sum below 1")
+        self.classes = classes
+        self.max_per_class = max_per_class
+        self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
+        self.num_classes = len(classes)
+        self.class_names = [str(c) for c in classes]
+        self.input_shape = (1, 8, 8)
+
+    def _build(self) -> dict[str, Dataset]:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        keep = np.isin(digits.target, self.classes)
+        x = (digits.images[keep] / 16.0).astype(np.float32)[:, None]
+        relabel = {c: i for i, c in enumerate(self.classes)}
+        y = np.array([relabel[int(t)] for t in digits.target[keep]], dtype=np.int64)
+        train, val, test = stratified_split(y, self.val_fraction, self.test_fraction, self.split_seed)
+        train = cap_per_class(train, y, self.max_per_class)
+        return {
+            name: TensorDataset(torch.from_numpy(x[ids]), torch.from_numpy(y[ids]))
+            for name, ids in (("train", train), ("val", val), ("test", test))
+        }
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "data": "digits",
+            "classes": self.classes,
+            "max_per_class": self.max_per_class,
+            "val_fraction": self.val_fraction,
+            "test_fraction": self.test_fraction,
+            "split_seed": self.split_seed,
+            "preprocessing": "pixels/16, float32 (1,8,8)",
+        }

@@ -1,0 +1,187 @@
+"""Compute the frozen prefix once into the HDF5 cache, and feed the stored tensors to training.
+
+The equivalent of DL4J's ``TransferLearningHelper.featurize`` / ``fitFeaturized``: the prefix
+runs in inference mode, without gradients, batched, over each split; its boundary tensors (more
+than one where a skip connection crosses the cut) are stored under a key that hashes everything
+that decides them; later epochs and later runs read them back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from filelock import FileLock
+from torch.utils.data import DataLoader, Dataset
+
+from tlexp.data import SPLITS, TlexpDataModule
+from tlexp.errors import ConfigError
+from tlexp.data._sampler import SeededBatchSampler
+from tlexp.featurize._sampling import StreamingBatches, TensorBatches
+from tlexp.featurize._store import (
+    DTYPES,
+    SplitFile,
+    cache_key,
+    check_dtype,
+    check_split,
+    hash_state,
+    parse_bytes,
+    remove_stale_temps,
+    write_split,
+)
+from tlexp.graph import LayerGraph
+
+__all__ = ["FeaturizeResult", "featurize", "FeaturizedDataModule", "SeededBatchSampler", "parse_bytes", "DTYPES"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FeaturizeResult:
+    key: str
+    files: dict[str, SplitFile]
+    hits: dict[str, bool] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def cache_hit(self) -> bool:
+        """True when every split came from the cache."""
+        return all(self.hits.values())
+
+
+def _as_tuple(out: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return out if isinstance(out, tuple) else (out,)
+
+
+def _batches(prefix: LayerGraph, dataset: Dataset, batch_size: int, device: torch.device,
+             copies: int, label: str) -> Iterator[tuple[Sequence[torch.Tensor], torch.Tensor]]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    channels_last = device.type == "cuda" and all(
+        g.shape is not None and len(g.shape) == 3 for g in prefix.graph_inputs
+    )
+    total = len(loader) * copies
+    with Progress(TextColumn("featurize {task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), transient=True) as progress:
+        task = progress.add_task(label, total=total)
+        for _ in range(copies):
+            for batch in loader:
+                *xs, y = batch
+                xs = [x.to(device, non_blocking=True) for x in xs]
+                if channels_last:
+                    xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
+                with torch.inference_mode():
+                    out = _as_tuple(prefix(*xs))
+                yield [o.float() if o.is_floating_point() else o for o in out], y
+                progress.advance(task)
+
+
+def featurize(prefix: LayerGraph, boundary: Sequence[str], datamodule: TlexpDataModule, cache_dir: str | Path,
+              dtype: str = "float32", batch_size: int = 256, augment_copies: int = 0,
+              overwrite: bool = False, device: torch.device | str = "cpu") -> FeaturizeResult:
+    """Make sure every split's prefix outputs are in the cache, computing the missing ones."""
+    check_dtype(dtype)
+    if augment_copies < 0:
+        raise ConfigError(f"featurize.augment_copies: {augment_copies} must be 0 or more")
+    if datamodule.has_random_augment and augment_copies == 0:
+        raise ConfigError(
+            "featurize: the training data has random augmentations, which cannot be computed once; "
+            "set featurize.augment_copies=K to store K augmented passes, data.augment=false, or freeze.mode=in_model"
+        )
+    device = torch.device(device)
+    start = time.perf_counter()
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(cache_dir)
+    key = cache_key(prefix.to_config(), hash_state(prefix), boundary, datamodule.identity(), dtype, augment_copies)
+    result = FeaturizeResult(key=key, files={})
+    was_training = prefix.training
+    prefix.eval().to(device)
+    try:
+        with FileLock(str(cache_dir / f"{key}.lock")):
+            for split in SPLITS:
+                augmented = split == "train" and augment_copies > 0
+                copies = augment_copies if augmented else 1
+                dataset = datamodule.augmented_dataset(split) if augmented else datamodule.dataset(split)
+                n = len(dataset)  # type: ignore[arg-type]
+                path = cache_dir / f"{key}-{split}.h5"
+                found = None if overwrite else check_split(path, key, split, boundary, n, copies, dtype)
+                if found is None:
+                    if path.exists():
+                        log.warning("featurize: %s does not match its key or shapes; rebuilding it", path)
+                    found = write_split(path, key, split, boundary, n, copies, dtype,
+                                        _batches(prefix, dataset, batch_size, device, copies, split))
+                    result.hits[split] = False
+                else:
+                    result.hits[split] = True
+                result.files[split] = found
+    finally:
+        prefix.train(was_training)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+class FeaturizedDataModule(pl.LightningDataModule):
+    """Batches of stored prefix outputs: tensor slices from memory when the cache fits in
+    ``max_memory``, else contiguous chunks streamed from HDF5.
+
+    In memory, batches come in exactly the order the raw data module gives them for the same
+    seed (same :class:`SeededBatchSampler`), which is what makes ``featurize`` and ``in_model``
+    train to the same weights.
+    """
+
+    def __init__(self, result: FeaturizeResult, batch_size: int, seed: int, max_memory: int | str = "2GB",
+                 device: torch.device | str = "cpu") -> None:
+        super().__init__()
+        self.result = result
+        self.batch_size = batch_size
+        self.seed = seed
+        self.max_memory = parse_bytes(max_memory)
+        self.device = torch.device(device)
+        self._sets: dict[str, Dataset] = {}
+        budget = self.max_memory
+        for split in SPLITS:
+            f = result.files[split]
+            if f.nbytes <= budget:
+                budget -= f.nbytes
+                self._sets[split] = TensorBatches.from_file(f, self.device)
+            else:
+                self._sets[split] = StreamingBatches(f, batch_size, shuffle=split == "train", seed=seed)
+
+    @property
+    def in_memory(self) -> dict[str, bool]:
+        return {s: isinstance(d, TensorBatches) for s, d in self._sets.items()}
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        ds = self._sets[split]
+        if isinstance(ds, StreamingBatches):
+            return DataLoader(ds, batch_size=None)
+        sampler = SeededBatchSampler(ds.n, self.batch_size, shuffle=shuffle, seed=self.seed, copies=ds.copies)
+        pin = self.device.type == "cuda" and ds.device.type == "cpu"
+        return DataLoader(ds, sampler=sampler, batch_size=None, pin_memory=pin)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+
+def describe(result: FeaturizeResult) -> Mapping[str, Any]:
+    return {
+        "key": result.key,
+        "cache_hit": result.cache_hit,
+        "hits": dict(result.hits),
+        "files": {s: str(f.path) for s, f in result.files.items()},
+        "bytes": sum(f.nbytes for f in result.files.values()),
+    }

@@ -1,0 +1,154 @@
+"""The LightningModule: trains the unfrozen part of a LayerGraph with the fine-tune config."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from torchmetrics.classification import BinaryAUROC, BinaryF1Score, MulticlassAccuracy, MulticlassF1Score
+
+from tlexp import finetune as ft
+from tlexp.errors import ConfigError
+from tlexp.graph import LayerGraph, layer_spec
+
+__all__ = ["TransferModule", "output_kind", "make_metrics", "LOSSES"]
+
+LOSSES = ("cross_entropy", "nll")
+
+
+def output_kind(graph: LayerGraph) -> str:
+    """'probs' when the output layer ends in softmax, 'log_probs' for log_softmax, else 'logits'.
+
+    DL4J output layers carry their softmax; timm heads return logits. The loss reads which.
+    """
+    node = graph.node(graph.outputs[0]) if graph.outputs[0] in graph else None
+    if node is None:
+        return "logits"
+    spec = layer_spec(node.module)
+    if spec is None:
+        return "logits"
+    kind, args = spec
+    act = args.get("activation") if kind != "activation" else args.get("name")
+    return {"softmax": "probs", "log_softmax": "log_probs"}.get(act, "logits")
+
+
+def log_probs(out: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "probs":
+        return torch.log(out.clamp_min(1e-12))
+    if kind == "log_probs":
+        return out
+    return F.log_softmax(out, dim=-1)
+
+
+def make_metrics(num_classes: int) -> torchmetrics.MetricCollection:
+    if num_classes == 2:
+        return torchmetrics.MetricCollection(
+            {"accuracy": MulticlassAccuracy(2, average="micro"), "f1": BinaryF1Score(), "auroc": BinaryAUROC()}
+        )
+    return torchmetrics.MetricCollection(
+        {"accuracy": MulticlassAccuracy(num_classes, average="micro"), "f1": MulticlassF1Score(num_classes, average="macro")}
+    )
+
+
+def update_metrics(metrics: torchmetrics.MetricCollection, logp: torch.Tensor, y: torch.Tensor, num_classes: int) -> None:
+    probs = logp.exp()
+    if num_classes == 2:
+        for name, m in metrics.items():
+            m.update(probs if name == "accuracy" else probs[:, 1], y)
+    else:
+        metrics.update(probs, y)
+
+
+class TransferModule(pl.LightningModule):
+    """Holds the trainable graph (the suffix, or the whole model with its frozen prefix)."""
+
+    def __init__(
+        self,
+        model: LayerGraph,
+        finetune: Mapping[str, Any],
+        num_classes: int,
+        class_weights: torch.Tensor | None = None,
+        optimizer_state: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.finetune = dict(finetune)
+        if self.finetune.get("loss", "cross_entropy") not in LOSSES:
+            raise ConfigError(f"finetune.loss: {self.finetune.get('loss')!r} is not supported; valid: {', '.join(LOSSES)}")
+        self.num_classes = num_classes
+        self.kind = output_kind(model)
+        self.register_buffer("class_weights", class_weights, persistent=False)
+        self.optimizer_state = optimizer_state
+        self.val_metrics = make_metrics(num_classes).clone(prefix="val/")
+        self.test_metrics = make_metrics(num_classes).clone(prefix="test/")
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        out = self.model(*xs)
+        return out[0] if isinstance(out, tuple) else out
+
+    def _logp(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = batch
+        xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+        return log_probs(self(*xs), self.kind), y
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        logp, y = self._logp(batch)
+        loss = F.nll_loss(logp, y, weight=self.class_weights)
+        reg = ft.regularization_loss(self.model, self.finetune)
+        total = loss + reg
+        self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(y))
+        return total
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        logp, y = self._logp(batch)
+        self.log("val/loss", F.nll_loss(logp, y, weight=self.class_weights), prog_bar=True, batch_size=len(y))
+        update_metrics(self.val_metrics, logp, y, self.num_classes)
+        self.log_dict(self.val_metrics, prog_bar=False, batch_size=len(y))
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        logp, y = self._logp(batch)
+        update_metrics(self.test_metrics, logp, y, self.num_classes)
+        self.log_dict(self.test_metrics, batch_size=len(y))
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        ft.normalize_gradients(self.model, self.finetune)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = ft.build_optimizer(self.model, self.finetune)
+        if self.optimizer_state is not None:
+            ft.load_optimizer_state(optimizer, self.optimizer_state)
+        steps = max(1, int(self.trainer.estimated_stepping_batches // max(1, self.trainer.max_epochs or 1)))
+        scheduler = ft.build_scheduler(optimizer, self.finetune, max_epochs=int(self.trainer.max_epochs or 1), steps_per_epoch=steps)
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+@torch.no_grad()
+def evaluate(model: LayerGraph, loader: Any, num_classes: int, device: torch.device | str = "cpu") -> dict[str, float]:
+    """Loss and metrics of the whole model on raw data (inference mode)."""
+    kind = output_kind(model)
+    metrics = make_metrics(num_classes).to(device)
+    was = model.training
+    model.eval().to(device)
+    total, count = 0.0, 0
+    try:
+        for x, y in loader:
+            xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+            xs = tuple(t.to(device) for t in xs)
+            y = y.to(device)
+            out = model(*xs)
+            logp = log_probs(out[0] if isinstance(out, tuple) else out, kind)
+            total += float(F.nll_loss(logp, y, reduction="sum"))
+            count += len(y)
+            update_metrics(metrics, logp, y, num_classes)
+    finally:
+        model.train(was)
+    result = {k: float(v) for k, v in metrics.compute().items()}
+    result["loss"] = total / max(count, 1)
+    result["samples"] = count
+    return result

@@ -1,0 +1,267 @@
+"""One run: source → surgery → freeze → (featurize) → fit → reassemble → evaluate → save.
+
+``run(cfg)`` is a plain function of the composed config, so tests call it through Hydra's
+compose API and the console script is a thin ``@hydra.main`` around it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from tlexp import finetune as ft
+from tlexp.data import TlexpDataModule, build_datamodule
+from tlexp.errors import ConfigError, ShapeError, choices
+from tlexp.freeze import MODES, freeze
+from tlexp.graph import GraphInput, LayerGraph
+from tlexp.sources import load_source
+from tlexp.surgery import apply_ops
+
+__all__ = ["run", "prepare", "Prepared"]
+
+log = logging.getLogger(__name__)
+
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
+
+
+def _container(node: Any) -> Any:
+    if isinstance(node, DictConfig) or OmegaConf.is_config(node):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks that need no data or model, done before anything is loaded."""
+    if cfg.freeze.mode not in MODES:
+        raise ConfigError(f"freeze.mode: {cfg.freeze.mode!r} is not a mode; valid: {', '.join(MODES)}")
+    from tlexp.featurize._store import check_dtype, parse_bytes
+
+    check_dtype(cfg.featurize.dtype)
+    parse_bytes(cfg.featurize.max_memory)
+    if cfg.featurize.batch_size < 1:
+        raise ConfigError(f"featurize.batch_size: {cfg.featurize.batch_size} must be at least 1")
+    ft.validate_finetune(_container(cfg.finetune))
+    if cfg.trainer.accelerator not in ACCELERATORS:
+        raise ConfigError(f"trainer.accelerator: {cfg.trainer.accelerator!r} is not known; valid: {', '.join(ACCELERATORS)}")
+    if cfg.trainer.max_epochs < 1:
+        raise ConfigError(f"trainer.max_epochs: {cfg.trainer.max_epochs} must be at least 1")
+    ops = _container(cfg.surgery.ops)
+    if not isinstance(ops, list):
+        raise ConfigError("surgery.ops: expected a list of ops")
+
+
+def _resolve_auto(ops: list[Any], num_classes: int) -> list[Any]:
+    """``auto`` sizes in surgery ops mean the data's number of classes."""
+    out = []
+    for op in ops:
+        if isinstance(op, Mapping):
+            op = {k: (num_classes if v == "auto" and k in ("out_features", "n_out", "num_classes") else v) for k, v in op.items()}
+            if isinstance(op.get("args"), Mapping):
+                op["args"] = _resolve_auto([op["args"]], num_classes)[0]
+        out.append(op)
+    return out
+
+
+def _with_input_shape(graph: LayerGraph, data: TlexpDataModule) -> LayerGraph:
+    """Declare the data's sample shape on a single-input graph saved without one, and check it."""
+    if len(graph.graph_inputs) != 1 or not data.input_shape:
+        return graph
+    gi = graph.graph_inputs[0]
+    want = tuple(data.input_shape)
+    if gi.shape is None:
+        return graph.rebuilt(inputs=[GraphInput(gi.name, want, gi.dtype)])
+    fits = len(gi.shape) == len(want) and all(a is None or a == b for a, b in zip(gi.shape, want))
+    if not fits:
+        raise ShapeError(
+            f"data: samples have shape {list(want)} but the model's input {gi.name!r} takes "
+            f"{list(gi.shape)}; choose a data set or model that fit, or add a surgery op set_input_preprocessor"
+        )
+    return graph
+
+
+class Prepared:
+    """The model after source, surgery and freeze, with its data: everything before compute."""
+
+    def __init__(self, graph: LayerGraph, data: TlexpDataModule, cut: set[str], finetune: dict[str, Any],
+                 optimizer_state: Mapping[str, Any] | None) -> None:
+        self.graph, self.data, self.cut, self.finetune, self.optimizer_state = graph, data, cut, finetune, optimizer_state
+
+
+def build_model(cfg: DictConfig, data: TlexpDataModule | None = None) -> tuple[LayerGraph, dict[str, Any]]:
+    """source → surgery → freeze, for a run or for tlexp-inspect. Returns (graph, finetune config)."""
+    source = _container(cfg.source)
+    if data is not None and source.get("type") == "spec" and not source.get("input_shape") and not source.get("inputs"):
+        source["input_shape"] = list(data.input_shape)
+    graph = load_source(source)
+    finetune = _container(cfg.finetune)
+    overrides = (getattr(graph, "meta", None) or {}).get("finetune_overrides")
+    if overrides:
+        finetune.update(overrides)
+        ft.validate_finetune(finetune)
+    if data is not None:
+        graph = _with_input_shape(graph, data)
+    ops = _container(cfg.surgery.ops) or []
+    if any(_mentions_auto(op) for op in ops):
+        if data is None:
+            raise ConfigError("surgery.ops: 'auto' sizes need a data set to count classes (set data=…)")
+        ops = _resolve_auto(ops, data.num_classes)
+    graph = apply_ops(graph, ops)
+    up_to = _container(cfg.freeze.up_to)
+    freeze(graph, up_to, cfg.freeze.mode)
+    return graph, finetune
+
+
+def _mentions_auto(op: Any) -> bool:
+    if isinstance(op, Mapping):
+        return any(v == "auto" or _mentions_auto(v) for v in op.values())
+    return False
+
+
+def prepare(cfg: DictConfig) -> Prepared:
+    validate(cfg)
+    data_cfg = _container(cfg.data)
+    extra: dict[str, Any] = {}
+    graph_first = data_cfg.get("type") == "image_folder"
+    data = None
+    if not graph_first:
+        data = build_datamodule(data_cfg, seed=cfg.seed)
+    graph, finetune = build_model(cfg, data)
+    if data is None:
+        meta = getattr(graph, "meta", None) or {}
+        if meta.get("data_config"):
+            extra["data_config"] = meta["data_config"]
+        data = build_datamodule(data_cfg, seed=cfg.seed, **extra)
+        data.setup()
+        graph = _with_input_shape(graph, data)
+    data.setup()
+    if all(g.shape is not None for g in graph.graph_inputs):
+        shapes = graph.trace_shapes(where="model")
+        out = shapes[graph.outputs[0]][0]
+        if out[-1:] != (data.num_classes,):
+            raise ShapeError(
+                f"surgery: the model's output has shape {list(out)} but data has {data.num_classes} classes; "
+                "replace the output layer (surgery=replace_output) or set its size"
+            )
+    optimizer_state = None
+    if cfg.source.get("load_optimizer_state"):
+        from tlexp.sources.saved import load_optimizer_state
+
+        optimizer_state = load_optimizer_state(cfg.source.path)
+    ft.apply_graph_overrides(graph, finetune)
+    return Prepared(graph, data, set(graph.frozen), finetune, optimizer_state)
+
+
+def _device(cfg: DictConfig) -> torch.device:
+    acc = cfg.trainer.accelerator
+    if acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _logger(cfg: DictConfig) -> Any:
+    node = cfg.get("logger")
+    if not node or "_target_" not in node:
+        return False
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node)
+    except Exception as e:  # a missing optional package (tensorboard) surfaces here
+        raise ConfigError(f"logger: cannot create {node._target_} ({str(e).splitlines()[0]}); use logger=csv or install its package") from None
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run one experiment; returns the metrics also written to ``metrics.json``."""
+    import pytorch_lightning as pl
+
+    from tlexp.featurize import FeaturizedDataModule, describe, featurize
+    from tlexp.module import TransferModule, evaluate
+    from tlexp.sources.saved import save_model
+
+    t_start = time.perf_counter()
+    out_dir = Path(cfg.paths.output_dir)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    prepared = prepare(cfg)
+    graph, data, cut = prepared.graph, prepared.data, prepared.cut
+    device = _device(cfg)
+    class_weights = data.class_weights() if prepared.finetune.get("class_weights") else None
+
+    featurize_info: dict[str, Any] = {"mode": cfg.freeze.mode, "key": None, "cache_hit": False}
+    t_feat = 0.0
+    if cfg.freeze.mode == "featurize" and cut:
+        prefix, suffix = graph.split(cut)
+        boundary = graph.boundary(cut)
+        result = featurize(
+            prefix, boundary, data, cfg.paths.cache_dir, dtype=cfg.featurize.dtype,
+            batch_size=cfg.featurize.batch_size, augment_copies=cfg.featurize.augment_copies,
+            overwrite=cfg.featurize.overwrite, device=device,
+        )
+        t_feat = result.seconds
+        featurize_info.update(describe(result))
+        train_data: pl.LightningDataModule = FeaturizedDataModule(
+            result, batch_size=data.batch_size, seed=cfg.seed, max_memory=cfg.featurize.max_memory, device=device
+        )
+        featurize_info["in_memory"] = train_data.in_memory
+        trainable = suffix
+    else:
+        train_data = data
+        trainable = graph
+        if cfg.freeze.mode == "featurize":
+            featurize_info["mode"] = "featurize (nothing frozen: no prefix to compute)"
+
+    module = TransferModule(trainable, prepared.finetune, data.num_classes, class_weights, prepared.optimizer_state)
+    trainer_kwargs = {k: v for k, v in _container(cfg.trainer).items() if v is not None}
+    trainer = pl.Trainer(**trainer_kwargs, logger=_logger(cfg), default_root_dir=str(out_dir))
+    # both freeze modes start fitting from the same RNG state: same dropout masks, same results
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    t_fit = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*The number of training batches.*")
+        trainer.fit(module, datamodule=train_data)
+    fit_s = time.perf_counter() - t_fit
+
+    # the suffix shares its modules with the whole graph: the graph now holds the trained suffix
+    val = evaluate(graph, data.val_dataloader(), data.num_classes, device)
+    test = evaluate(graph, data.test_dataloader(), data.num_classes, device)
+    graph.cpu()
+    optimizer_state = trainer.optimizers[0].state_dict() if prepared.finetune.get("save_optimizer_state", True) and trainer.optimizers else None
+    total_s = time.perf_counter() - t_start
+    metrics = {
+        "name": cfg.name,
+        "val": val,
+        "test": test,
+        "timing": {"featurize_s": round(t_feat, 4), "fit_s": round(fit_s, 4), "total_s": round(total_s, 4)},
+        "featurize": featurize_info,
+        "freeze": {"up_to": _container(cfg.freeze.up_to), "frozen": [n for n in graph.node_names if n in cut],
+                   "boundary": graph.boundary(cut) if cut else []},
+        "epochs": int(trainer.current_epoch),
+        "seed": int(cfg.seed),
+        "num_classes": data.num_classes,
+        "samples": {s: len(data.dataset(s)) for s in ("train", "val", "test")},
+    }
+    save_model(graph, out_dir / "model", optimizer_state=optimizer_state,
+               meta={"name": cfg.name, "classes": data.class_names, "test_accuracy": test.get("accuracy")})
+    metrics["timing"]["total_s"] = round(time.perf_counter() - t_start, 4)
+    _write_json(out_dir / "metrics.json", metrics)
+    if cfg.get("print_table", True):
+        from tlexp._report import print_run_table
+
+        print_run_table(cfg, metrics, out_dir)
+    return metrics
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
