@@ -90,9 +90,13 @@ class FeaturizeConfig:
 
 @dataclass
 class GroupOverride:
-    pattern: str = MISSING
+    #: fnmatch pattern (or list of patterns) on layer names; the first matching group wins
+    pattern: Any = MISSING
     lr: Optional[float] = None
+    #: multiplies finetune.lr instead of replacing it
+    lr_scale: Optional[float] = None
     weight_decay: Optional[float] = None
+    l2: Optional[float] = None
 
 
 @dataclass

@@ -1,0 +1,113 @@
+"""The experiment app end to end: runs, equivalence of the freeze modes, sweeps, the cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import tlexp
+from tests.conftest import run_cli
+from tlexp.train import run
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "model" / "weights.safetensors"))
+
+
+def test_default_experiment_as_a_user_runs_it(tmp_path: Path) -> None:
+    """`tlexp` with no arguments but where to write: the shipped digits transfer, end to end."""
+    res = run_cli([f"hydra.run.dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    run_dir = tmp_path / "run"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["name"] == "digits_transfer"
+    assert metrics["test"]["accuracy"] > 0.85, metrics["test"]
+    assert metrics["featurize"]["cache_hit"] is False and len(metrics["featurize"]["key"]) == 32
+    assert set(metrics["timing"]) == {"featurize_s", "fit_s", "total_s"}
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    # the table a person reads
+    assert "tlexp run: digits_transfer" in res.stdout and "accuracy" in res.stdout
+    # the saved model reloads without unpickling and gives the accuracy the run reported
+    model = tlexp.load_model(run_dir / "model")
+    assert model.node_names[-1] == "output"
+    assert (run_dir / "model" / "optimizer.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    ("experiment", "epochs"),
+    [("digits_transfer", 3), ("churn_transfer", 2)],
+)
+def test_featurize_and_in_model_train_the_same_weights(compose_cfg, tmp_path: Path, experiment: str, epochs: int) -> None:
+    results = {}
+    for mode in ("in_model", "featurize"):
+        cfg = compose_cfg(f"experiment={experiment}", f"freeze.mode={mode}", f"trainer.max_epochs={epochs}", out=mode)
+        results[mode] = run(cfg)
+    a, b = _weights(tmp_path / "in_model"), _weights(tmp_path / "featurize")
+    assert a.keys() == b.keys()
+    diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert diff <= 1e-5, f"max abs weight difference {diff}"
+    # and the suffix really trained: its weights moved away from the base model's
+    base = tlexp.load_model(tlexp._resources.resolve_path(str(cfg.source.path)))
+    moved = [k for k in a if k.startswith("layers.fc1") or k.startswith("layers.dense2")]
+    if moved:
+        assert any(not torch.equal(a[k], base.state_dict()[k]) for k in moved)
+    for split in ("val", "test"):
+        assert results["in_model"][split]["accuracy"] == pytest.approx(results["featurize"][split]["accuracy"], abs=1e-6)
+        assert results["in_model"][split]["loss"] == pytest.approx(results["featurize"][split]["loss"], abs=1e-5)
+    assert results["featurize"]["featurize"]["key"] and results["in_model"]["featurize"]["key"] is None
+
+
+def test_frozen_prefix_is_unchanged_and_cut_is_the_named_layer(compose_cfg, tmp_path: Path) -> None:
+    cfg = compose_cfg("experiment=digits_transfer", "trainer.max_epochs=2")
+    metrics = run(cfg)
+    assert metrics["freeze"]["frozen"] == ["conv1", "conv2", "pool1", "conv3", "pool2", "flatten"]
+    assert metrics["freeze"]["boundary"] == ["flatten"]
+    base = tlexp.load_model(tlexp._resources.MODELS_DIR / "digits_cnn").state_dict()
+    after = _weights(tmp_path / "run")
+    for k in base:
+        if k.split(".")[1] in {"conv1", "conv2", "conv3"}:
+            assert torch.equal(base[k], after[k]), k
+
+
+def test_sweep_2x2_reuses_the_cache(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    res = run_cli(
+        ["-m", "freeze.up_to=pool2,flatten", "finetune.lr=1e-3,3e-3", "trainer.max_epochs=1",
+         f"hydra.sweep.dir={sweep}", f"paths.cache_dir={tmp_path / 'cache'}", "trainer.enable_progress_bar=false"],
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "metrics.json").exists())
+    assert len(runs) == 4, [p.name for p in sweep.iterdir()]
+    by_cut: dict[str, list[dict]] = {}
+    for r in runs:  # job numbers order the runs as the launcher ran them
+        m = json.loads((r / "metrics.json").read_text())
+        by_cut.setdefault(m["freeze"]["up_to"], []).append(m)
+    assert set(by_cut) == {"pool2", "flatten"}
+    for cut, ms in by_cut.items():
+        assert [m["featurize"]["cache_hit"] for m in ms] == [False, True], cut
+        assert ms[0]["featurize"]["key"] == ms[1]["featurize"]["key"]
+    assert by_cut["pool2"][0]["featurize"]["key"] != by_cut["flatten"][0]["featurize"]["key"]
+
+
+def test_rerun_hits_the_cache_and_trains_the_same(compose_cfg, tmp_path: Path) -> None:
+    first = run(compose_cfg("experiment=churn_transfer", "trainer.max_epochs=1", out="a"))
+    second = run(compose_cfg("experiment=churn_transfer", "trainer.max_epochs=1", out="b"))
+    assert first["featurize"]["cache_hit"] is False and second["featurize"]["cache_hit"] is True
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_saved_model_continues_with_its_optimizer_state(compose_cfg, tmp_path: Path) -> None:
+    run(compose_cfg("experiment=churn_transfer", "trainer.max_epochs=1", out="first"))
+    first = tmp_path / "first" / "model"
+    assert (first / "optimizer.safetensors").is_file()
+    cfg = compose_cfg("experiment=none", "source=saved", f"source.path={first}", "source.load_optimizer_state=true",
+                      "data=churn", "data.where={Geography:[Germany]}", "finetune=nesterov",
+                      "freeze.up_to=1", "trainer.max_epochs=1", out="second")
+    metrics = run(cfg)
+    assert metrics["test"]["accuracy"] > 0.5
