@@ -79,6 +79,8 @@ class TransferModule(pl.LightningModule):
         self.finetune = dict(finetune)
         if self.finetune.get("loss", "cross_entropy") not in LOSSES:
             raise ConfigError(f"finetune.loss: {self.finetune.get('loss')!r} is not supported; valid: {', '.join(LOSSES)}")
+        # parsed once: the per-step calls (l2, gradient normalization) then read plain attributes
+        self.settings = ft.parse_finetune(self.finetune)
         self.num_classes = num_classes
         self.kind = output_kind(model)
         self.register_buffer("class_weights", class_weights, persistent=False)
@@ -98,7 +100,7 @@ class TransferModule(pl.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         logp, y = self._logp(batch)
         loss = F.nll_loss(logp, y, weight=self.class_weights)
-        reg = ft.regularization_loss(self.model, self.finetune)
+        reg = ft.regularization_loss(self.model, self.settings)
         total = loss + reg
         self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(y))
         return total
@@ -115,14 +117,16 @@ class TransferModule(pl.LightningModule):
         self.log_dict(self.test_metrics, batch_size=len(y))
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        ft.normalize_gradients(self.model, self.finetune)
+        ft.normalize_gradients(self.model, self.settings)
 
     def configure_optimizers(self) -> Any:
-        optimizer = ft.build_optimizer(self.model, self.finetune)
+        optimizer = ft.build_optimizer(self.model, self.settings)
         if self.optimizer_state is not None:
             ft.load_optimizer_state(optimizer, self.optimizer_state)
+        if self.settings.schedule == "none":
+            return optimizer
         steps = max(1, int(self.trainer.estimated_stepping_batches // max(1, self.trainer.max_epochs or 1)))
-        scheduler = ft.build_scheduler(optimizer, self.finetune, max_epochs=int(self.trainer.max_epochs or 1), steps_per_epoch=steps)
+        scheduler = ft.build_scheduler(optimizer, self.settings, max_epochs=int(self.trainer.max_epochs or 1), steps_per_epoch=steps)
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": scheduler}

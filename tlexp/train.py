@@ -32,6 +32,14 @@ log = logging.getLogger(__name__)
 
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 
+#: Lightning warnings about things tlexp does on purpose
+_EXPECTED_WARNINGS = (
+    ".*does not have many workers.*",  # in-memory tensor batches need no worker processes
+    ".*The number of training batches.*",  # small transfer sets have few batches per epoch
+    ".*module\\(s\\) in eval mode.*",  # frozen nodes always run in inference mode
+    ".*LeafSpec.*",  # Lightning's own use of a deprecated torch API
+)
+
 
 def _container(node: Any) -> Any:
     if isinstance(node, DictConfig) or OmegaConf.is_config(node):
@@ -225,8 +233,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     t_fit = time.perf_counter()
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*The number of training batches.*")
+        for message in _EXPECTED_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
         trainer.fit(module, datamodule=train_data)
     fit_s = time.perf_counter() - t_fit
 
