@@ -775,3 +775,19 @@ def test_decoupled_decay_and_hooks_inside_lightning(tmp_path):
     assert m.lrs == pytest.approx([0.1, 0.1, 0.05, 0.05])
     shrink = math.prod(1 - lr * 0.5 for lr in m.lrs)  # the gradient is zero: only the decay moves the weights
     torch.testing.assert_close(m.graph.module("fc").weight.detach(), m.w0 * shrink)
+
+
+def test_scheme_named_by_a_surgery_op_survives_finetune_init():
+    """n_out_replace weight_init=zeros keeps its scheme when finetune.seed re-runs the init."""
+    from tlexp.sources.spec import build_spec
+    from tlexp.surgery import apply_ops
+
+    g = build_spec(
+        [{"name": "a", "type": "dense", "out_features": 4}, {"name": "b", "type": "dense", "out_features": 2}],
+        input_shape=[3],
+    )
+    g = apply_ops(g, [{"op": "n_out_replace", "layer": "a", "n_out": 5, "weight_init": "zeros",
+                       "weight_init_next": "ones"}])
+    apply_graph_overrides(g, {"seed": 7, "weight_init": "xavier_uniform"})
+    assert torch.count_nonzero(g.module("a").weight) == 0
+    assert torch.equal(g.module("b").weight, torch.ones(2, 5))

@@ -184,14 +184,16 @@ def _seeded(seed: int | None, params: list[torch.Tensor]) -> Iterator[None]:
 
 
 def _init_module(module: nn.Module, s: Settings) -> None:
-    if s.seed is not None or s.weight_init is not None:
+    # a scheme named by the surgery op itself (n_out_replace weight_init=…) beats the config's
+    scheme = getattr(module, "tlexp_weight_init", None) or s.weight_init
+    if s.seed is not None or scheme is not None:
         for sub in module.modules():
             reset = getattr(sub, "reset_parameters", None)
             if callable(reset):
                 reset()
     for name, p in module.named_parameters():
-        if s.weight_init not in (None, "default") and is_weight(p):
-            _INITS[s.weight_init](p)
+        if scheme not in (None, "default") and is_weight(p):
+            _INITS[scheme](p)
         elif s.bias_init is not None and name.rsplit(".", 1)[-1].startswith("bias"):
             p.fill_(s.bias_init)
 

@@ -228,12 +228,14 @@ class LayerGraph(nn.Module):
         for n in names:
             if n not in self._index:
                 raise ConfigError(f"freeze: no layer named {n!r}; valid: {choices(self.node_names)}")
-        self.frozen = names
+        before, self.frozen = self.frozen, names
         for node in self._nodes:
             for p in node.module.parameters():
                 p.requires_grad_(node.name not in names)
             if node.name in names:
                 node.module.eval()
+            elif node.name in before:
+                node.module.train(self.training)  # unfrozen: back to the graph's mode
 
     def example_inputs(self, batch: int = 2, shapes: Sequence[Sequence[int | None]] | None = None) -> list[torch.Tensor]:
         """Zero-free example tensors for a dry run, from the declared input shapes."""
@@ -426,6 +428,12 @@ class LayerGraph(nn.Module):
             if isinstance(ins, str):
                 ins = [ins]
             ins = [str(x) for x in ins]
+            known = [g.name for g in inputs] + [n.name for n in nodes]
+            for x in ins:
+                # before building: an unknown input would otherwise read as a missing size argument
+                if x not in known:
+                    raise ConfigError(f"node {spec['name']!r}: input {x!r} is not a graph input or an earlier node; "
+                                      f"valid: {choices(sorted(known))}")
             in_tensors = [env.get(x) for x in ins]
             in_shapes = None
             if in_tensors and all(isinstance(t, torch.Tensor) for t in in_tensors):

@@ -1,0 +1,51 @@
+"""Building the edited graph: fresh node lists, never the input graph's own Node objects.
+
+``LayerGraph.nodes`` hands out the graph's Node objects; editing their ``inputs`` in place would
+change the caller's graph. Every op therefore starts from :func:`copy_nodes` and ends with
+:func:`make_graph`, which shares the untouched modules and keeps them frozen as they were.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from tlexp.graph import GraphInput, LayerGraph, Node
+
+__all__ = ["copy_nodes", "make_graph", "rewire"]
+
+
+def copy_nodes(graph: LayerGraph) -> list[Node]:
+    return [Node(n.name, n.module, list(n.inputs)) for n in graph.nodes]
+
+
+def make_graph(
+    graph: LayerGraph,
+    nodes: Sequence[Node],
+    outputs: Sequence[str] | None = None,
+    inputs: Sequence[GraphInput] | None = None,
+) -> LayerGraph:
+    """A new graph from edited parts of ``graph``.
+
+    A node stays frozen when it was frozen in ``graph`` and still holds the same module; a new
+    or re-initialized module starts trainable (freezing fresh random weights is never meant).
+    """
+    frozen = {n.name for n in nodes if n.name in graph.frozen and n.name in graph and graph.module(n.name) is n.module}
+    new = LayerGraph(
+        graph.graph_inputs if inputs is None else inputs,
+        nodes,
+        graph.outputs if outputs is None else outputs,
+        frozen=frozen,
+    )
+    new.train(graph.training)
+    if hasattr(graph, "meta"):
+        new.meta = dict(graph.meta)  # type: ignore[attr-defined]
+    return new
+
+
+def rewire(nodes: Iterable[Node], mapping: Mapping[str, str], skip: Iterable[str] = ()) -> None:
+    """Point every input named in ``mapping`` to its replacement (``skip``: nodes left alone)."""
+    skip = set(skip)
+    for n in nodes:
+        if n.name not in skip:
+            n.inputs = [mapping.get(i, i) for i in n.inputs]
+

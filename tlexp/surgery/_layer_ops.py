@@ -1,0 +1,174 @@
+"""Layer ops (DL4J TransferLearning.Builder): remove/add/replace layers, input preprocessors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tlexp.errors import choices
+from tlexp.graph import GraphInput, LayerGraph, Node
+from tlexp.surgery._edit import copy_nodes, make_graph, rewire
+from tlexp.surgery._registry import OpContext, register_op
+
+__all__ = ["PREPROCESSORS", "check_new_name"]
+
+#: layer types set_input_preprocessor inserts (DL4J's CnnToFeedForward, FeedForwardToCnn, …)
+PREPROCESSORS = ("flatten", "reshape", "permute", "normalize")
+
+
+def check_new_name(graph: LayerGraph, ctx: OpContext, name: str, key: str = "name") -> None:
+    if not name:
+        raise ctx.error(key, "a node name cannot be empty")
+    if name in graph or name in graph.inputs:
+        raise ctx.error(key, f"{name!r} is already a layer or input of the model; choose another name")
+
+
+def _remove_outputs(graph: LayerGraph, ctx: OpContext, key: str | None = None) -> LayerGraph:
+    """Remove the nodes that produce the outputs; their inputs become the outputs."""
+    outs = list(dict.fromkeys(graph.outputs))
+    for o in outs:
+        if o not in graph:
+            raise ctx.error(key, f"output {o!r} is a graph input, not a layer; there is no output layer to remove")
+    removed = set(outs)
+    for o in outs:
+        users = [c for c in graph.consumers(o) if c not in removed]
+        if users:
+            raise ctx.error(key, f"output layer {o!r} also feeds {choices(users)}; "
+                                 "use remove_vertex_and_connections or set_outputs instead")
+    # the removed layers' inputs become the outputs; graph inputs cannot be outputs
+    new_outputs: list[str] = []
+    for o in outs:
+        for i in graph.node(o).inputs:
+            if i in graph and i not in removed and i not in new_outputs:
+                new_outputs.append(i)
+    if not new_outputs:
+        raise ctx.error(key, f"removing output layer(s) {choices(outs)} would leave only graph inputs "
+                             f"({choices(graph.inputs)}); at least one layer must remain")
+    nodes = [n for n in copy_nodes(graph) if n.name not in removed]
+    return make_graph(graph, nodes, new_outputs)
+
+
+@register_op("remove_output_layer")
+def remove_output_layer(graph: LayerGraph, ctx: OpContext) -> LayerGraph:
+    """Remove the output layer (on a graph: every node producing an output); its inputs become the outputs."""
+    return _remove_outputs(graph, ctx)
+
+
+@register_op("remove_layers_from_output")
+def remove_layers_from_output(graph: LayerGraph, ctx: OpContext, *, n: int) -> LayerGraph:
+    """Remove the last ``n`` layers (remove_output_layer ``n`` times)."""
+    if n < 1:
+        raise ctx.error("n", f"{n} layers cannot be removed; valid: 1..{max(len(graph) - 1, 1)}")
+    if graph.is_chain and n >= len(graph):
+        raise ctx.error("n", f"{n} is past the end: the model has {len(graph)} layers and at least one must "
+                             f"remain; valid: 1..{len(graph) - 1}")
+    for _ in range(n):
+        graph = _remove_outputs(graph, ctx, "n")
+    return graph
+
+
+@register_op("add_layer", layer_args=True)
+def add_layer(
+    graph: LayerGraph, ctx: OpContext, *, name: str, type: str, after: str | int | None = None, args: dict[str, Any]
+) -> LayerGraph:
+    """Add a layer at the output (it becomes the output) or right after the node ``after``.
+
+    Inserted after a node, the new layer takes that node's output and every consumer of that
+    node (and the graph outputs naming it) takes the new layer's output instead.
+    """
+    if "inputs" in args:
+        raise ctx.error(ctx.arg_fields.get("inputs", "inputs"),
+                        "add_layer takes 'after' (the node it follows); to add a node with named inputs use add_vertex")
+    check_new_name(graph, ctx, name)
+    if after is None:
+        if len(graph.outputs) != 1:
+            raise ctx.error("after", f"the model has {len(graph.outputs)} outputs ({choices(graph.outputs)}); "
+                                     "name the node to add the layer after")
+        src = graph.outputs[0]
+    else:
+        src = ctx.resolve(graph, after, "after", allow_inputs=True)
+    module = ctx.build(type, args, ctx.input_shapes([src]))
+    nodes = copy_nodes(graph)
+    new = Node(name, module, [src])
+    if after is None:
+        nodes.append(new)
+        return make_graph(graph, nodes, [name])
+    rewire(nodes, {src: name})
+    pos = graph.index(src) + 1 if src in graph else 0
+    nodes.insert(pos, new)
+    return make_graph(graph, nodes, [name if o == src else o for o in graph.outputs])
+
+
+@register_op("replace_layer", layer_args=True)
+def replace_layer(graph: LayerGraph, ctx: OpContext, *, name: str | int, type: str, args: dict[str, Any]) -> LayerGraph:
+    """Replace a node's layer by a new one, keeping the node's name and connections."""
+    target = ctx.resolve(graph, name, "name")
+    old = graph.node(target)
+    module = ctx.build(type, args, ctx.input_shapes(old.inputs))
+    nodes = copy_nodes(graph)
+    nodes[graph.index(target)] = Node(target, module, list(old.inputs))
+    return make_graph(graph, nodes)
+
+
+def _input_shape(ctx: OpContext, gi: GraphInput, type: str, args: dict[str, Any],
+                 input_shape: list[int | None] | None) -> tuple[int | None, ...] | None:
+    """The declared shape of the graph input once the preprocessor sits behind it.
+
+    The declared shape is what the data now look like, before the preprocessor. ``normalize``
+    keeps it; ``permute`` can derive it from the model's old input shape (the inverse
+    permutation); ``flatten`` and ``reshape`` cannot guess it, so it must be given when the old
+    shape was declared (the dry run then checks the preprocessor's output against the model).
+    """
+    if input_shape is not None:
+        for d in input_shape:
+            if d is not None and d < 1:
+                raise ctx.error("input_shape", f"{input_shape!r} has a size below 1; sizes are positive ints or null")
+        return tuple(input_shape)
+    if gi.shape is None or type == "normalize":
+        return gi.shape
+    dims = args.get("dims")
+    if type == "permute" and isinstance(dims, (list, tuple)) and sorted(dims) == list(range(len(gi.shape))):
+        raw: list[int | None] = [None] * len(dims)
+        for k, d in enumerate(dims):
+            raw[d] = gi.shape[k]
+        return tuple(raw)
+    raise ctx.error("input_shape", f"a {type} preprocessor changes the input's shape; give the shape of the data "
+                                   f"input {gi.name!r} now receives (the model takes {list(gi.shape)})")
+
+
+@register_op("set_input_preprocessor", layer_args=True)
+def set_input_preprocessor(
+    graph: LayerGraph,
+    ctx: OpContext,
+    *,
+    type: str,
+    input: str | None = None,
+    name: str | None = None,
+    input_shape: list[int | None] | None = None,
+    args: dict[str, Any],
+) -> LayerGraph:
+    """Insert a preprocessing node (flatten, reshape, permute, normalize) right after a graph input.
+
+    ``input_shape`` is the new declared shape of that input: the shape of the data as they
+    arrive, before the preprocessor (e.g. [28, 28] for raw images in front of a flatten).
+    """
+    if type not in PREPROCESSORS:
+        raise ctx.error("type", f"{type!r} is not an input preprocessor; valid: {choices(PREPROCESSORS)}")
+    if input is None:
+        if len(graph.inputs) != 1:
+            raise ctx.error("input", f"the model has {len(graph.inputs)} inputs; name one: {choices(graph.inputs)}")
+        input = graph.inputs[0]
+    elif input not in graph.inputs:
+        raise ctx.error("input", f"no graph input named {input!r}; valid: {choices(graph.inputs)}")
+    name = name if name is not None else f"preprocess_{input}"
+    check_new_name(graph, ctx, name)
+    k = graph.inputs.index(input)
+    gi = graph.graph_inputs[k]
+    shape = _input_shape(ctx, gi, type, args, input_shape)
+    known = shape is not None and all(d is not None for d in shape)
+    module = ctx.build(type, args, [tuple(shape)] if known else None)  # type: ignore[arg-type]
+    nodes = copy_nodes(graph)
+    rewire(nodes, {input: name})
+    nodes.insert(0, Node(name, module, [input]))
+    inputs = list(graph.graph_inputs)
+    inputs[k] = GraphInput(gi.name, shape, gi.dtype)
+    return make_graph(graph, nodes, [name if o == input else o for o in graph.outputs], inputs)

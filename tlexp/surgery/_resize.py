@@ -1,0 +1,259 @@
+"""n_out_replace and n_in_replace (DL4J nOutReplace / nInReplace).
+
+Changing a layer's output size changes what every layer after it receives. Like DL4J, the
+next parameterized layer is re-initialized with the new input size; parameter-free layers in
+between (activation, dropout, pooling, flatten, concat, …) are followed, and layers sized by
+their input (batch norm, layer norm, depthwise conv) are resized and followed too. New sizes
+are read off the traced shapes, so a dense layer after a flatten gets channels × height ×
+width. Every path from the resized layer is followed (all consumers on a graph).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from tlexp.errors import ShapeError, choices
+from tlexp.graph import GraphInput, LayerGraph, Node, get_layer_type, layer_spec, rebuild_layer
+from tlexp.surgery._edit import copy_nodes, make_graph
+from tlexp.surgery._init import WEIGHT_INITS, apply_weight_init
+from tlexp.surgery._registry import OpContext, mark_new, register_op
+
+__all__ = ["N_OUT", "N_IN", "PASS_THROUGH", "ELEMENTWISE", "FOLLOW"]
+
+#: the argument that sets a layer's output size
+N_OUT = {
+    "dense": "out_features",
+    "conv1d": "out_channels",
+    "conv2d": "out_channels",
+    "conv_transpose2d": "out_channels",
+    "separable_conv2d": "out_channels",
+    "depthwise_conv2d": "depth_multiplier",
+    "embedding": "embedding_dim",
+    "lstm": "hidden_size",
+    "gru": "hidden_size",
+}
+#: the argument that sets a layer's input size; the resize stops at these layers
+N_IN = {
+    "dense": "in_features",
+    "conv1d": "in_channels",
+    "conv2d": "in_channels",
+    "conv_transpose2d": "in_channels",
+    "separable_conv2d": "in_channels",
+    "lstm": "input_size",
+    "gru": "input_size",
+}
+#: sized by their input, their output sized alike: resized, then followed further
+FOLLOW = {
+    "batchnorm1d": "num_features",
+    "batchnorm2d": "num_features",
+    "layernorm": "normalized_shape",
+    "depthwise_conv2d": "in_channels",
+}
+#: no parameters; followed (flatten and concat change the size on the way)
+PASS_THROUGH = {
+    "activation", "dropout", "identity", "flatten", "concat", "upsample2d",
+    "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "global_avg_pool", "global_max_pool",
+}
+#: followed only when every input is resized alike
+ELEMENTWISE = {"add", "multiply", "subtract", "average", "maximum", "minimum"}
+#: passing these keeps the size of the feature/channel axis (known without traced shapes)
+_SIZE_KEEPING = PASS_THROUGH - {"flatten", "concat"}
+
+
+def _check_init(ctx: OpContext, key: str, scheme: str | None) -> None:
+    if scheme is not None and scheme not in WEIGHT_INITS:
+        raise ctx.error(key, f"unknown weight init {scheme!r}; valid: {choices(WEIGHT_INITS)}")
+
+
+def _plan(graph: LayerGraph, target: str, ctx: OpContext) -> dict[str, str]:
+    """What happens to each node after ``target``: pass, follow (resize and go on) or in (resize, stop).
+
+    Raises before anything is built when a node on the way cannot take the new size.
+    """
+    plan = {target: "out"}
+    changed = {target}
+    resizable = sorted(set(N_IN) | set(FOLLOW))
+    for node in graph.nodes[graph.index(target) + 1:]:
+        hit = [i for i in node.inputs if i in changed]
+        if not hit:
+            continue
+        t = node.type
+        if t in ELEMENTWISE:
+            others = [i for i in node.inputs if i not in changed]
+            if others:
+                raise ctx.error("layer", f"layer {node.name!r} ({t}) combines the resized output of {hit[0]!r} "
+                                         f"element-wise with {others[0]!r}, whose size stays; it cannot be resized")
+            kind = "pass"
+        elif t in PASS_THROUGH:
+            kind = "pass"
+        elif t in FOLLOW:
+            kind = "follow"
+        elif t in N_IN:
+            kind = "in"
+        else:
+            raise ctx.error("layer", f"layer {node.name!r} ({t}) takes the output of {target!r}"
+                                     f"{'' if hit[0] == target else f' (through {hit[0]!r})'} and cannot be resized "
+                                     f"to fit; resizable next layers: {choices(resizable)}")
+        plan[node.name] = kind
+        if kind != "in":
+            changed.add(node.name)
+    return plan
+
+
+class _Tracer:
+    """Runs the edited nodes one by one on example inputs, for the shapes the resizes need."""
+
+    def __init__(self, graph: LayerGraph, label: str) -> None:
+        self.env: dict[str, Any] = dict(zip(graph.inputs, graph.example_inputs(2)))
+        self.label = label
+
+    def shapes(self, names: Sequence[str]) -> list[tuple[int, ...]] | None:
+        vals = [self.env[n] for n in names]
+        if not all(isinstance(v, torch.Tensor) for v in vals):
+            return None
+        return [tuple(v.shape[1:]) for v in vals]
+
+    @torch.no_grad()
+    def run(self, node: Node) -> None:
+        was = node.module.training
+        node.module.eval()
+        try:
+            self.env[node.name] = node.module(*(self.env[i] for i in node.inputs))
+        except (RuntimeError, ValueError, IndexError, TypeError) as e:
+            ins = ", ".join(f"{i} {list(self.env[i].shape[1:])}" for i in node.inputs if isinstance(self.env[i], torch.Tensor))
+            msg = str(e).strip().split("\n")[0]
+            raise ShapeError(f"{self.label}: layer {node.name!r} ({node.type}) does not accept its input ({ins}): {msg}") from None
+        finally:
+            node.module.train(was)
+
+
+def _rebuild(node: Node, ctx: OpContext, changes: dict[str, Any], scheme: str | None) -> nn.Module:
+    module = rebuild_layer(node.module, where=f"{ctx.label}: layer {node.name!r}", **changes)
+    mark_new(module)
+    if scheme is not None:
+        apply_weight_init(module, scheme)
+    return module
+
+
+def _in_changes(node: Node, ctx: OpContext, shapes: list[tuple[int, ...]] | None, size: int | None) -> dict[str, Any]:
+    """The new input-size argument of ``node``, from its traced input shape (or the known size)."""
+    t = node.type
+    key = N_IN.get(t) or FOLLOW[t]
+    old = (layer_spec(node.module) or ("", {}))[1].get(key)
+    if shapes is not None:
+        if t == "layernorm":
+            return {key: list(shapes[0][-len(old):])}
+        infer = get_layer_type(t).infer
+        if infer is not None:
+            return {key: infer(shapes)[key]}
+    if size is None or (t == "layernorm" and len(old) != 1):
+        raise ctx.error("layer", f"the new input size of {node.name!r} ({t}) cannot be worked out without shapes; "
+                                 "declare the model's input shape in the source config")
+    return {key: [size] if t == "layernorm" else size}
+
+
+def _out_size(node: Node, n_out: int) -> int:
+    args = (layer_spec(node.module) or ("", {}))[1]
+    if node.type in ("lstm", "gru") and args.get("bidirectional"):
+        return 2 * n_out
+    return n_out
+
+
+def _pass_size(node: Node, sizes: dict[str, int | None]) -> int | None:
+    ins = [sizes.get(i) for i in node.inputs]
+    if node.type in _SIZE_KEEPING or node.type in ELEMENTWISE:
+        return ins[0]
+    return None  # flatten, concat: needs the traced shapes
+
+
+@register_op("n_out_replace")
+def n_out_replace(
+    graph: LayerGraph,
+    ctx: OpContext,
+    *,
+    layer: str | int,
+    n_out: int,
+    weight_init: str | None = None,
+    weight_init_next: str | None = None,
+) -> LayerGraph:
+    """Re-initialize a layer with a new output size and resize the layers that take its output.
+
+    ``weight_init`` applies to the resized layer and (unless ``weight_init_next`` is given) to
+    the layers re-initialized after it, as DL4J's nOutReplace(layer, nOut, scheme) does.
+    """
+    _check_init(ctx, "weight_init", weight_init)
+    _check_init(ctx, "weight_init_next", weight_init_next)
+    target = ctx.resolve(graph, layer, "layer")
+    node = graph.node(target)
+    if node.type not in N_OUT:
+        raise ctx.error("layer", f"layer {target!r} ({node.type}) has no output size to replace; "
+                                 f"valid layer types: {choices(sorted(N_OUT))}")
+    if n_out < 1:
+        raise ctx.error("n_out", f"{n_out} is not a size; valid: a positive int")
+    changes: dict[str, Any] = {N_OUT[node.type]: n_out}
+    if node.type == "depthwise_conv2d":
+        in_ch = (layer_spec(node.module) or ("", {}))[1]["in_channels"]
+        if n_out % in_ch:
+            raise ctx.error("n_out", f"{n_out} is not a multiple of the {in_ch} input channels of depthwise "
+                                     f"layer {target!r}; valid: {in_ch}, {2 * in_ch}, …")
+        changes = {"depth_multiplier": n_out // in_ch}
+    plan = _plan(graph, target, ctx)
+    scheme_next = weight_init_next if weight_init_next is not None else weight_init
+    tracer = _Tracer(graph, ctx.label) if ctx.shapes is not None else None
+    sizes: dict[str, int | None] = {}
+    nodes = []
+    for n in copy_nodes(graph):
+        kind = plan.get(n.name)
+        if kind == "out":
+            n.module = _rebuild(n, ctx, changes, weight_init)
+            sizes[n.name] = _out_size(n, n_out)
+        elif kind in ("follow", "in"):
+            size = sizes.get(n.inputs[0])
+            n.module = _rebuild(n, ctx, _in_changes(n, ctx, tracer.shapes(n.inputs) if tracer else None, size),
+                                scheme_next)
+            if kind == "follow":
+                mult = (layer_spec(n.module) or ("", {}))[1].get("depth_multiplier", 1)
+                sizes[n.name] = None if size is None else size * mult
+        elif kind == "pass":
+            sizes[n.name] = _pass_size(n, sizes)
+        if tracer is not None:
+            tracer.run(n)
+        nodes.append(n)
+    return make_graph(graph, nodes)
+
+
+@register_op("n_in_replace")
+def n_in_replace(
+    graph: LayerGraph, ctx: OpContext, *, layer: str | int, n_in: int, weight_init: str | None = None
+) -> LayerGraph:
+    """Re-initialize a layer with a new input size.
+
+    The layer before it must produce that size (the dry run checks). A layer fed by a graph
+    input changes what the model takes: that input's declared shape gets the new size on its
+    feature axis (the last one for dense and recurrent layers, the channel axis for convs).
+    """
+    _check_init(ctx, "weight_init", weight_init)
+    target = ctx.resolve(graph, layer, "layer")
+    node = graph.node(target)
+    if node.type not in N_IN:
+        raise ctx.error("layer", f"layer {target!r} ({node.type}) has no input size to replace; "
+                                 f"valid layer types: {choices(sorted(N_IN))}")
+    if n_in < 1:
+        raise ctx.error("n_in", f"{n_in} is not a size; valid: a positive int")
+    nodes = copy_nodes(graph)
+    k = graph.index(target)
+    nodes[k].module = _rebuild(nodes[k], ctx, {N_IN[node.type]: n_in}, weight_init)
+    inputs = list(graph.graph_inputs)
+    src = node.inputs[0]
+    if src in graph.inputs:
+        j = graph.inputs.index(src)
+        gi = inputs[j]
+        if gi.shape is not None and len(gi.shape) > 0:
+            shape = list(gi.shape)
+            shape[-1 if node.type in ("dense", "lstm", "gru") else 0] = n_in
+            inputs[j] = GraphInput(gi.name, tuple(shape), gi.dtype)
+    return make_graph(graph, nodes, inputs=inputs)
