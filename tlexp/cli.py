@@ -38,7 +38,9 @@ def _hydra_error_line(e: BaseException) -> str | None:
     if isinstance(e, MissingConfigException):
         opts = getattr(e, "options", None)
         first = str(e).strip().splitlines()[0]
-        return first + (f"; valid: {', '.join(sorted(opts))}" if opts else "")
+        # the base_* entries are structured-config schemas, not options a user picks
+        opts = sorted(o for o in (opts or []) if not o.startswith("base_"))
+        return first + (f"; valid: {', '.join(opts)}" if opts else "")
     if isinstance(e, (ConfigCompositionException, OverrideParseException)):
         lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
         cause = e.__cause__
@@ -59,7 +61,7 @@ def _omegaconf_line(e: Any) -> str:
     msg = str(e).strip().splitlines()[0]
     key = getattr(e, "full_key", None)
     obj_type = getattr(e, "object_type", None)
-    if "not in struct" in msg and obj_type is not None and dataclasses.is_dataclass(obj_type):
+    if "not in" in msg and obj_type is not None and dataclasses.is_dataclass(obj_type):
         valid = ", ".join(f.name for f in dataclasses.fields(obj_type))
         return f"{key}: no such key; valid keys here: {valid}"
     if key:
@@ -127,7 +129,10 @@ def main() -> None:
 def _inspect_app(cfg: DictConfig) -> None:
     from tlexp.inspect import inspect_config
 
-    inspect_config(cfg)
+    try:
+        inspect_config(cfg)
+    except TlexpError as e:
+        _fail(str(e))
 
 
 def inspect_main() -> None:

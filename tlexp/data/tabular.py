@@ -161,12 +161,28 @@ class TabularDataModule(TlexpDataModule):
             for name in names:
                 if name not in col:
                     raise ConfigError(f"{fld}: column {name!r} is not in {origin}; columns: {choices(header)}")
-        # categories come from the whole table so a filtered run (data.where) keeps the input width
+        # categories and number checks cover the whole table, so a filtered run (data.where) keeps
+        # the input width and a malformed file fails whatever rows the filter keeps
         cats = {c: sorted({r[col[c]] for r in rows}) for c in self.categorical}
+        skip = set(self.drop) | {self.label}
+        numeric = [h for h in header if h not in skip and h not in cats]
+        table: dict[str, np.ndarray] = {}
+        for h in numeric:
+            values = [r[col[h]] for r in rows]
+            try:
+                table[h] = np.array([float(v) for v in values], dtype=np.float32)
+            except ValueError:
+                bad = next(i for i, v in enumerate(values) if not _is_number(v))
+                raise SourceError(
+                    f"data.path: column {h!r} has a non-numeric value {values[bad]!r} (data row {bad + 1} of {origin}); "
+                    "list the column in data.categorical or data.drop"
+                ) from None
+        keep = np.ones(len(rows), dtype=bool)
         for c, values in self.where.items():
-            rows = [r for r in rows if r[col[c]] in values]
-        if not rows:
+            keep &= np.array([r[col[c]] in values for r in rows])
+        if not keep.any():
             raise ConfigError(f"data.where: no row matches {self.where}")
+        rows = [r for r, k in zip(rows, keep) if k]
         labels_raw = [r[col[self.label]] for r in rows]
         classes = sorted(set(labels_raw), key=_label_order)
         if len(classes) < 2:
@@ -176,25 +192,17 @@ class TabularDataModule(TlexpDataModule):
         y = np.array([classes.index(v) for v in labels_raw], dtype=np.int64)
         features: list[np.ndarray] = []
         names: list[str] = []
-        skip = set(self.drop) | {self.label}
         for h in header:
             if h in skip:
                 continue
-            values = [r[col[h]] for r in rows]
             if h in cats:
+                values = [r[col[h]] for r in rows]
                 for category in cats[h][1:]:
                     features.append(np.array([v == category for v in values], dtype=np.float32))
                     names.append(f"{h}={category}")
-                continue
-            try:
-                features.append(np.array([float(v) for v in values], dtype=np.float32))
-            except ValueError:
-                bad = next(i for i, v in enumerate(values) if not _is_number(v))
-                raise SourceError(
-                    f"data.path: column {h!r} has a non-numeric value {values[bad]!r} (data row {bad + 1} of {origin}); "
-                    "list the column in data.categorical or data.drop"
-                ) from None
-            names.append(h)
+            else:
+                features.append(table[h][keep])
+                names.append(h)
         if not features:
             raise ConfigError("data.drop: every column is dropped; nothing is left to learn from")
         self.feature_names = names

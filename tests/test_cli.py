@@ -1,0 +1,161 @@
+"""The console scripts as a user meets them: tlexp-inspect, and bad input (one line, exit 2,
+nothing half-written)."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import tlexp
+from tests.conftest import REPO, run_cli
+from tlexp.data.tabular import synthetic_churn, write_csv
+
+
+def _one_error_line(res) -> str:
+    assert res.returncode == 2, (res.returncode, res.stdout[-2000:], res.stderr[-2000:])
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("tlexp: error: ") and "Traceback" not in res.stderr
+    return lines[0]
+
+
+# ---- tlexp-inspect ---------------------------------------------------------------------------
+
+
+def test_inspect_default_model_draws_the_cut(tmp_path: Path) -> None:
+    res = run_cli(["inspect.format=table"], cwd=tmp_path, script="tlexp-inspect", env={"COLUMNS": "200"})
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    for name in ("conv1", "pool2", "flatten", "fc1", "output"):
+        assert name in out
+    assert "frozen" in out and "trainable" in out and "[32, 2, 2]" in out
+    assert "the cache stores flatten" in out
+    assert "128" in out  # the flatten boundary: 32*2*2 floats per sample
+    assert list(tmp_path.iterdir()) == []  # inspecting writes nothing
+
+
+def test_inspect_json_is_the_architecture(tmp_path: Path) -> None:
+    res = run_cli(["experiment=churn_transfer", "inspect.format=json"], cwd=tmp_path, script="tlexp-inspect")
+    assert res.returncode == 0, res.stderr
+    arch = json.loads(res.stdout)
+    assert [n["name"] for n in arch["nodes"]] == ["dense0", "dense1", "dense2", "output"]
+    assert arch["frozen"] == ["dense0", "dense1"]
+    rebuilt = tlexp.LayerGraph.from_config(arch)
+    assert rebuilt.node_names == ["dense0", "dense1", "dense2", "output"]
+
+
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [
+        (["freeze.up_to=conv9"], "freeze.up_to: no layer named 'conv9'; valid: conv1, conv2"),
+        (["freeze.up_to=42"], "freeze.up_to: index 42 is out of range; valid: 0..7"),
+        (["surgery.ops=[{op: frobnicate}]"], "surgery.ops[0].op: unknown op 'frobnicate'; valid: add_layer"),
+        (["surgery.ops=[{op: add_layer, name: x, type: conv2d, out_channels: 2, kernel_size: 3}]"],
+         "surgery.ops[0] (add_layer 'x')"),
+        (["inspect.format=yaml"], "inspect.format: 'yaml' is not a format; valid: table, json"),
+    ],
+)
+def test_inspect_bad_input_is_one_line(tmp_path: Path, args: list[str], expect: str) -> None:
+    line = _one_error_line(run_cli(args, cwd=tmp_path, script="tlexp-inspect"))
+    assert expect in line
+
+
+# ---- tlexp: bad input --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [
+        (["experiment=nope"], "Could not find 'experiment/nope'; valid: churn_pretrain, churn_transfer, digits_pretrain"),
+        (["source=nope"], "Could not find 'source/nope'; valid:"),
+        (["finetune.lrr=1"], "finetune.lrr: no such key; valid keys here: optimizer, lr,"),
+        (["trainer.max_epochs=abc"], "trainer.max_epochs"),
+        (["finetune.optimizer=adamx"], "finetune.optimizer: unknown value 'adamx'; valid: sgd, nesterov, adam"),
+        (["freeze.up_to=conv9"], "freeze.up_to: no layer named 'conv9'"),
+        (["freeze.mode=sometimes"], "freeze.mode: 'sometimes' is not a mode; valid: featurize, in_model"),
+        (["featurize.dtype=int8"], "featurize.dtype: 'int8' is not supported; valid: float32, float16, bfloat16"),
+    ],
+)
+def test_run_bad_config_is_one_line_and_leaves_no_run_folder(tmp_path: Path, args: list[str], expect: str) -> None:
+    run_dir = tmp_path / "run"
+    line = _one_error_line(run_cli([*args, f"hydra.run.dir={run_dir}", f"paths.cache_dir={tmp_path / 'cache'}"], cwd=tmp_path))
+    assert expect in line
+    assert not run_dir.exists()
+    assert not list((tmp_path / "cache").glob("*.h5")) if (tmp_path / "cache").exists() else True
+
+
+def _churn_file(tmp_path: Path, mutate=None) -> Path:
+    header, rows = synthetic_churn(300, seed=3)
+    if mutate:
+        header, rows = mutate(header, rows)
+    path = tmp_path / "churn.csv"
+    write_csv(path, header, rows)
+    return path
+
+
+def _drop_label(header, rows):
+    i = header.index("Exited")
+    return header[:i] + header[i + 1:], [r[:i] + r[i + 1:] for r in rows]
+
+
+def _bad_number(header, rows):
+    rows[5][header.index("Balance")] = "n/a"
+    return header, rows
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expect"),
+    [(_drop_label, "data.label: column 'Exited' is not in"), (_bad_number, "column 'Balance' has a non-numeric value 'n/a'")],
+)
+def test_run_bad_csv_is_one_line(tmp_path: Path, mutate, expect: str) -> None:
+    path = _churn_file(tmp_path, mutate)
+    run_dir = tmp_path / "run"
+    res = run_cli(["experiment=churn_transfer", f"data.path={path}", f"hydra.run.dir={run_dir}",
+                   f"paths.cache_dir={tmp_path / 'cache'}"], cwd=tmp_path)
+    assert expect in _one_error_line(res)
+    assert not run_dir.exists()
+
+
+def test_run_unreadable_model_folder_is_one_line(tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    shipped = Path(tlexp.__file__).parent / "models" / "churn_net"
+    (model / "config.json").write_text((shipped / "config.json").read_text())
+    (model / "weights.safetensors").write_bytes((shipped / "weights.safetensors").read_bytes()[:200])
+    run_dir = tmp_path / "run"
+    res = run_cli(["experiment=churn_transfer", f"source.path={model}", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert "truncated or damaged" in _one_error_line(res)
+    assert not run_dir.exists()
+
+
+def test_run_truncated_cache_file_is_one_line(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    common = ["experiment=churn_transfer", "trainer.max_epochs=1", f"paths.cache_dir={cache}",
+              "trainer.enable_progress_bar=false"]
+    assert run_cli([*common, f"hydra.run.dir={tmp_path / 'ok'}"], cwd=tmp_path).returncode == 0
+    victim = sorted(cache.glob("*-train.h5"))[0]
+    victim.write_bytes(victim.read_bytes()[:64])
+    res = run_cli([*common, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert "unreadable or truncated" in _one_error_line(res)
+    assert not (tmp_path / "run").exists()
+
+
+# ---- packaging ---------------------------------------------------------------------------------
+
+
+def test_wheel_carries_configs_and_base_models(tmp_path: Path) -> None:
+    """A non-editable install (README's first command) needs conf/ and models/ inside the wheel."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(REPO)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    wheel = next(tmp_path.glob("tlexp-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for needed in ("tlexp/conf/config.yaml", "tlexp/conf/experiment/digits_transfer.yaml", "tlexp/conf/__init__.py",
+                   "tlexp/models/digits_cnn/weights.safetensors", "tlexp/models/churn_net/config.json"):
+        assert needed in names, needed

@@ -1,0 +1,180 @@
+"""The HDF5 feature cache: keyed, complete or absent, verified, rebuilt when it does not fit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import h5py
+import pytest
+import torch
+
+import tlexp.featurize as fz
+from tlexp.data.digits import DigitsDataModule
+from tlexp.errors import SourceError
+from tlexp.featurize import FeaturizedDataModule, featurize
+from tlexp.graph import LayerGraph
+from tlexp.sources.spec import build_spec
+
+
+def _model() -> LayerGraph:
+    torch.manual_seed(0)
+    return build_spec(
+        [
+            {"name": "conv", "type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": "same", "activation": "relu"},
+            {"name": "flat", "type": "flatten"},
+            {"name": "head", "type": "dense", "out_features": 3},
+        ],
+        input_shape=[1, 8, 8],
+    )
+
+
+def _data() -> DigitsDataModule:
+    dm = DigitsDataModule(classes=[0, 1, 2], max_per_class=10, seed=0)
+    dm.setup()
+    return dm
+
+
+def _featurize(cache: Path, **kw):
+    g = _model().eval()
+    prefix, _ = g.split({"conv", "flat"})
+    return featurize(prefix, ["flat"], _data(), cache, **kw), prefix
+
+
+def test_features_equal_the_prefix_outputs_and_second_call_hits(tmp_path: Path) -> None:
+    res, prefix = _featurize(tmp_path)
+    assert not res.cache_hit and set(res.files) == {"train", "val", "test"}
+    data = _data()
+    with h5py.File(res.files["test"].path) as f:
+        stored = torch.from_numpy(f["f0"][...])
+        assert f.attrs["key"] == res.key and f.attrs["complete"]
+    x = data.dataset("test").tensors[0]
+    with torch.no_grad():
+        assert torch.allclose(stored, prefix(x), atol=1e-6)
+    again, _ = _featurize(tmp_path)
+    assert again.cache_hit and again.key == res.key
+
+
+def test_key_changes_with_weights_cut_data_and_dtype(tmp_path: Path) -> None:
+    base, prefix = _featurize(tmp_path / "a")
+    half, _ = _featurize(tmp_path / "b", dtype="float16")
+    assert half.key != base.key
+    assert half.files["train"].nbytes < base.files["train"].nbytes
+    with torch.no_grad():
+        prefix.module("conv").weight.add_(1.0)
+    other = featurize(prefix, ["flat"], _data(), tmp_path / "a")
+    assert other.key != base.key and not other.cache_hit
+    dm = DigitsDataModule(classes=[0, 1, 2], max_per_class=11, seed=0)
+    assert featurize(prefix, ["flat"], dm, tmp_path / "a").key != other.key
+
+
+def test_interrupted_write_leaves_no_file_and_the_next_run_rebuilds(tmp_path: Path, monkeypatch) -> None:
+    real = fz._batches
+
+    def crashing(*args, **kwargs):
+        for i, item in enumerate(real(*args, **kwargs)):
+            if i == 1:
+                raise KeyboardInterrupt("simulated crash mid-write")
+            yield item
+
+    monkeypatch.setattr(fz, "_batches", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        _featurize(tmp_path, batch_size=4)
+    assert list(tmp_path.glob("*.h5")) == [] and list(tmp_path.glob(".*.tmp")) == []
+    monkeypatch.setattr(fz, "_batches", real)
+    res, _ = _featurize(tmp_path, batch_size=4)
+    assert not res.cache_hit and all(f.path.exists() for f in res.files.values())
+
+
+def test_killed_process_leaves_no_cache_file(tmp_path: Path) -> None:
+    """A hard crash (SIGKILL) mid-write: only a temporary file remains; the key is rebuilt."""
+    script = textwrap.dedent(
+        f"""
+        import time, torch
+        from torch.utils.data import TensorDataset
+        import tests.test_featurize_cache as t
+        from tlexp.featurize import featurize
+        class Slow(TensorDataset):
+            def __getitem__(self, i):
+                time.sleep(0.05)
+                return super().__getitem__(i)
+        dm = t._data()
+        dm._splits = {{k: Slow(*v.tensors) for k, v in dm._splits.items()}}
+        prefix, _ = t._model().eval().split({{"conv", "flat"}})
+        featurize(prefix, ["flat"], dm, {str(tmp_path)!r}, batch_size=2)
+        """
+    )
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
+    try:
+        deadline = time.time() + 120
+        while not list(tmp_path.glob(".*.tmp")):
+            assert proc.poll() is None, "featurize finished before it could be killed"
+            assert time.time() < deadline, "no temporary cache file appeared"
+            time.sleep(0.05)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(30)
+    assert list(tmp_path.glob("*.h5")) == []
+    assert list(tmp_path.glob(".*.tmp"))
+    res, _ = _featurize(tmp_path)
+    assert not res.cache_hit and all(f.path.exists() for f in res.files.values())
+
+
+def test_file_with_wrong_key_or_shape_is_rebuilt_not_used(tmp_path: Path) -> None:
+    res, _ = _featurize(tmp_path)
+    path = res.files["val"].path
+    with h5py.File(path, "r+") as f:
+        f.attrs["key"] = "somethingelse"
+    again, _ = _featurize(tmp_path)
+    assert again.hits == {"train": True, "val": False, "test": True}
+    with h5py.File(path) as f:
+        assert f.attrs["key"] == res.key
+    with h5py.File(path, "r+") as f:  # right key, wrong number of rows
+        del f["y"]
+        f.create_dataset("y", data=torch.zeros(3, dtype=torch.int64).numpy())
+    third, _ = _featurize(tmp_path)
+    assert third.hits["val"] is False
+
+
+def test_unreadable_cache_file_is_one_clear_error(tmp_path: Path) -> None:
+    res, _ = _featurize(tmp_path)
+    path = res.files["train"].path
+    path.write_bytes(path.read_bytes()[:100])  # truncated by something outside tlexp
+    with pytest.raises(SourceError, match="unreadable or truncated.*featurize.overwrite=true"):
+        _featurize(tmp_path)
+    fixed, _ = _featurize(tmp_path, overwrite=True)
+    assert fixed.hits["train"] is False
+
+
+def test_streaming_gives_every_sample_once_per_epoch(tmp_path: Path) -> None:
+    res, _ = _featurize(tmp_path)
+    mem = FeaturizedDataModule(res, batch_size=4, seed=1, max_memory="1GB")
+    stream = FeaturizedDataModule(res, batch_size=4, seed=1, max_memory=0)
+    assert mem.in_memory["train"] and not stream.in_memory["train"]
+    for dm in (mem, stream):
+        for _ in range(2):
+            ys = torch.cat([y for _, y in dm.train_dataloader()])
+            assert sorted(ys.tolist()) == sorted(_data().labels("train").tolist())
+    # in memory, batches are tensor slices in the seeded order the raw loader uses too
+    raw = [y for _, y in _data().train_dataloader()]
+    feat = [y for _, y in FeaturizedDataModule(res, batch_size=_data().batch_size, seed=0).train_dataloader()]
+    assert all(torch.equal(a, b) for a, b in zip(raw, feat))
+
+
+def test_augment_copies_store_k_passes_and_random_augment_is_refused(tmp_path: Path) -> None:
+    dm = _data()
+    dm.has_random_augment = True
+    prefix, _ = _model().eval().split({"conv", "flat"})
+    with pytest.raises(Exception, match="featurize.augment_copies"):
+        featurize(prefix, ["flat"], dm, tmp_path)
+    res = featurize(prefix, ["flat"], dm, tmp_path, augment_copies=3)
+    assert res.files["train"].copies == 3 and res.files["train"].rows == 3 * len(dm.dataset("train"))
+    loader = FeaturizedDataModule(res, batch_size=8, seed=0).train_dataloader()
+    assert sum(len(y) for _, y in loader) == len(dm.dataset("train"))
