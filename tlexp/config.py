@@ -155,7 +155,7 @@ class TabularData:
     drop: list[str] = field(default_factory=list)
     categorical: list[str] = field(default_factory=list)
     #: keep only rows whose column values are listed: {Geography: [Germany]}
-    where: dict[str, Any] = field(default_factory=dict)
+    where: Optional[Any] = None
     max_per_class: Optional[int] = None
     val_fraction: float = 0.15
     test_fraction: float = 0.15

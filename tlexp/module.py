@@ -97,24 +97,44 @@ class TransferModule(pl.LightningModule):
         xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
         return log_probs(self(*xs), self.kind), y
 
+    # Losses are summed on the tensor side and logged once per epoch: a self.log call per step
+    # costs more than a whole optimizer step of a small head.
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         logp, y = self._logp(batch)
         loss = F.nll_loss(logp, y, weight=self.class_weights)
-        reg = ft.regularization_loss(self.model, self.settings)
-        total = loss + reg
-        self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(y))
-        return total
+        self._train_sum = self._train_sum + loss.detach() * len(y)
+        self._train_n += len(y)
+        return loss + ft.regularization_loss(self.model, self.settings)
+
+    def on_train_epoch_start(self) -> None:
+        self._train_sum, self._train_n = torch.zeros((), device=self.device), 0
+
+    def on_train_epoch_end(self) -> None:
+        if self._train_n:
+            self.log("train/loss", self._train_sum / self._train_n, prog_bar=True)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_sum, self._val_n = torch.zeros((), device=self.device), 0
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         logp, y = self._logp(batch)
-        self.log("val/loss", F.nll_loss(logp, y, weight=self.class_weights), prog_bar=True, batch_size=len(y))
+        self._val_sum = self._val_sum + F.nll_loss(logp, y, weight=self.class_weights, reduction="sum")
+        self._val_n += len(y)
         update_metrics(self.val_metrics, logp, y, self.num_classes)
-        self.log_dict(self.val_metrics, prog_bar=False, batch_size=len(y))
+
+    def on_validation_epoch_end(self) -> None:
+        if self._val_n:
+            self.log("val/loss", self._val_sum / self._val_n, prog_bar=True)
+            self.log_dict({k: v for k, v in self.val_metrics.compute().items()})
+        self.val_metrics.reset()
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         logp, y = self._logp(batch)
         update_metrics(self.test_metrics, logp, y, self.num_classes)
-        self.log_dict(self.test_metrics, batch_size=len(y))
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict({k: v for k, v in self.test_metrics.compute().items()})
+        self.test_metrics.reset()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         ft.normalize_gradients(self.model, self.settings)

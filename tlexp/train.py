@@ -175,6 +175,14 @@ def _device(cfg: DictConfig) -> torch.device:
     return torch.device("cpu")
 
 
+def _autocast_dtype(cfg: DictConfig, device: torch.device) -> torch.dtype | None:
+    """The trainer's mixed precision, applied to featurizing too (GPU only)."""
+    precision = str(cfg.trainer.precision)
+    if device.type != "cuda" or "mixed" not in precision:
+        return None
+    return torch.bfloat16 if precision.startswith("bf16") else torch.float16
+
+
 def _logger(cfg: DictConfig) -> Any:
     node = cfg.get("logger")
     if not node or "_target_" not in node:
@@ -211,7 +219,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         result = featurize(
             prefix, boundary, data, cfg.paths.cache_dir, dtype=cfg.featurize.dtype,
             batch_size=cfg.featurize.batch_size, augment_copies=cfg.featurize.augment_copies,
-            overwrite=cfg.featurize.overwrite, device=device,
+            overwrite=cfg.featurize.overwrite, device=device, autocast=_autocast_dtype(cfg, device),
         )
         t_feat = result.seconds
         featurize_info.update(describe(result))

@@ -60,7 +60,7 @@ def _as_tuple(out: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tenso
 
 
 def _batches(prefix: LayerGraph, dataset: Dataset, batch_size: int, device: torch.device,
-             copies: int, label: str) -> Iterator[tuple[Sequence[torch.Tensor], torch.Tensor]]:
+             copies: int, label: str, autocast: torch.dtype | None = None) -> Iterator[tuple[Sequence[torch.Tensor], torch.Tensor]]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
@@ -77,7 +77,8 @@ def _batches(prefix: LayerGraph, dataset: Dataset, batch_size: int, device: torc
                 xs = [x.to(device, non_blocking=True) for x in xs]
                 if channels_last:
                     xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
-                with torch.inference_mode():
+                with torch.inference_mode(), torch.autocast(device.type, dtype=autocast or torch.float32,
+                                                            enabled=autocast is not None):
                     out = _as_tuple(prefix(*xs))
                 yield [o.float() if o.is_floating_point() else o for o in out], y
                 progress.advance(task)
@@ -85,8 +86,14 @@ def _batches(prefix: LayerGraph, dataset: Dataset, batch_size: int, device: torc
 
 def featurize(prefix: LayerGraph, boundary: Sequence[str], datamodule: TlexpDataModule, cache_dir: str | Path,
               dtype: str = "float32", batch_size: int = 256, augment_copies: int = 0,
-              overwrite: bool = False, device: torch.device | str = "cpu") -> FeaturizeResult:
-    """Make sure every split's prefix outputs are in the cache, computing the missing ones."""
+              overwrite: bool = False, device: torch.device | str = "cpu",
+              autocast: torch.dtype | None = None) -> FeaturizeResult:
+    """Make sure every split's prefix outputs are in the cache, computing the missing ones.
+
+    On a GPU the prefix runs channels-last, and under ``autocast`` (the trainer's mixed
+    precision, so both freeze modes see the same numerics) when given; the autocast dtype is part
+    of the key.
+    """
     check_dtype(dtype)
     if augment_copies < 0:
         raise ConfigError(f"featurize.augment_copies: {augment_copies} must be 0 or more")
@@ -100,10 +107,13 @@ def featurize(prefix: LayerGraph, boundary: Sequence[str], datamodule: TlexpData
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(cache_dir)
-    key = cache_key(prefix.to_config(), hash_state(prefix), boundary, datamodule.identity(), dtype, augment_copies)
+    identity = {**datamodule.identity(), "autocast": str(autocast) if autocast is not None else None}
+    key = cache_key(prefix.to_config(), hash_state(prefix), boundary, identity, dtype, augment_copies)
     result = FeaturizeResult(key=key, files={})
     was_training = prefix.training
     prefix.eval().to(device)
+    if device.type == "cuda":
+        prefix.to(memory_format=torch.channels_last)
     try:
         with FileLock(str(cache_dir / f"{key}.lock")):
             for split in SPLITS:
@@ -117,7 +127,7 @@ def featurize(prefix: LayerGraph, boundary: Sequence[str], datamodule: TlexpData
                     if path.exists():
                         log.warning("featurize: %s does not match its key or shapes; rebuilding it", path)
                     found = write_split(path, key, split, boundary, n, copies, dtype,
-                                        _batches(prefix, dataset, batch_size, device, copies, split))
+                                        _batches(prefix, dataset, batch_size, device, copies, split, autocast))
                     result.hits[split] = False
                 else:
                     result.hits[split] = True
