@@ -1,6 +1,8 @@
 """The model representation every source produces and every op transforms."""
 
 from tlexp.graph import _layers  # noqa: F401  (registers the built-in layer types)
+from tlexp.graph import _layers_timm  # noqa: F401  (timm_module, tensor_op: zoo nodes)
+from tlexp.graph import _layers_keras  # noqa: F401  (registers the layer types Keras imports need)
 from tlexp.graph._graph import CONFIG_FORMAT, GraphInput, LayerGraph, Node, SummaryRow
 from tlexp.graph._layers import ACTIVATIONS, HAS_WEIGHTS, make_activation
 from tlexp.graph._registry import (

@@ -1,0 +1,496 @@
+"""Layer types that imported Keras models need and the built-ins lack.
+
+Each one computes exactly what the Keras layer computes (the formulas are Keras's documented
+ones, written here in torch), on the layout the Keras importer gives it: spatial layers take
+channels-first tensors (N, C, L) / (N, C, H, W), sequence layers take (N, T, F) as Keras does.
+They are ordinary registry layers, so an imported model saves, reloads and rebuilds like any
+other.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tlexp.graph._registry import build_layer, register_layer
+
+__all__ = ["KERAS_ACTIVATIONS", "keras_activation_fn", "KerasRNN"]
+
+
+# ---- activations ----------------------------------------------------------------------------
+
+
+def _sparsemax(x: torch.Tensor, dim: int) -> torch.Tensor:
+    # Keras's sparsemax, as every Keras 3 backend computes it: tau = (sum over the support of the
+    # sorted cumulative sums - 1) / support size. (This equals Martins & Astudillo's threshold only
+    # when the support has one element; imported models must match Keras, so Keras's formula it is.)
+    z = x.movedim(dim, -1)
+    zs, _ = torch.sort(z, dim=-1, descending=True)
+    cumsum = zs.cumsum(-1)
+    r = torch.arange(1, z.shape[-1] + 1, device=z.device, dtype=z.dtype)
+    support = zs - (cumsum - 1) / r > 0
+    k = support.sum(-1, keepdim=True).to(z.dtype)
+    tau = (torch.where(support, cumsum, torch.zeros_like(cumsum)).sum(-1, keepdim=True) - 1) / k
+    return torch.clamp(z - tau, min=0).movedim(-1, dim)
+
+
+def _sparse_plus(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(x <= -1, torch.zeros_like(x), torch.where(x >= 1, x, (x + 1) ** 2 / 4))
+
+
+def _sparse_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(0.5 * (x + 1), 0.0, 1.0)
+
+
+#: every activation name a Keras 2 or Keras 3 file can store; the function takes (x, dim)
+KERAS_ACTIVATIONS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
+    "linear": lambda x, d: x,
+    "relu": lambda x, d: F.relu(x),
+    "relu6": lambda x, d: F.relu6(x),
+    "leaky_relu": lambda x, d: F.leaky_relu(x, 0.2),
+    "elu": lambda x, d: F.elu(x),
+    "selu": lambda x, d: F.selu(x),
+    "celu": lambda x, d: F.celu(x),
+    "gelu": lambda x, d: F.gelu(x),
+    "gelu_tanh": lambda x, d: F.gelu(x, approximate="tanh"),
+    "silu": lambda x, d: F.silu(x),
+    "swish": lambda x, d: F.silu(x),
+    "hard_silu": lambda x, d: F.hardswish(x),
+    "hard_swish": lambda x, d: F.hardswish(x),
+    "mish": lambda x, d: F.mish(x),
+    "sigmoid": lambda x, d: torch.sigmoid(x),
+    # Keras 3: relu6(x + 3) / 6; Keras 2: clip(0.2 x + 0.5, 0, 1) -- chosen by keras_version
+    "hard_sigmoid": lambda x, d: F.hardsigmoid(x),
+    "hard_sigmoid_keras2": lambda x, d: torch.clamp(0.2 * x + 0.5, 0.0, 1.0),
+    "log_sigmoid": lambda x, d: F.logsigmoid(x),
+    "sparse_sigmoid": lambda x, d: _sparse_sigmoid(x),
+    "tanh": lambda x, d: torch.tanh(x),
+    "hard_tanh": lambda x, d: torch.clamp(x, -1.0, 1.0),
+    "tanh_shrink": lambda x, d: x - torch.tanh(x),
+    "soft_shrink": lambda x, d: F.softshrink(x, 0.5),
+    "hard_shrink": lambda x, d: F.hardshrink(x, 0.5),
+    "softplus": lambda x, d: F.softplus(x),
+    "softsign": lambda x, d: F.softsign(x),
+    "sparse_plus": lambda x, d: _sparse_plus(x),
+    "squareplus": lambda x, d: (x + torch.sqrt(x * x + 4.0)) / 2,
+    "exponential": lambda x, d: torch.exp(x),
+    "softmax": lambda x, d: torch.softmax(x, dim=d),
+    "log_softmax": lambda x, d: torch.log_softmax(x, dim=d),
+    "sparsemax": lambda x, d: _sparsemax(x, d),
+    "glu": lambda x, d: F.glu(x, dim=d),
+}
+
+KerasActivationName = Literal[
+    "linear", "relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "gelu_tanh", "silu",
+    "swish", "hard_silu", "hard_swish", "mish", "sigmoid", "hard_sigmoid", "hard_sigmoid_keras2",
+    "log_sigmoid", "sparse_sigmoid", "tanh", "hard_tanh", "tanh_shrink", "soft_shrink",
+    "hard_shrink", "softplus", "softsign", "sparse_plus", "squareplus", "exponential", "softmax",
+    "log_softmax", "sparsemax", "glu",
+]
+
+
+def keras_activation_fn(name: str) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    return KERAS_ACTIVATIONS[name]
+
+
+class KerasActivation(nn.Module):
+    def __init__(self, name: str, dim: int) -> None:
+        super().__init__()
+        self.name, self.dim = name, dim
+        self.fn = KERAS_ACTIVATIONS[name]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x, self.dim)
+
+    def extra_repr(self) -> str:
+        return f"{self.name}, dim={self.dim}"
+
+
+@register_layer("keras_activation", example={"name": "hard_sigmoid_keras2"})
+def keras_activation(name: KerasActivationName, dim: int = -1) -> nn.Module:
+    """Any Keras activation by its Keras name (dim: the axis of softmax-like ones)."""
+    return KerasActivation(name, dim)
+
+
+class KerasReLU(nn.Module):
+    """Keras ReLU: max_value above it, x from threshold up, negative_slope * (x - threshold) below."""
+
+    def __init__(self, max_value: float | None, negative_slope: float, threshold: float) -> None:
+        super().__init__()
+        self.max_value, self.negative_slope, self.threshold = max_value, negative_slope, threshold
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        below = self.negative_slope * (x - self.threshold) if self.negative_slope else torch.zeros_like(x)
+        y = torch.where(x >= self.threshold, x, below)
+        if self.max_value is not None:
+            y = torch.where(x >= self.max_value, torch.full_like(x, self.max_value), y)
+        return y
+
+
+@register_layer("keras_relu", example={"max_value": 2.0, "negative_slope": 0.1, "threshold": 0.5})
+def keras_relu(max_value: float | None = None, negative_slope: float = 0.0, threshold: float = 0.0) -> nn.Module:
+    """Keras's ReLU layer with max_value, negative_slope and threshold."""
+    return KerasReLU(max_value, negative_slope, threshold)
+
+
+class ThresholdedReLU(nn.Module):
+    def __init__(self, theta: float) -> None:
+        super().__init__()
+        self.theta = theta
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x > self.theta, x, torch.zeros_like(x))
+
+
+@register_layer("thresholded_relu")
+def thresholded_relu(theta: float = 1.0) -> nn.Module:
+    """x where x > theta, else 0."""
+    return ThresholdedReLU(theta)
+
+
+class PReLU(nn.Module):
+    """max(0, x) + alpha * min(0, x); alpha has the per-sample shape, 1 on shared axes."""
+
+    def __init__(self, shape: list[int]) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.zeros(shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x) - self.alpha * F.relu(-x)
+
+
+@register_layer("prelu", example={"shape": [1, 4]}, example_inputs=((3, 4),))
+def prelu(shape: list[int]) -> nn.Module:
+    """Parametric ReLU with a learned slope per position (shape: per sample, 1 = shared)."""
+    return PReLU(shape)
+
+
+# ---- noise and dropout (inference no-ops) ---------------------------------------------------
+
+
+class GaussianNoise(nn.Module):
+    def __init__(self, stddev: float) -> None:
+        super().__init__()
+        self.stddev = stddev
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.stddev > 0:
+            return x + torch.randn_like(x) * self.stddev
+        return x
+
+
+@register_layer("gaussian_noise")
+def gaussian_noise(stddev: float = 0.1) -> nn.Module:
+    """Adds N(0, stddev²) noise while training; identity in inference."""
+    return GaussianNoise(stddev)
+
+
+class GaussianDropout(nn.Module):
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and 0 < self.rate < 1:
+            std = math.sqrt(self.rate / (1.0 - self.rate))
+            return x * (1 + torch.randn_like(x) * std)
+        return x
+
+
+@register_layer("gaussian_dropout")
+def gaussian_dropout(rate: float = 0.1) -> nn.Module:
+    """Multiplies by N(1, rate/(1-rate)) noise while training; identity in inference."""
+    return GaussianDropout(rate)
+
+
+@register_layer("alpha_dropout")
+def alpha_dropout(rate: float = 0.1) -> nn.Module:
+    """Dropout that keeps SELU's self-normalization while training; identity in inference."""
+    return nn.AlphaDropout(rate)
+
+
+class SpatialDropout(nn.Module):
+    """Drops whole channels (the same ones at every position) while training."""
+
+    def __init__(self, rate: float, channels_last: bool) -> None:
+        super().__init__()
+        self.rate, self.channels_last = rate, channels_last
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.rate <= 0:
+            return x
+        shape = [x.shape[0]] + [1] * (x.dim() - 1)
+        cdim = x.dim() - 1 if self.channels_last else 1
+        shape[cdim] = x.shape[cdim]
+        keep = (torch.rand(shape, device=x.device) >= self.rate).to(x.dtype)
+        return x * keep / (1 - self.rate)
+
+
+@register_layer("spatial_dropout", example_inputs=((3, 4),))
+def spatial_dropout(rate: float = 0.1, channels_last: bool = False) -> nn.Module:
+    """Channel dropout; channels on axis 1, or on the last axis with channels_last."""
+    return SpatialDropout(rate, channels_last)
+
+
+# ---- padding, cropping, upsampling, repeat (channels-first) ----------------------------------
+
+
+class ZeroPad(nn.Module):
+    def __init__(self, pads: list[int]) -> None:
+        super().__init__()
+        self.pads = list(pads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, self.pads)
+
+
+@register_layer("zero_padding1d", example={"padding": [1, 2]}, example_inputs=((2, 5),))
+def zero_padding1d(padding: tuple[int, int]) -> nn.Module:
+    """Zeros before and after the length axis of (C, L)."""
+    return ZeroPad([padding[0], padding[1]])
+
+
+@register_layer("zero_padding2d", example={"padding": [1, 0, 2, 1]}, example_inputs=((2, 4, 4),))
+def zero_padding2d(padding: tuple[int, int, int, int]) -> nn.Module:
+    """Zeros around (C, H, W): top, bottom, left, right."""
+    top, bottom, left, right = padding
+    return ZeroPad([left, right, top, bottom])
+
+
+class Crop(nn.Module):
+    def __init__(self, crops: list[tuple[int, int]]) -> None:
+        super().__init__()
+        self.crops = [tuple(c) for c in crops]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = len(self.crops)
+        for i, (a, b) in enumerate(self.crops):
+            d = x.dim() - n + i
+            x = x.narrow(d, a, x.shape[d] - a - b)
+        return x
+
+
+@register_layer("cropping1d", example={"cropping": [1, 1]}, example_inputs=((2, 5),))
+def cropping1d(cropping: tuple[int, int]) -> nn.Module:
+    """Drop values at the start and end of the length axis of (C, L)."""
+    return Crop([(cropping[0], cropping[1])])
+
+
+@register_layer("cropping2d", example={"cropping": [1, 0, 0, 1]}, example_inputs=((2, 4, 4),))
+def cropping2d(cropping: tuple[int, int, int, int]) -> nn.Module:
+    """Drop rows/columns of (C, H, W): top, bottom, left, right."""
+    top, bottom, left, right = cropping
+    return Crop([(top, bottom), (left, right)])
+
+
+class Upsample1d(nn.Module):
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.repeat_interleave(self.size, dim=-1)
+
+
+@register_layer("upsample1d", example_inputs=((2, 3),))
+def upsample1d(size: int = 2) -> nn.Module:
+    """Repeat each step of (C, L) ``size`` times."""
+    return Upsample1d(size)
+
+
+class RepeatVector(nn.Module):
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unsqueeze(1).expand(-1, self.n, -1).contiguous()
+
+
+@register_layer("repeat_vector", example={"n": 3})
+def repeat_vector(n: int) -> nn.Module:
+    """(F,) -> (n, F): the vector repeated n times."""
+    return RepeatVector(n)
+
+
+class Rescale(nn.Module):
+    def __init__(self, scale: float, offset: float) -> None:
+        super().__init__()
+        self.scale, self.offset = scale, offset
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.offset
+
+
+@register_layer("rescaling")
+def rescaling(scale: float = 1.0, offset: float = 0.0) -> nn.Module:
+    """x * scale + offset."""
+    return Rescale(scale, offset)
+
+
+# ---- wrappers ---------------------------------------------------------------------------------
+
+
+class TimeDistributed(nn.Module):
+    """Applies a chain of layers to every step of (T, ...) independently."""
+
+    def __init__(self, body: nn.Sequential) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t = x.shape[:2]
+        y = self.body(x.reshape(n * t, *x.shape[2:]))
+        return y.reshape(n, t, *y.shape[1:])
+
+
+@register_layer(
+    "time_distributed",
+    example={"layers": [{"type": "dense", "args": {"in_features": 4, "out_features": 3}}]},
+    example_inputs=((5, 4),),
+)
+def time_distributed(layers: list) -> nn.Module:
+    """Runs ``layers`` (registry specs: type, args) on each step of a (T, ...) input."""
+    if not layers:
+        raise ValueError("time_distributed needs at least one layer")
+    mods = []
+    for i, spec in enumerate(layers):
+        if not isinstance(spec, dict) or "type" not in spec:
+            raise ValueError(f"layers[{i}] needs a 'type'")
+        mods.append(build_layer(spec["type"], dict(spec.get("args") or {}), where=f"time_distributed.layers[{i}]"))
+    return TimeDistributed(nn.Sequential(*mods))
+
+
+# ---- recurrent layers with Keras's exact gate math -------------------------------------------
+
+_GATES = {"simple": 1, "lstm": 4, "gru": 3}
+
+
+class KerasRNN(nn.Module):
+    """SimpleRNN / LSTM / GRU over (N, T, F), optionally bidirectional, weights in Keras layout.
+
+    torch's GRU computes Keras's ``reset_after=True`` variant only, and torch's fused cells fix
+    the activations; this loop follows Keras's cell equations for every setting: gate order
+    (LSTM i, f, c, o; GRU z, r, h), both GRU variants, any activation, ``go_backwards``, and
+    the Bidirectional merge modes (the backward sequence re-reversed as Keras does).
+    """
+
+    def __init__(self, cell: str, input_size: int, units: int, activation: str, recurrent_activation: str,
+                 use_bias: bool, return_sequences: bool, go_backwards: bool, reset_after: bool,
+                 bidirectional: bool, merge_mode: str) -> None:
+        super().__init__()
+        self.cell, self.units = cell, units
+        self.act = KERAS_ACTIVATIONS[activation]
+        self.rec_act = KERAS_ACTIVATIONS[recurrent_activation]
+        self.use_bias, self.return_sequences = use_bias, return_sequences
+        self.go_backwards, self.reset_after = go_backwards, reset_after and cell == "gru"
+        self.bidirectional, self.merge_mode = bidirectional, merge_mode
+        k = _GATES[cell] * units
+        bias_shape = (2, k) if self.reset_after else (k,)
+        for prefix in ("", "backward_") if bidirectional else ("",):
+            self.register_parameter(prefix + "kernel", nn.Parameter(torch.empty(input_size, k)))
+            self.register_parameter(prefix + "recurrent_kernel", nn.Parameter(torch.empty(units, k)))
+            if use_bias:
+                self.register_parameter(prefix + "bias", nn.Parameter(torch.zeros(bias_shape)))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for name, p in self.named_parameters():
+            if "bias" in name:
+                nn.init.zeros_(p)
+            elif "recurrent" in name:
+                nn.init.orthogonal_(p)
+            else:
+                nn.init.xavier_uniform_(p)
+
+    def _run(self, x: torch.Tensor, prefix: str, backwards: bool) -> torch.Tensor:
+        kernel = getattr(self, prefix + "kernel")
+        rec = getattr(self, prefix + "recurrent_kernel")
+        bias = getattr(self, prefix + "bias") if self.use_bias else None
+        if backwards:
+            x = x.flip(1)
+        n, steps = x.shape[0], x.shape[1]
+        u = self.units
+        if bias is not None and self.reset_after:
+            xw = x @ kernel + bias[0]
+            rec_bias: torch.Tensor | None = bias[1]
+        else:
+            xw = x @ kernel + (bias if bias is not None else 0)
+            rec_bias = None
+        h = x.new_zeros(n, u)
+        c = x.new_zeros(n, u)
+        outs = []
+        for t in range(steps):
+            xt = xw[:, t]
+            if self.cell == "simple":
+                h = self.act(xt + h @ rec, -1)
+            elif self.cell == "lstm":
+                z = xt + h @ rec
+                i, f, g, o = z.split(u, dim=-1)
+                c = self.rec_act(f, -1) * c + self.rec_act(i, -1) * self.act(g, -1)
+                h = self.rec_act(o, -1) * self.act(c, -1)
+            else:
+                xz, xr, xh = xt.split(u, dim=-1)
+                if self.reset_after:
+                    hr = h @ rec
+                    if rec_bias is not None:
+                        hr = hr + rec_bias
+                    rz, rr, rh = hr.split(u, dim=-1)
+                    zg = self.rec_act(xz + rz, -1)
+                    r = self.rec_act(xr + rr, -1)
+                    hh = self.act(xh + r * rh, -1)
+                else:
+                    zg = self.rec_act(xz + h @ rec[:, :u], -1)
+                    r = self.rec_act(xr + h @ rec[:, u:2 * u], -1)
+                    hh = self.act(xh + (r * h) @ rec[:, 2 * u:], -1)
+                h = zg * h + (1 - zg) * hh
+            outs.append(h)
+        if self.return_sequences:
+            return torch.stack(outs, dim=1)
+        return h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        y = self._run(x, "", self.go_backwards)
+        if not self.bidirectional:
+            return y
+        y_rev = self._run(x, "backward_", not self.go_backwards)
+        if self.return_sequences:
+            y_rev = y_rev.flip(1)
+        if self.merge_mode == "concat":
+            return torch.cat([y, y_rev], dim=-1)
+        if self.merge_mode == "sum":
+            return y + y_rev
+        if self.merge_mode == "mul":
+            return y * y_rev
+        if self.merge_mode == "ave":
+            return (y + y_rev) / 2
+        return y, y_rev
+
+
+@register_layer(
+    "keras_rnn",
+    infer=lambda s: {"input_size": s[0][-1]},
+    example={"cell": "gru", "units": 3, "reset_after": False, "bidirectional": True, "merge_mode": "sum"},
+    example_inputs=((5, 4),),
+)
+def keras_rnn(
+    cell: Literal["simple", "lstm", "gru"],
+    input_size: int,
+    units: int,
+    activation: KerasActivationName = "tanh",
+    recurrent_activation: KerasActivationName = "sigmoid",
+    use_bias: bool = True,
+    return_sequences: bool = False,
+    go_backwards: bool = False,
+    reset_after: bool = True,
+    bidirectional: bool = False,
+    merge_mode: Literal["concat", "sum", "mul", "ave", "none"] = "concat",
+) -> nn.Module:
+    """Keras SimpleRNN/LSTM/GRU (and Bidirectional) with Keras's gate math and weight layout."""
+    return KerasRNN(cell, input_size, units, activation, recurrent_activation, use_bias, return_sequences,
+                    go_backwards, reset_after, bidirectional, merge_mode)

@@ -1,0 +1,211 @@
+"""Assembling graph nodes for an imported Keras model, tracking each tensor's layout.
+
+Inside the imported graph an image tensor lives channels-first, as torch's convolutions take it;
+a tensor that Dense, Flatten, Reshape or a recurrent layer reads lives in Keras's own order
+(channels last). Each tensor carries its layout, and a ``permute`` node is inserted where a layer
+needs the other one -- which is what keeps Flatten after a convolution in Keras's NHWC order, so
+the following Dense's weights still line up.
+
+Every node is run once on an example batch while it is added, so a weight of the wrong shape or
+an input that does not fit is reported at the Keras layer that causes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from tlexp.errors import SourceError, TlexpError
+from tlexp.graph import GraphInput, Node, build_layer
+
+__all__ = ["T", "Op", "Builder", "Chain", "CL", "CF"]
+
+CL = "cl"  # Keras's order: channels (features) last
+CF = "cf"  # torch's order: channels right after the batch axis
+
+
+@dataclass(frozen=True)
+class T:
+    """A tensor of the Keras graph: which node makes it, its per-sample rank, its layout."""
+
+    ref: str
+    rank: int
+    layout: str = CL
+    #: position in a node that returns a tuple (Bidirectional with merge_mode=None)
+    index: int | None = None
+
+
+@dataclass
+class Op:
+    """A registry layer to add: type, arguments, and its state dict (numpy, torch names)."""
+
+    type: str
+    args: dict[str, Any]
+    state: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def to_cf_dims(rank: int) -> list[int]:
+    return [rank - 1, *range(rank - 1)]
+
+
+def to_cl_dims(rank: int) -> list[int]:
+    return [*range(1, rank), 0]
+
+
+def load_state(module: nn.Module, state: dict[str, np.ndarray], where: str) -> None:
+    """Copy converted weights into a freshly built module; a shape mismatch is a SourceError."""
+    current = module.state_dict()
+    new = dict(current)
+    for key, value in state.items():
+        if key not in current:
+            raise RuntimeError(f"{where}: converter produced unknown state key {key!r}")
+        tensor = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+        if tuple(tensor.shape) != tuple(current[key].shape):
+            raise SourceError(
+                f"weights: {where}: the file's array for {key} has shape {list(value.shape)} (torch layout), the "
+                f"architecture needs {list(current[key].shape)}; the weights do not fit the architecture"
+            )
+        new[key] = tensor.to(current[key].dtype)
+    module.load_state_dict(new)
+
+
+class Builder:
+    """Collects nodes in topological order and keeps one example value per tensor."""
+
+    def __init__(self) -> None:
+        self.inputs: list[GraphInput] = []
+        self.nodes: list[Node] = []
+        self.values: dict[str, Any] = {}
+        self._names: set[str] = set()
+        self._cache: dict[tuple[Any, ...], T] = {}
+
+    # ---- names and values -------------------------------------------------------------------
+
+    def unique(self, name: str) -> str:
+        base, i = name, 1
+        while name in self._names:
+            name = f"{base}~{i}"
+            i += 1
+        self._names.add(name)
+        return name
+
+    def add_input(self, gi: GraphInput, example: torch.Tensor) -> None:
+        self._names.add(gi.name)
+        self.inputs.append(gi)
+        self.values[gi.name] = example
+
+    def value(self, t: T) -> Any:
+        v = self.values[t.ref]
+        return v if t.index is None else v[t.index]
+
+    def shape(self, t: T) -> tuple[int, ...]:
+        """The per-sample shape in Keras's order (what Keras would report, without batch)."""
+        s = tuple(self.value(t).shape[1:])
+        if t.layout == CF and len(s) >= 2:
+            s = (*s[1:], s[0])
+        return s
+
+    def plain(self, t: T) -> T:
+        """A tensor that is a whole node's output (a getitem node for a tuple element)."""
+        if t.index is None:
+            return t
+        key = ("item", t.ref, t.index)
+        if key not in self._cache:
+            ref = self._add(f"{t.ref}/{t.index}", Op("getitem", {"index": [t.index]}), [T(t.ref, t.rank, t.layout)])
+            self._cache[key] = T(ref, t.rank, t.layout)
+        return self._cache[key]
+
+    # ---- adding nodes ------------------------------------------------------------------------
+
+    def layout(self, t: T, want: str) -> T:
+        """``t`` in the layout ``want`` (a permute node, shared by every consumer, if needed)."""
+        if t.rank < 2 or t.layout == want:
+            return t
+        key = ("layout", t.ref, t.index, want)
+        if key not in self._cache:
+            dims = to_cf_dims(t.rank) if want == CF else to_cl_dims(t.rank)
+            suffix = "channels_first" if want == CF else "channels_last"
+            base = t.ref if t.index is None else f"{t.ref}/{t.index}"
+            ref = self._add(f"{base}/{suffix}", Op("permute", {"dims": dims}), [self.plain(t)])
+            self._cache[key] = T(ref, t.rank, want)
+        return self._cache[key]
+
+    def add(self, name: str, op: Op, inputs: list[T], rank: int, layout: str = CL) -> T:
+        """Add a node for one Keras layer (or part of one) and return its output tensor."""
+        ref = self._add(name, op, [self.plain(t) for t in inputs])
+        return T(ref, rank, layout if rank >= 2 else CL)
+
+    def _add(self, name: str, op: Op, inputs: list[T]) -> str:
+        name = self.unique(name)
+        module = build(op, name)
+        args = [self.value(t) for t in inputs]
+        module.eval()
+        try:
+            with torch.no_grad():
+                out = module(*args)
+        except (RuntimeError, ValueError, IndexError, TypeError) as e:
+            shapes = ", ".join(str(list(a.shape[1:])) for a in args)
+            msg = str(e).strip().split("\n")[0]
+            raise SourceError(
+                f"keras layer {name!r}: does not accept its input (shape {shapes}, torch layout): {msg}"
+            ) from None
+        module.train()
+        self.values[name] = out
+        self.nodes.append(Node(name, module, [t.ref for t in inputs]))
+        return name
+
+
+def build(op: Op, name: str) -> nn.Module:
+    try:
+        module = build_layer(op.type, op.args, where=f"keras layer {name!r}")
+    except TlexpError as e:
+        raise SourceError(str(e)) from None
+    load_state(module, op.state, f"keras layer {name!r}")
+    return module
+
+
+class Chain:
+    """Collects the ops of one Keras layer applied per time step (TimeDistributed's body).
+
+    It answers the same calls as :class:`Builder` for single-input layers, recording ops in a
+    list instead of adding graph nodes.
+    """
+
+    def __init__(self, example: torch.Tensor) -> None:
+        self.ops: list[Op] = []
+        self._value = example
+
+    def value(self, t: T) -> Any:
+        return self._value
+
+    def shape(self, t: T) -> tuple[int, ...]:
+        s = tuple(self._value.shape[1:])
+        if t.layout == CF and len(s) >= 2:
+            s = (*s[1:], s[0])
+        return s
+
+    def plain(self, t: T) -> T:
+        return t
+
+    def layout(self, t: T, want: str) -> T:
+        if t.rank < 2 or t.layout == want:
+            return t
+        dims = to_cf_dims(t.rank) if want == CF else to_cl_dims(t.rank)
+        return self.add(t.ref, Op("permute", {"dims": dims}), [t], t.rank, want)
+
+    def add(self, name: str, op: Op, inputs: list[T], rank: int, layout: str = CL) -> T:
+        if len(inputs) != 1:
+            raise SourceError(f"keras layer {name!r}: TimeDistributed wraps single-input layers only")
+        module = build(op, name)
+        module.eval()
+        try:
+            with torch.no_grad():
+                self._value = module(self._value)
+        except (RuntimeError, ValueError, IndexError, TypeError) as e:
+            raise SourceError(f"keras layer {name!r}: does not accept its per-step input: {str(e).splitlines()[0]}") from None
+        self.ops.append(op)
+        return T(name, rank, layout if rank >= 2 else CL)

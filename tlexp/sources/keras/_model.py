@@ -1,0 +1,238 @@
+"""Sequential and functional Keras models (nested ones too) flattened into one LayerGraph.
+
+A Sequential model is a chain; a functional model lists each layer's calls (``inbound_nodes``:
+Keras 2 writes ``[[name, node_index, tensor_index, kwargs], ...]``, Keras 3 writes
+``{"args": [...keras_history...], "kwargs": {...}}``). A model used as a layer is expanded in
+place, its layers named ``outer/inner``; a layer called twice (a shared layer) becomes two nodes
+with equal weights, the second named ``name:1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from tlexp.errors import ConfigError, SourceError, choices
+from tlexp.graph import GraphInput, LayerGraph
+from tlexp.sources.keras._builder import CF, CL, Builder, Op, T
+from tlexp.sources.keras._convert import CONVERTERS, KLayer, convert_layer, supported_classes
+from tlexp.sources.keras._read import KerasFile, is_model, layer_name, model_layers
+
+__all__ = ["build_graph", "LAYOUTS"]
+
+LAYOUTS = ("channels_first", "channels_last")
+
+Ref = tuple[str, int, int]
+
+
+class _Ctx:
+    def __init__(self, kf: KerasFile, layout: str, input_shapes: list[list[int]] | None) -> None:
+        self.kf = kf
+        self.layout = layout
+        self.input_shapes = input_shapes
+        self.b = Builder()
+        self.n_inputs = 0
+
+
+# ---- inputs -----------------------------------------------------------------------------------
+
+
+def _declared_shape(lc: dict[str, Any]) -> list[int | None] | None:
+    cfg = lc.get("config") or {}
+    for key in ("batch_shape", "batch_input_shape"):
+        if cfg.get(key) is not None:
+            return list(cfg[key])[1:]
+    if cfg.get("input_shape") is not None:
+        return list(cfg["input_shape"])
+    return None
+
+
+def _input_shape(ctx: _Ctx, declared: list[int | None] | None, name: str) -> list[int | None]:
+    i = ctx.n_inputs
+    given = ctx.input_shapes[i] if ctx.input_shapes is not None and i < len(ctx.input_shapes) else None
+    if given is None:
+        if declared is None:
+            raise SourceError(
+                f"source.input_shape: the Keras model was saved without an input shape for {name!r}; "
+                "set source.input_shape=[...] (per sample, in Keras's order, e.g. [32,32,3])"
+            )
+        return declared
+    if declared is not None:
+        fits = len(given) == len(declared) and all(d is None or d == g for d, g in zip(declared, given))
+        if not fits:
+            raise ConfigError(
+                f"source.input_shape: {list(given)} does not fit the model's input {name!r} of shape "
+                f"{['None' if d is None else d for d in declared]} (per sample, Keras's order)"
+            )
+    return list(given)
+
+
+def _make_input(ctx: _Ctx, name: str, declared: list[int | None] | None, dtype: str | None) -> T:
+    shape = _input_shape(ctx, declared, name)
+    ctx.n_inputs += 1
+    rank = len(shape)
+    cf = ctx.layout == "channels_first" and rank == 3
+    torch_shape = [shape[-1], *shape[:-1]] if cf else shape
+    is_int = bool(dtype) and str(dtype).startswith(("int", "uint"))
+    gi = GraphInput(name, tuple(torch_shape), "int64" if is_int else "float32")
+    fill = [(32 if rank == 3 else 8) if d is None else int(d) for d in torch_shape]
+    g = torch.Generator().manual_seed(0)
+    example = torch.randint(0, 2, (2, *fill), generator=g) if is_int else torch.rand((2, *fill), generator=g)
+    ctx.b.add_input(gi, example)
+    return T(name, rank, CF if cf else CL)
+
+
+# ---- layers -----------------------------------------------------------------------------------
+
+
+def _call(ctx: _Ctx, lc: dict[str, Any], prefix: str, wpath: tuple[str, ...], ins: list[T], call: int) -> list[T]:
+    name = layer_name(lc)
+    cls = str(lc.get("class_name"))
+    node_name = f"{prefix}{name}" + (f":{call}" if call else "")
+    if cls == "Lambda" or cls == "TFOpLambda" or cls == "SlicingOpLambda":
+        raise SourceError(
+            f"keras layer {node_name!r} is a {cls} layer: its code is not imported or run (it is marshalled Python); "
+            "replace it with built-in layers in Keras and save again, or save the model without it and add the "
+            "equivalent step with tlexp surgery (surgery.ops: add_layer)"
+        )
+    if is_model(lc):
+        return _model(ctx, lc, f"{node_name}/", (*wpath, name), ins)
+    if cls not in CONVERTERS:
+        raise SourceError(
+            f"keras layer {node_name!r}: layer class {cls!r} is not supported; supported: "
+            f"{', '.join(supported_classes())}"
+        )
+    weights = ctx.kf.weights.get((*wpath, name), [])
+    k = KLayer(node_name, cls, lc.get("config") or {}, weights, ctx.kf.keras_version)
+    return convert_layer(ctx.b, k, ins)
+
+
+def _sequential(ctx: _Ctx, cfg: dict[str, Any], prefix: str, wpath: tuple[str, ...], ins: list[T] | None) -> list[T]:
+    layers = model_layers(cfg)
+    if ins is None:
+        first = layers[0] if layers else {}
+        declared = _declared_shape(first)
+        if declared is None and cfg["config"].get("build_input_shape") is not None:
+            declared = list(cfg["config"]["build_input_shape"])[1:]
+        name = layer_name(first) if first.get("class_name") == "InputLayer" else "input"
+        ins = [_make_input(ctx, name, declared, (first.get("config") or {}).get("dtype"))]
+    if len(ins) != 1:
+        raise SourceError(f"keras model {prefix!r}: a Sequential model takes one input, got {len(ins)}")
+    x = ins[0]
+    for lc in layers:
+        if lc.get("class_name") == "InputLayer":
+            continue
+        outs = _call(ctx, lc, prefix, wpath, [x], 0)
+        x = outs[0]
+    return [x]
+
+
+def _refs(node: Any) -> list[Ref]:
+    """Tensor references of one inbound node, in argument order (Keras 2 and Keras 3 forms)."""
+    refs: list[Ref] = []
+
+    def walk(v: Any) -> None:
+        if isinstance(v, dict):
+            if v.get("class_name") == "__keras_tensor__":
+                h = v["config"]["keras_history"]
+                refs.append((str(h[0]), int(h[1]), int(h[2])))
+            return
+        if isinstance(v, (list, tuple)):
+            if len(v) >= 3 and isinstance(v[0], str) and isinstance(v[1], int) and isinstance(v[2], int):
+                refs.append((v[0], int(v[1]), int(v[2])))  # Keras 2: [name, node, tensor, kwargs]
+                return
+            for item in v:
+                walk(item)
+
+    walk(node["args"] if isinstance(node, dict) and "args" in node else node)
+    return refs
+
+
+def _k2_skips_first_call(lc: dict[str, Any]) -> bool:
+    if not is_model(lc):
+        return False
+    if lc.get("class_name") != "Sequential":
+        return True
+    layers = model_layers(lc)
+    return bool(layers) and layers[0].get("class_name") == "InputLayer"
+
+
+def _io_refs(v: Any) -> list[Ref]:
+    """``input_layers`` / ``output_layers``: a list of [name, node, tensor], or one such triple."""
+    if isinstance(v, (list, tuple)) and len(v) == 3 and isinstance(v[0], str):
+        v = [v]
+    return [(str(r[0]), int(r[1]), int(r[2])) for r in v]
+
+
+def _functional(ctx: _Ctx, cfg: dict[str, Any], prefix: str, wpath: tuple[str, ...], ins: list[T] | None) -> list[T]:
+    c = cfg["config"]
+    layers = model_layers(cfg)
+    by_name = {layer_name(lc): lc for lc in layers}
+    # Keras 2 numbers a nested model's calls from 1: its call 0 is the one that built it on its own
+    # Input, and that call is left out of the saved config (Keras 3 renumbers them from 0)
+    skip = {n for n, lc in by_name.items() if ctx.kf.keras_version < 3 and _k2_skips_first_call(lc)}
+
+    def fix(refs: list[Ref]) -> list[Ref]:
+        return [(n, i - 1 if n in skip else i, j) for n, i, j in refs]
+
+    in_refs, out_refs = _io_refs(c["input_layers"]), fix(_io_refs(c["output_layers"]))
+    tensors: dict[Ref, T] = {}
+    if ins is not None and len(ins) != len(in_refs):
+        raise SourceError(f"keras model {prefix!r}: takes {len(in_refs)} inputs, is called with {len(ins)}")
+    for i, ref in enumerate(in_refs):
+        if ins is None:
+            lc = by_name[ref[0]]
+            tensors[ref] = _make_input(ctx, ref[0], _declared_shape(lc), (lc.get("config") or {}).get("dtype"))
+        else:
+            tensors[ref] = ins[i]
+    pending = [
+        (lc, call, fix(_refs(node)))
+        for lc in layers
+        if lc.get("class_name") != "InputLayer"
+        for call, node in enumerate(lc.get("inbound_nodes") or [])
+    ]
+    while pending:
+        ready = next((p for p in pending if all(r in tensors for r in p[2])), None)
+        if ready is None:
+            missing = sorted({r[0] for p in pending for r in p[2] if r not in tensors})
+            raise SourceError(f"keras model {prefix or 'top'!r}: layers wait for tensors nothing produces: {choices(missing)}")
+        pending.remove(ready)
+        lc, call, refs = ready
+        outs = _call(ctx, lc, prefix, wpath, [tensors[r] for r in refs], call)
+        for j, t in enumerate(outs):
+            tensors[(layer_name(lc), call, j)] = t
+    missing_out = [r for r in out_refs if r not in tensors]
+    if missing_out:
+        raise SourceError(f"keras model {prefix or 'top'!r}: output {missing_out[0][0]!r} is never computed")
+    return [tensors[r] for r in out_refs]
+
+
+def _model(ctx: _Ctx, cfg: dict[str, Any], prefix: str, wpath: tuple[str, ...], ins: list[T] | None) -> list[T]:
+    if cfg.get("class_name") == "Sequential":
+        return _sequential(ctx, cfg, prefix, wpath, ins)
+    if "input_layers" in cfg.get("config", {}):
+        return _functional(ctx, cfg, prefix, wpath, ins)
+    raise SourceError(f"keras model {prefix or 'top'!r}: class {cfg.get('class_name')!r} is not a Sequential or functional model")
+
+
+def _output(ctx: _Ctx, t: T) -> str:
+    b = ctx.b
+    want = CF if ctx.layout == "channels_first" and t.rank == 3 else CL
+    t = b.plain(b.layout(t, want))
+    if t.ref in {gi.name for gi in b.inputs}:
+        t = b.add(f"{t.ref}/output", Op("identity", {}), [t], t.rank, t.layout)
+    return t.ref
+
+
+def build_graph(kf: KerasFile, input_layout: str = "channels_first",
+                input_shapes: Sequence[Sequence[int]] | None = None) -> LayerGraph:
+    if input_layout not in LAYOUTS:
+        raise ConfigError(f"source.input_layout: {input_layout!r} is not a layout; valid: {', '.join(LAYOUTS)}")
+    ctx = _Ctx(kf, input_layout, [list(s) for s in input_shapes] if input_shapes is not None else None)
+    outs = _model(ctx, kf.model_config, "", (), None)
+    outputs = [_output(ctx, t) for t in outs]
+    if not ctx.b.nodes:
+        raise SourceError(f"source.path: {kf.path}: the Keras model has no layers")
+    return LayerGraph(ctx.b.inputs, ctx.b.nodes, outputs)
