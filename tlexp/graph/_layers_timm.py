@@ -31,7 +31,7 @@ from torch import nn
 from tlexp.errors import choices
 from tlexp.graph._registry import register_layer
 
-__all__ = ["FUNCTIONS", "METHODS", "ATTRIBUTES", "TensorOp", "TimmCall", "function_name", "timm_template"]
+__all__ = ["FUNCTIONS", "METHODS", "ATTRIBUTES", "TensorOp", "TimmCall", "function_name", "is_computed_buffer", "timm_template"]
 
 
 def _lazy(module: str, attr: str) -> Callable[..., Any]:
@@ -156,7 +156,7 @@ def _eval(e: Any, xs: Sequence[Any], holder: nn.Module) -> Any:
     if "input" in e:
         return xs[e["input"]]
     if "tensor" in e:
-        return getattr(holder, e["tensor"])
+        return holder.held(e["tensor"])  # type: ignore[operator]
     if "call" in e:
         args = _eval(e.get("args", []), xs, holder)
         kwargs = {k: _eval(v, xs, holder) for k, v in (e.get("kwargs") or {}).items()}
@@ -200,6 +200,9 @@ class TensorOp(nn.Module):
                 self.register_buffer(name, value)
         _validate(expr, n_inputs, list(tensors))
         self.n_inputs = n_inputs
+
+    def held(self, name: str) -> torch.Tensor:
+        return getattr(self, name)
 
     def forward(self, *xs: Any) -> Any:
         return _eval(self.expr, xs, self)
@@ -255,16 +258,30 @@ def timm_template(model: str, kwargs: dict[str, Any] | None = None) -> nn.Module
 
 
 class TimmCall(nn.Module):
-    """A timm module called with more than the node's inputs (``blk(x, shared_rel_pos=None)``)."""
+    """A timm module called with more than the node's inputs (``blk(x, shared_rel_pos=None)``).
 
-    def __init__(self, inner: nn.Module, call: dict[str, Any]) -> None:
+    ``buffers`` are tensors of the model the call passes (EVA's rotary embedding table): buffers
+    timm computes in the constructor and never saves, so they are rebuilt, not stored.
+    """
+
+    def __init__(self, inner: nn.Module, call: dict[str, Any], buffers: dict[str, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.inner = inner
         self.call = {"args": list(call.get("args") or []), "kwargs": dict(call.get("kwargs") or {})}
         unknown = sorted(set(call) - {"args", "kwargs"})
         if unknown:
             raise ValueError(f"call: unknown key {unknown[0]!r}; valid: args, kwargs")
-        _validate([self.call["args"], list(self.call["kwargs"].values())], _max_input(self.call) + 1, [])
+        buffers = dict(buffers or {})
+        for target, value in buffers.items():
+            self.register_buffer(self._buffer_name(target), value, persistent=False)
+        _validate([self.call["args"], list(self.call["kwargs"].values())], _max_input(self.call) + 1, list(buffers))
+
+    @staticmethod
+    def _buffer_name(target: str) -> str:
+        return "model_" + target.replace(".", "_")
+
+    def held(self, name: str) -> torch.Tensor:
+        return getattr(self, self._buffer_name(name))
 
     def forward(self, *xs: Any) -> Any:
         args = _eval(self.call["args"], xs, self)
@@ -293,5 +310,32 @@ def timm_module(model: str, path: str, kwargs: dict[str, Any] | None = None, cal
     module = copy.deepcopy(module).train()
     if isinstance(getattr(module, "inplace", None), bool):
         module.inplace = False  # its input may be a stored or inference-mode boundary tensor
-    return module if call is None else TimmCall(module, call)
+    if call is None:
+        return module
+    buffers = {}
+    for target in sorted(_tensor_refs(call)):
+        if not is_computed_buffer(template, target):
+            raise ValueError(f"call: {target!r} is not a buffer timm computes for {model!r}")
+        buffers[target] = template.get_buffer(target).clone()
+    return TimmCall(module, call, buffers)
+
+
+def _tensor_refs(e: Any) -> set[str]:
+    if isinstance(e, list):
+        return set().union(*(_tensor_refs(x) for x in e)) if e else set()
+    if isinstance(e, dict):
+        if "tensor" in e and isinstance(e["tensor"], str):
+            return {e["tensor"]}
+        return _tensor_refs(list(e.values()))
+    return set()
+
+
+def is_computed_buffer(model: nn.Module, target: str) -> bool:
+    """A buffer that is not in the state dict: the constructor computes it (a position table)."""
+    owner_path, _, attr = target.rpartition(".")
+    try:
+        owner = model.get_submodule(owner_path)
+    except AttributeError:
+        return False
+    return attr in owner._buffers and attr in owner._non_persistent_buffers_set
 
