@@ -87,7 +87,10 @@ def layer_table(graph: LayerGraph, rows: Sequence[SummaryRow], title: str = "mod
                 size += n
         out = " ".join(str(list(s)) for s in r.output_shape) if r.output_shape else "?"
         state = "frozen" if r.name in frozen else ("trainable" if r.params else "-")
-        t.add_row(str(r.index), r.name, r.type, ", ".join(r.inputs), out, human_count(r.params), state,
+        kind = r.type
+        if kind == "timm_module":  # say which timm block it is (BasicBlock, ConvNeXtBlock, …)
+            kind = f"timm {type(graph.module(r.name)).__name__}"
+        t.add_row(str(r.index), r.name, kind, ", ".join(r.inputs), out, human_count(r.params), state,
                   human_count(size) if size is not None else "?",
                   end_section=r.index == last_frozen)
     return t

@@ -104,8 +104,8 @@ class Prepared:
         self.graph, self.data, self.cut, self.finetune, self.optimizer_state = graph, data, cut, finetune, optimizer_state
 
 
-def build_model(cfg: DictConfig, data: TlexpDataModule | None = None) -> tuple[LayerGraph, dict[str, Any]]:
-    """source → surgery → freeze, for a run or for tlexp-inspect. Returns (graph, finetune config)."""
+def load_graph(cfg: DictConfig, data: TlexpDataModule | None = None) -> tuple[LayerGraph, dict[str, Any]]:
+    """The source's model and the fine-tune config (with any overrides the source carries)."""
     source = _container(cfg.source)
     if data is not None and source.get("type") == "spec" and not source.get("input_shape") and not source.get("inputs"):
         source["input_shape"] = list(data.input_shape)
@@ -115,6 +115,11 @@ def build_model(cfg: DictConfig, data: TlexpDataModule | None = None) -> tuple[L
     if overrides:
         finetune.update(overrides)
         ft.validate_finetune(finetune)
+    return graph, finetune
+
+
+def edit_graph(cfg: DictConfig, graph: LayerGraph, data: TlexpDataModule | None = None) -> LayerGraph:
+    """surgery then freeze, checked against the data's sample shape and class count."""
     if data is not None:
         graph = _with_input_shape(graph, data)
     ops = _container(cfg.surgery.ops) or []
@@ -123,9 +128,14 @@ def build_model(cfg: DictConfig, data: TlexpDataModule | None = None) -> tuple[L
             raise ConfigError("surgery.ops: 'auto' sizes need a data set to count classes (set data=…)")
         ops = _resolve_auto(ops, data.num_classes)
     graph = apply_ops(graph, ops)
-    up_to = _container(cfg.freeze.up_to)
-    freeze(graph, up_to, cfg.freeze.mode)
-    return graph, finetune
+    freeze(graph, _container(cfg.freeze.up_to), cfg.freeze.mode)
+    return graph
+
+
+def build_model(cfg: DictConfig, data: TlexpDataModule | None = None) -> tuple[LayerGraph, dict[str, Any]]:
+    """source → surgery → freeze, for a run or for tlexp-inspect. Returns (graph, finetune config)."""
+    graph, finetune = load_graph(cfg, data)
+    return edit_graph(cfg, graph, data), finetune
 
 
 def _mentions_auto(op: Any) -> bool:
@@ -137,20 +147,18 @@ def _mentions_auto(op: Any) -> bool:
 def prepare(cfg: DictConfig) -> Prepared:
     validate(cfg)
     data_cfg = _container(cfg.data)
-    extra: dict[str, Any] = {}
-    graph_first = data_cfg.get("type") == "image_folder"
-    data = None
-    if not graph_first:
-        data = build_datamodule(data_cfg, seed=cfg.seed)
-    graph, finetune = build_model(cfg, data)
-    if data is None:
+    if data_cfg.get("type") == "image_folder":
+        # image transforms follow the model (timm's data config): load the model first
+        graph, finetune = load_graph(cfg)
         meta = getattr(graph, "meta", None) or {}
-        if meta.get("data_config"):
-            extra["data_config"] = meta["data_config"]
+        extra = {"data_config": meta["data_config"]} if meta.get("data_config") else {}
         data = build_datamodule(data_cfg, seed=cfg.seed, **extra)
         data.setup()
-        graph = _with_input_shape(graph, data)
-    data.setup()
+    else:
+        data = build_datamodule(data_cfg, seed=cfg.seed)
+        data.setup()
+        graph, finetune = load_graph(cfg, data)
+    graph = edit_graph(cfg, graph, data)
     if all(g.shape is not None for g in graph.graph_inputs):
         shapes = graph.trace_shapes(where="model")
         out = shapes[graph.outputs[0]][0]
@@ -265,8 +273,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "num_classes": data.num_classes,
         "samples": {s: len(data.dataset(s)) for s in ("train", "val", "test")},
     }
-    save_model(graph, out_dir / "model", optimizer_state=optimizer_state,
-               meta={"name": cfg.name, "classes": data.class_names, "test_accuracy": test.get("accuracy")})
+    meta = {"name": cfg.name, "classes": data.class_names, "test_accuracy": test.get("accuracy")}
+    source_meta = getattr(graph, "meta", None) or {}
+    if source_meta.get("data_config"):
+        meta["data_config"] = source_meta["data_config"]  # how its images are to be prepared
+    save_model(graph, out_dir / "model", optimizer_state=optimizer_state, meta=meta)
     metrics["timing"]["total_s"] = round(time.perf_counter() - t_start, 4)
     _write_json(out_dir / "metrics.json", metrics)
     if cfg.get("print_table", True):

@@ -155,6 +155,11 @@ class LayerGraph(nn.Module):
                                   f"{choices(self.node_names, 12)})")
             return self._nodes[i].name
         if ref not in self._index:
+            # a group name (a timm stage 'layer3', a nested Keras model 'inner') stands for the
+            # last of its members, so freezing up to a stage freezes the whole stage
+            members = [n for n in self.node_names if n.startswith(f"{ref}.") or n.startswith(f"{ref}/")]
+            if members:
+                return members[-1]
             raise ConfigError(f"{field}: no layer named {ref!r}; valid: {choices(self.node_names)}")
         return ref
 
