@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--experiment", default="digits_transfer")
     parser.add_argument("--epochs", type=int, nargs="+", default=[1, 5, 20])
     args, overrides = parser.parse_known_args()
-    console = Console()
+    console = Console(width=150)
     table = Table(title=f"featurize vs in_model vs hand-written loop: {args.experiment} "
                         f"({torch.get_num_threads()} threads, {os.cpu_count()} cores)")
     for col in ("epochs", "in_model total s", "featurize total s", "speedup", "featurize s (once)",

@@ -77,7 +77,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=32)
     args, overrides = p.parse_known_args()
-    console = Console()
+    console = Console(width=150)
     with tempfile.TemporaryDirectory() as tmp:
         images = write_digit_images(Path(tmp) / "images", size=args.size, per_class=args.per_class)
         results = {}

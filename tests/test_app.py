@@ -111,3 +111,14 @@ def test_saved_model_continues_with_its_optimizer_state(compose_cfg, tmp_path: P
                       "freeze.up_to=1", "trainer.max_epochs=1", out="second")
     metrics = run(cfg)
     assert metrics["test"]["accuracy"] > 0.5
+
+
+@pytest.mark.parametrize(("schedule", "expected"), [("step", 1e-2 * 0.5**3), ("cosine", 0.0)])
+def test_schedule_steps_during_a_run(compose_cfg, tmp_path: Path, schedule: str, expected: float) -> None:
+    """The module steps its scheduler itself (manual optimization): the saved lr shows it."""
+    args = {"step": "finetune.schedule_args={step_size: 1, gamma: 0.5}", "cosine": "finetune.schedule_args={min_lr: 0.0}"}
+    run(compose_cfg("experiment=churn_transfer", "trainer.max_epochs=3", f"finetune.schedule={schedule}", args[schedule]))
+    from tlexp.sources.saved import load_optimizer_state
+
+    state = load_optimizer_state(tmp_path / "run" / "model")
+    assert state["param_groups"][0]["lr"] == pytest.approx(expected, abs=1e-9)

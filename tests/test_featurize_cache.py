@@ -48,12 +48,12 @@ def _featurize(cache: Path, **kw):
 
 def test_features_equal_the_prefix_outputs_and_second_call_hits(tmp_path: Path) -> None:
     res, prefix = _featurize(tmp_path)
-    assert not res.cache_hit and set(res.files) == {"train", "val", "test"}
+    assert not res.cache_hit and set(res.files) == {"train", "val"}  # test: evaluated on raw data
     data = _data()
-    with h5py.File(res.files["test"].path) as f:
+    with h5py.File(res.files["val"].path) as f:
         stored = torch.from_numpy(f["f0"][...])
         assert f.attrs["key"] == res.key and f.attrs["complete"]
-    x = data.dataset("test").tensors[0]
+    x = data.dataset("val").tensors[0]
     with torch.no_grad():
         assert torch.allclose(stored, prefix(x), atol=1e-6)
     again, _ = _featurize(tmp_path)
@@ -133,7 +133,7 @@ def test_file_with_wrong_key_or_shape_is_rebuilt_not_used(tmp_path: Path) -> Non
     with h5py.File(path, "r+") as f:
         f.attrs["key"] = "somethingelse"
     again, _ = _featurize(tmp_path)
-    assert again.hits == {"train": True, "val": False, "test": True}
+    assert again.hits == {"train": True, "val": False}
     with h5py.File(path) as f:
         assert f.attrs["key"] == res.key
     with h5py.File(path, "r+") as f:  # right key, wrong number of rows

@@ -55,7 +55,7 @@ class ZooSource:
     num_classes: Optional[int] = None
     in_chans: int = 3
     input_size: Optional[list[int]] = None
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    kwargs: Optional[Any] = None
 
 
 # ---- model edits, freezing, fine-tuning ----------------------------------------------------------
@@ -112,7 +112,8 @@ class FinetuneConfig:
     #: L2 penalty on weights added to the loss: l2 / 2 * sum ||w||^2
     l2: float = 0.0
     schedule: str = "none"
-    schedule_args: dict[str, Any] = field(default_factory=dict)
+    #: null or a mapping (assigned whole on the command line: finetune.schedule_args={gamma: 0.5})
+    schedule_args: Optional[Any] = None
     dropout: Optional[float] = None
     activation: Optional[str] = None
     apply_to_output: bool = False
@@ -194,6 +195,8 @@ class TrainerConfig:
     enable_progress_bar: bool = True
     enable_model_summary: bool = False
     num_sanity_val_steps: int = 0
+    #: one Lightning checkpoint at the end of training (under checkpoints/)
+    enable_checkpointing: bool = True
     check_val_every_n_epoch: int = 1
     limit_train_batches: Optional[float] = None
     limit_val_batches: Optional[float] = None

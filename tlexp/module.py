@@ -85,7 +85,9 @@ class TransferModule(pl.LightningModule):
         self.kind = output_kind(model)
         self.register_buffer("class_weights", class_weights, persistent=False)
         self.optimizer_state = optimizer_state
-        self.val_metrics = make_metrics(num_classes).clone(prefix="val/")
+        self.automatic_optimization = False
+        self._step_scheduler: Any = None
+        self._epoch_scheduler: Any = None
         self.test_metrics = make_metrics(num_classes).clone(prefix="test/")
 
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
@@ -97,36 +99,48 @@ class TransferModule(pl.LightningModule):
         xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
         return log_probs(self(*xs), self.kind), y
 
-    # Losses are summed on the tensor side and logged once per epoch: a self.log call per step
-    # costs more than a whole optimizer step of a small head.
+    # One optimizer step per batch, written out (manual optimization): Lightning's closure
+    # machinery and per-step logging cost more than a whole step of a small head. Losses are
+    # summed on the tensor side and logged once per epoch.
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        optimizer = self.optimizers()
         logp, y = self._logp(batch)
         loss = F.nll_loss(logp, y, weight=self.class_weights)
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss + ft.regularization_loss(self.model, self.settings))
+        ft.normalize_gradients(self.model, self.settings)
+        optimizer.step()
+        if self._step_scheduler is not None:
+            self._step_scheduler.step()
         self._train_sum = self._train_sum + loss.detach() * len(y)
         self._train_n += len(y)
-        return loss + ft.regularization_loss(self.model, self.settings)
+        return loss
 
     def on_train_epoch_start(self) -> None:
         self._train_sum, self._train_n = torch.zeros((), device=self.device), 0
 
     def on_train_epoch_end(self) -> None:
+        if self._epoch_scheduler is not None:
+            self._epoch_scheduler.step()
         if self._train_n:
             self.log("train/loss", self._train_sum / self._train_n, prog_bar=True)
 
     def on_validation_epoch_start(self) -> None:
-        self._val_sum, self._val_n = torch.zeros((), device=self.device), 0
+        zero = torch.zeros((), device=self.device)
+        self._val_sum, self._val_correct, self._val_n = zero, zero.clone(), 0
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
+        # loss and accuracy only; the full metrics (F1, AUROC) are computed once, on the
+        # reassembled model, after training
         logp, y = self._logp(batch)
         self._val_sum = self._val_sum + F.nll_loss(logp, y, weight=self.class_weights, reduction="sum")
+        self._val_correct = self._val_correct + (logp.argmax(-1) == y).sum()
         self._val_n += len(y)
-        update_metrics(self.val_metrics, logp, y, self.num_classes)
 
     def on_validation_epoch_end(self) -> None:
         if self._val_n:
             self.log("val/loss", self._val_sum / self._val_n, prog_bar=True)
-            self.log_dict({k: v for k, v in self.val_metrics.compute().items()})
-        self.val_metrics.reset()
+            self.log("val/accuracy", self._val_correct.float() / self._val_n, prog_bar=True)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         logp, y = self._logp(batch)
@@ -136,20 +150,23 @@ class TransferModule(pl.LightningModule):
         self.log_dict({k: v for k, v in self.test_metrics.compute().items()})
         self.test_metrics.reset()
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        ft.normalize_gradients(self.model, self.settings)
-
     def configure_optimizers(self) -> Any:
         optimizer = ft.build_optimizer(self.model, self.settings)
         if self.optimizer_state is not None:
             ft.load_optimizer_state(optimizer, self.optimizer_state)
+        self._step_scheduler = self._epoch_scheduler = None
         if self.settings.schedule == "none":
             return optimizer
         steps = max(1, int(self.trainer.estimated_stepping_batches // max(1, self.trainer.max_epochs or 1)))
         scheduler = ft.build_scheduler(optimizer, self.settings, max_epochs=int(self.trainer.max_epochs or 1), steps_per_epoch=steps)
         if scheduler is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+        # stepped by training_step / on_train_epoch_end (manual optimization steps nothing itself)
+        if scheduler.get("interval", "epoch") == "step":
+            self._step_scheduler = scheduler["scheduler"]
+        else:
+            self._epoch_scheduler = scheduler["scheduler"]
+        return optimizer
 
 
 @torch.no_grad()

@@ -244,7 +244,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     module = TransferModule(trainable, prepared.finetune, data.num_classes, class_weights, prepared.optimizer_state)
     trainer_kwargs = {k: v for k, v in _container(cfg.trainer).items() if v is not None}
-    trainer = pl.Trainer(**trainer_kwargs, logger=_logger(cfg), default_root_dir=str(out_dir))
+    callbacks = []
+    if trainer_kwargs.get("enable_checkpointing", True):
+        from pytorch_lightning.callbacks import ModelCheckpoint
+
+        # one checkpoint, at the end: model/ is the result; a save per epoch costs more than an
+        # epoch of a small head
+        callbacks.append(ModelCheckpoint(dirpath=out_dir / "checkpoints", every_n_epochs=cfg.trainer.max_epochs,
+                                         save_top_k=1, save_last=False))
+    trainer = pl.Trainer(**trainer_kwargs, logger=_logger(cfg), default_root_dir=str(out_dir), callbacks=callbacks)
     # both freeze modes start fitting from the same RNG state: same dropout masks, same results
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     t_fit = time.perf_counter()

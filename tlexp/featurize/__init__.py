@@ -20,7 +20,7 @@ import torch
 from filelock import FileLock
 from torch.utils.data import DataLoader, Dataset
 
-from tlexp.data import SPLITS, TlexpDataModule
+from tlexp.data import TlexpDataModule
 from tlexp.errors import ConfigError
 from tlexp.data._sampler import SeededBatchSampler
 from tlexp.featurize._sampling import StreamingBatches, TensorBatches
@@ -40,6 +40,13 @@ from tlexp.graph import LayerGraph
 __all__ = ["FeaturizeResult", "featurize", "FeaturizedDataModule", "SeededBatchSampler", "parse_bytes", "DTYPES"]
 
 log = logging.getLogger(__name__)
+
+#: the splits computed into the cache. The test split is not: the reassembled whole model is
+#: evaluated on raw test data, so its features would be computed and never read.
+FEATURIZED_SPLITS = ("train", "val")
+
+#: batch size for validating on in-memory features
+EVAL_BATCH = 1024
 
 
 @dataclass
@@ -116,7 +123,7 @@ def featurize(prefix: LayerGraph, boundary: Sequence[str], datamodule: TlexpData
         prefix.to(memory_format=torch.channels_last)
     try:
         with FileLock(str(cache_dir / f"{key}.lock")):
-            for split in SPLITS:
+            for split in FEATURIZED_SPLITS:
                 augmented = split == "train" and augment_copies > 0
                 copies = augment_copies if augmented else 1
                 dataset = datamodule.augmented_dataset(split) if augmented else datamodule.dataset(split)
@@ -157,7 +164,7 @@ class FeaturizedDataModule(pl.LightningDataModule):
         self.device = torch.device(device)
         self._sets: dict[str, Dataset] = {}
         budget = self.max_memory
-        for split in SPLITS:
+        for split in FEATURIZED_SPLITS:
             f = result.files[split]
             if f.nbytes <= budget:
                 budget -= f.nbytes
@@ -173,7 +180,9 @@ class FeaturizedDataModule(pl.LightningDataModule):
         ds = self._sets[split]
         if isinstance(ds, StreamingBatches):
             return DataLoader(ds, batch_size=None)
-        sampler = SeededBatchSampler(ds.n, self.batch_size, shuffle=shuffle, seed=self.seed, copies=ds.copies)
+        # evaluation needs no small batches: the stored features are already in memory
+        batch = self.batch_size if shuffle else max(self.batch_size, EVAL_BATCH)
+        sampler = SeededBatchSampler(ds.n, batch, shuffle=shuffle, seed=self.seed, copies=ds.copies)
         pin = self.device.type == "cuda" and ds.device.type == "cpu"
         return DataLoader(ds, sampler=sampler, batch_size=None, pin_memory=pin)
 
@@ -182,9 +191,6 @@ class FeaturizedDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
 
 
 def describe(result: FeaturizeResult) -> Mapping[str, Any]:
