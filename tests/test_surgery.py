@@ -9,28 +9,12 @@ from omegaconf import OmegaConf
 from tlexp.errors import ConfigError, ShapeError
 from tlexp.freeze import freeze
 from tlexp.graph import LayerGraph
+from tests._models import conv_chain
 from tlexp.sources.spec import build_spec
 from tlexp.surgery import WEIGHT_INITS, apply_ops, list_ops, register_op
 from tlexp.surgery import _registry
 
 # ---- models ---------------------------------------------------------------------------------
-
-
-def conv_chain() -> LayerGraph:
-    torch.manual_seed(0)
-    return build_spec(
-        [
-            {"name": "c", "type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1},
-            {"name": "bn", "type": "batchnorm2d"},
-            {"name": "r", "type": "activation", "args": {"name": "relu"}},
-            {"name": "p", "type": "max_pool2d", "kernel_size": 2},
-            {"name": "f", "type": "flatten"},
-            {"name": "fc1", "type": "dense", "out_features": 8, "activation": "relu"},
-            {"name": "drop", "type": "dropout", "p": 0.5},
-            {"name": "fc2", "type": "dense", "out_features": 3},
-        ],
-        input_shape=[1, 8, 8],
-    )
 
 
 def dense_chain(input_shape: list[int] | None = (16,)) -> LayerGraph:
