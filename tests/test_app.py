@@ -122,3 +122,13 @@ def test_schedule_steps_during_a_run(compose_cfg, tmp_path: Path, schedule: str,
 
     state = load_optimizer_state(tmp_path / "run" / "model")
     assert state["param_groups"][0]["lr"] == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.parametrize(("experiment", "shipped"), [("digits_pretrain", "digits_cnn"), ("churn_pretrain", "churn_net")])
+def test_shipped_base_models_are_reproduced_by_their_experiments(compose_cfg, tmp_path: Path, experiment: str, shipped: str) -> None:
+    run(compose_cfg(f"experiment={experiment}"))
+    new = _weights(tmp_path / "run")
+    old = load_file(str(tlexp._resources.MODELS_DIR / shipped / "weights.safetensors"))
+    assert new.keys() == old.keys()
+    diff = max(float((new[k] - old[k]).abs().max()) for k in new)
+    assert diff <= 1e-5, f"{shipped} differs from a fresh {experiment} run by {diff}"
