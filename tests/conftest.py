@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -40,11 +41,10 @@ def compose_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
 
 
 def run_cli(args: list[str], cwd: Path, script: str = "tlexp", env: dict[str, str] | None = None,
-            timeout: float = 300) -> "subprocess.CompletedProcess[str]":
+            timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run a console script as a user would: the installed entry point (README's install puts it
     on PATH), else the same entry function through this interpreter."""
     import shutil
-    import subprocess
 
     exe = shutil.which(script)
     if exe is not None:

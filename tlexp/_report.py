@@ -45,7 +45,7 @@ def print_run_table(cfg: Any, metrics: Mapping[str, Any], out_dir: Path, console
     t.add_row("mode", mode)
     t.add_row("data", f"{cfg.data.type}: train {metrics['samples']['train']}, val {metrics['samples']['val']}, "
                       f"test {metrics['samples']['test']}, {metrics['num_classes']} classes")
-    t.add_row("epochs", str(metrics["epochs"] + 1 if metrics["epochs"] < cfg.trainer.max_epochs else metrics["epochs"]))
+    t.add_row("epochs", str(metrics["epochs"]))
     tm = metrics["timing"]
     t.add_row("time", f"featurize {tm['featurize_s']:.2f}s · fit {tm['fit_s']:.2f}s · total {tm['total_s']:.2f}s")
     for split in ("val", "test"):
