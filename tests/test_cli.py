@@ -159,3 +159,18 @@ def test_wheel_carries_configs_and_base_models(tmp_path: Path) -> None:
     for needed in ("tlexp/conf/config.yaml", "tlexp/conf/experiment/digits_transfer.yaml", "tlexp/conf/__init__.py",
                    "tlexp/models/digits_cnn/weights.safetensors", "tlexp/models/churn_net/config.json"):
         assert needed in names, needed
+
+
+def test_a_users_own_config_folder_adds_experiments(tmp_path: Path) -> None:
+    """README: `tlexp --config-dir my_conf experiment=my_recipe`."""
+    exp = tmp_path / "my_conf" / "experiment"
+    exp.mkdir(parents=True)
+    (exp / "my_recipe.yaml").write_text(
+        "# @package _global_\n"
+        "defaults:\n  - override /source: saved\n  - override /data: churn\n  - override /surgery: replace_output\n"
+        "name: my_recipe\nsource:\n  path: pkg://models/churn_net\nfreeze:\n  up_to: dense1\n"
+    )
+    res = run_cli(["--config-dir", str(tmp_path / "my_conf"), "experiment=my_recipe", "inspect.format=json"],
+                  cwd=tmp_path, script="tlexp-inspect")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout)["frozen"] == ["dense0", "dense1"]
