@@ -23,3 +23,23 @@ def conv_chain() -> LayerGraph:
         ],
         input_shape=[1, 8, 8],
     )
+
+
+def skip_graph(outputs: list[str] | None = None, seed: int = 1) -> LayerGraph:
+    """Two inputs, two outputs, a skip connection (fa -> r) and input b used again late (hb)."""
+    torch.manual_seed(seed)
+    return build_spec(
+        [
+            {"name": "fa", "type": "dense", "out_features": 6, "activation": "relu", "inputs": ["a"]},
+            {"name": "fb", "type": "dense", "out_features": 6, "inputs": ["b"]},
+            {"name": "s", "type": "add", "inputs": ["fa", "fb"]},
+            {"name": "h", "type": "dense", "out_features": 5, "activation": "tanh", "inputs": ["s"]},
+            {"name": "hn", "type": "batchnorm1d", "inputs": ["h"]},
+            {"name": "r", "type": "concat", "inputs": ["hn", "fa"]},
+            {"name": "o1", "type": "dense", "out_features": 2, "inputs": ["r"]},
+            {"name": "hb", "type": "concat", "inputs": ["h", "b"]},
+            {"name": "o2", "type": "dense", "out_features": 3, "inputs": ["hb"]},
+        ],
+        inputs=[{"name": "a", "shape": [4]}, {"name": "b", "shape": [3]}],
+        outputs=outputs or ["o1", "o2"],
+    )

@@ -12,30 +12,10 @@ import tlexp
 from tlexp.errors import ConfigError, ShapeError, SourceError
 from tlexp.freeze import freeze, resolve_cut
 from tlexp.graph import LayerGraph, build_layer, get_layer_type, list_layers
-from tests._models import conv_chain
+from tests._models import conv_chain, skip_graph
 from tlexp.sources.spec import build_spec
 
 # ---- models ---------------------------------------------------------------------------------
-
-
-def skip_graph(outputs: list[str] | None = None) -> LayerGraph:
-    """Two inputs, two outputs, a skip connection (fa -> r) and input b used again late (hb)."""
-    torch.manual_seed(1)
-    return build_spec(
-        [
-            {"name": "fa", "type": "dense", "out_features": 6, "activation": "relu", "inputs": ["a"]},
-            {"name": "fb", "type": "dense", "out_features": 6, "inputs": ["b"]},
-            {"name": "s", "type": "add", "inputs": ["fa", "fb"]},
-            {"name": "h", "type": "dense", "out_features": 5, "activation": "tanh", "inputs": ["s"]},
-            {"name": "hn", "type": "batchnorm1d", "inputs": ["h"]},
-            {"name": "r", "type": "concat", "inputs": ["hn", "fa"]},
-            {"name": "o1", "type": "dense", "out_features": 2, "inputs": ["r"]},
-            {"name": "hb", "type": "concat", "inputs": ["h", "b"]},
-            {"name": "o2", "type": "dense", "out_features": 3, "inputs": ["hb"]},
-        ],
-        inputs=[{"name": "a", "shape": [4]}, {"name": "b", "shape": [3]}],
-        outputs=outputs or ["o1", "o2"],
-    )
 
 
 def _randomize(graph: LayerGraph, seed: int = 0) -> LayerGraph:

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from tlexp.errors import ConfigError, ShapeError
 from tlexp.freeze import freeze
 from tlexp.graph import LayerGraph
-from tests._models import conv_chain
+from tests._models import conv_chain, skip_graph
 from tlexp.sources.spec import build_spec
 from tlexp.surgery import WEIGHT_INITS, apply_ops, list_ops, register_op
 from tlexp.surgery import _registry
@@ -25,26 +25,6 @@ def dense_chain(input_shape: list[int] | None = (16,)) -> LayerGraph:
             {"name": "fc2", "type": "dense", "in_features": 8, "out_features": 4},
         ],
         input_shape=None if input_shape is None else list(input_shape),
-    )
-
-
-def skip_graph() -> LayerGraph:
-    """Two inputs, two outputs, a skip connection (fa -> r), input b used again late (hb)."""
-    torch.manual_seed(2)
-    return build_spec(
-        [
-            {"name": "fa", "type": "dense", "out_features": 6, "activation": "relu", "inputs": ["a"]},
-            {"name": "fb", "type": "dense", "out_features": 6, "inputs": ["b"]},
-            {"name": "s", "type": "add", "inputs": ["fa", "fb"]},
-            {"name": "h", "type": "dense", "out_features": 5, "activation": "tanh", "inputs": ["s"]},
-            {"name": "hn", "type": "batchnorm1d", "inputs": ["h"]},
-            {"name": "r", "type": "concat", "inputs": ["hn", "fa"]},
-            {"name": "o1", "type": "dense", "out_features": 2, "inputs": ["r"]},
-            {"name": "hb", "type": "concat", "inputs": ["h", "b"]},
-            {"name": "o2", "type": "dense", "out_features": 3, "inputs": ["hb"]},
-        ],
-        inputs=[{"name": "a", "shape": [4]}, {"name": "b", "shape": [3]}],
-        outputs=["o1", "o2"],
     )
 
 
@@ -181,7 +161,7 @@ def test_remove_output_layer_on_a_chain_keeps_the_rest_exactly():
 
 
 def test_remove_output_layer_on_a_graph_removes_every_output_node():
-    g = skip_graph()
+    g = skip_graph(seed=2)
     out = apply_ops(g, ["remove_output_layer"])  # a bare op name works too
     assert out.outputs == ["r", "hb"]
     assert "o1" not in out and "o2" not in out
@@ -209,7 +189,7 @@ def test_remove_output_layer_errors():
 
 
 def test_remove_output_layer_refuses_an_output_that_feeds_another_node():
-    g = skip_graph()
+    g = skip_graph(seed=2)
     g2 = apply_ops(g, [{"op": "set_outputs", "outputs": ["h", "o2"]}])
     with pytest.raises(ConfigError, match=r"surgery\.ops\[0\]: output layer 'h' also feeds hb; use remove_vertex_and_connections or set_outputs"):
         apply_ops(g2, [{"op": "remove_output_layer"}])
@@ -225,11 +205,11 @@ def test_remove_layers_from_output():
     with pytest.raises(ConfigError, match=r"surgery\.ops\[0\]\.n: 0 layers cannot be removed; valid: 1\.\.7"):
         apply_ops(g, [{"op": "remove_layers_from_output", "n": 0}])
     # on a graph: output nodes, then their inputs, ...
-    sg = apply_ops(skip_graph(), [{"op": "remove_layers_from_output", "n": 2}])
+    sg = apply_ops(skip_graph(seed=2), [{"op": "remove_layers_from_output", "n": 2}])
     assert sg.outputs == ["hn", "fa", "h"]
     # a third step would remove fa, which s still needs
     with pytest.raises(ConfigError, match=r"surgery\.ops\[0\]\.n: output layer 'fa' also feeds s"):
-        apply_ops(skip_graph(), [{"op": "remove_layers_from_output", "n": 3}])
+        apply_ops(skip_graph(seed=2), [{"op": "remove_layers_from_output", "n": 3}])
 
 
 # ---- add_layer -------------------------------------------------------------------------------------
@@ -272,7 +252,7 @@ def test_add_layer_after_a_node_rewires_its_consumers():
 
 
 def test_add_layer_after_a_graph_input_and_on_a_graph():
-    g = skip_graph()
+    g = skip_graph(seed=2)
     out = apply_ops(g, [{"op": "add_layer", "name": "nb", "type": "layernorm", "after": "b"}])
     assert out.node_names[0] == "nb" and out.node("fb").inputs == ["nb"] and out.node("hb").inputs == ["h", "nb"]
     assert out.module("nb").normalized_shape == (3,)
@@ -302,7 +282,7 @@ def test_add_layer_errors():
     with pytest.raises(ConfigError, match=r"surgery\.ops\[0\]\.inputs: add_layer takes 'after'.*use add_vertex"):
         apply_ops(g, [{"op": "add_layer", "name": "x", "type": "dense", "out_features": 2, "inputs": ["fc1"]}])
     with pytest.raises(ConfigError, match=r"surgery\.ops\[0\]\.after: the model has 2 outputs \(o1, o2\)"):
-        apply_ops(skip_graph(), [{"op": "add_layer", "name": "x", "type": "identity"}])
+        apply_ops(skip_graph(seed=2), [{"op": "add_layer", "name": "x", "type": "identity"}])
 
 
 def test_add_layer_with_an_impossible_shape_names_op_layer_and_shapes():
@@ -404,7 +384,7 @@ def test_n_out_replace_weight_init():
 
 
 def test_n_out_replace_on_a_graph_resizes_every_consumer():
-    g = skip_graph()
+    g = skip_graph(seed=2)
     out = apply_ops(g, [{"op": "n_out_replace", "layer": "h", "n_out": 7}])
     assert out.module("hn").num_features == 7  # batch norm: resized and followed
     assert out.module("o1").in_features == 7 + 6  # through concat(hn, fa)
@@ -417,7 +397,7 @@ def test_n_out_replace_on_a_graph_resizes_every_consumer():
 
 def test_n_out_replace_refuses_an_elementwise_merge_with_an_unchanged_input():
     with pytest.raises(ConfigError, match=r"surgery\.ops\[0\]\.layer: layer 's' \(add\) combines the resized output of 'fa' element-wise with 'fb'"):
-        apply_ops(skip_graph(), [{"op": "n_out_replace", "layer": "fa", "n_out": 3}])
+        apply_ops(skip_graph(seed=2), [{"op": "n_out_replace", "layer": "fa", "n_out": 3}])
 
 
 @pytest.mark.parametrize(
@@ -549,7 +529,7 @@ def test_normalize_permute_and_reshape_preprocessors():
 
 
 def test_preprocessor_on_one_of_two_inputs():
-    g = skip_graph()
+    g = skip_graph(seed=2)
     out = apply_ops(g, [{"op": "set_input_preprocessor", "input": "b", "type": "flatten", "input_shape": [3, 1]}])
     assert out.node("fb").inputs == ["preprocess_b"] and out.node("hb").inputs == ["h", "preprocess_b"]
     y1, y2 = run(out, AB[0], AB[1].reshape(2, 3, 1))
@@ -564,9 +544,9 @@ def test_preprocessor_errors():
     with pytest.raises(ConfigError, match=r"surgery\.ops\[0\]\.input_shape: a flatten preprocessor changes the input's shape"):
         apply_ops(g, [{"op": "set_input_preprocessor", "type": "flatten"}])
     with pytest.raises(ConfigError, match=r"surgery\.ops\[0\]\.input: the model has 2 inputs; name one: a, b"):
-        apply_ops(skip_graph(), [{"op": "set_input_preprocessor", "type": "flatten", "input_shape": [4]}])
+        apply_ops(skip_graph(seed=2), [{"op": "set_input_preprocessor", "type": "flatten", "input_shape": [4]}])
     with pytest.raises(ConfigError, match=r"surgery\.ops\[0\]\.input: no graph input named 'c'; valid: a, b"):
-        apply_ops(skip_graph(), [{"op": "set_input_preprocessor", "type": "flatten", "input": "c", "input_shape": [4]}])
+        apply_ops(skip_graph(seed=2), [{"op": "set_input_preprocessor", "type": "flatten", "input": "c", "input_shape": [4]}])
     with pytest.raises(ConfigError, match=r"surgery\.ops\[1\]\.name: 'preprocess_input' is already a layer"):
         apply_ops(g, [{"op": "set_input_preprocessor", "type": "flatten", "input_shape": [4, 4]},
                       {"op": "set_input_preprocessor", "type": "flatten", "input_shape": [2, 8]}])
@@ -578,7 +558,7 @@ def test_preprocessor_errors():
 
 
 def test_add_vertex_then_set_outputs_adds_a_third_head():
-    g = skip_graph()
+    g = skip_graph(seed=2)
     out = apply_ops(g, [
         {"op": "add_vertex", "name": "o3", "type": "dense", "out_features": 4, "inputs": ["h"]},
         {"op": "add_vertex", "name": "both", "type": "concat", "inputs": ["fa", "b"]},
@@ -595,7 +575,7 @@ def test_add_vertex_then_set_outputs_adds_a_third_head():
 
 
 def test_add_vertex_errors():
-    g = skip_graph()
+    g = skip_graph(seed=2)
     with pytest.raises(ConfigError, match=r"surgery\.ops\[0\] \(add_vertex 'o3'\): node 'o3' does not lead to any output .*set_outputs"):
         apply_ops(g, [{"op": "add_vertex", "name": "o3", "type": "dense", "out_features": 4, "inputs": ["h"]}])
     with pytest.raises(ConfigError, match=r"surgery\.ops\[0\]\.inputs\[1\]: no layer or input named 'zz'; valid: a, b, fa"):
@@ -608,7 +588,7 @@ def test_add_vertex_errors():
 
 
 def test_remove_vertex_keep_connections():
-    g = skip_graph()
+    g = skip_graph(seed=2)
     before = snapshot(g)
     out = apply_ops(g, [{"op": "remove_vertex_keep_connections", "name": "hn"}])
     assert_same(snapshot(g), before)
@@ -621,7 +601,7 @@ def test_remove_vertex_keep_connections():
 
 
 def test_remove_vertex_keep_connections_errors():
-    g = skip_graph()
+    g = skip_graph(seed=2)
     with pytest.raises(ConfigError, match=r"surgery\.ops\[0\]\.name: vertex 's' has 2 inputs \(fa, fb\) and h take one tensor from it"):
         apply_ops(g, [{"op": "remove_vertex_keep_connections", "name": "s"}])
     with pytest.raises(ShapeError, match=r"^surgery\.ops\[0\] \(remove_vertex_keep_connections 'h'\): layer 'hn' \(batchnorm1d\) does not accept its input \(s \[6\]\)"):
@@ -642,7 +622,7 @@ def test_remove_vertex_and_connections_removes_what_depended_only_on_it():
 
 
 def test_remove_vertex_and_connections_replacing_an_output_dl4j_style():
-    g = skip_graph()
+    g = skip_graph(seed=2)
     out = apply_ops(g, [
         {"op": "remove_vertex_and_connections", "name": "o1"},
         {"op": "add_vertex", "name": "o1", "type": "dense", "out_features": 7, "inputs": ["r"]},
@@ -656,7 +636,7 @@ def test_remove_vertex_and_connections_replacing_an_output_dl4j_style():
 
 
 def test_remove_vertex_and_connections_errors():
-    g = skip_graph()
+    g = skip_graph(seed=2)
     # removing fa leaves the concat r without its skip input: o1 no longer fits
     with pytest.raises(ShapeError, match=r"^surgery\.ops\[0\] \(remove_vertex_and_connections 'fa'\): layer 'o1' \(dense\) does not accept its input \(r \[5\]\)"):
         apply_ops(g, [{"op": "remove_vertex_and_connections", "name": "fa"}])
@@ -670,7 +650,7 @@ def test_remove_vertex_and_connections_errors():
 
 
 def test_set_outputs_prunes_unused_nodes():
-    g = skip_graph()
+    g = skip_graph(seed=2)
     out = apply_ops(g, [{"op": "set_outputs", "outputs": ["h"]}])
     assert out.node_names == ["fa", "fb", "s", "h"] and out.outputs == ["h"]
     assert torch.equal(run(out, *AB), run(g.split({"fa", "fb", "s", "h"})[0], *AB)[2])
@@ -685,7 +665,7 @@ def test_set_outputs_prunes_unused_nodes():
 
 
 def test_frozen_graph_nodes_survive_graph_ops():
-    g = skip_graph()
+    g = skip_graph(seed=2)
     freeze(g, "h")
     out = apply_ops(g, [
         {"op": "add_vertex", "name": "o3", "type": "dense", "out_features": 4, "inputs": ["h"]},
