@@ -135,21 +135,31 @@ class FinetuneConfig:
 
 
 @dataclass
-class DigitsData:
-    type: str = "digits"
-    #: digit classes to keep (relabelled 0..k-1 in this order); null = all ten
-    classes: Optional[list[int]] = None
+class SplitData:
+    """What every data set shares: seeded splits and loader settings."""
+
+    type: str = MISSING
     #: cap on training samples per class (a small training set for transfer)
     max_per_class: Optional[int] = None
-    val_fraction: float = 0.2
-    test_fraction: float = 0.3
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
     split_seed: int = 42
-    batch_size: int = 32
+    batch_size: int = 64
     num_workers: int = 0
 
 
 @dataclass
-class TabularData:
+class DigitsData(SplitData):
+    type: str = "digits"
+    #: digit classes to keep (relabelled 0..k-1 in this order); null = all ten
+    classes: Optional[list[int]] = None
+    val_fraction: float = 0.2
+    test_fraction: float = 0.3
+    batch_size: int = 32
+
+
+@dataclass
+class TabularData(SplitData):
     type: str = "csv"
     path: Optional[str] = None
     label: str = MISSING
@@ -157,28 +167,17 @@ class TabularData:
     categorical: list[str] = field(default_factory=list)
     #: keep only rows whose column values are listed: {Geography: [Germany]}
     where: Optional[Any] = None
-    max_per_class: Optional[int] = None
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    split_seed: int = 42
-    batch_size: int = 64
-    num_workers: int = 0
     #: rows of the synthetic churn table when no path is given
     synthetic_rows: int = 10000
 
 
 @dataclass
-class ImageFolderData:
+class ImageFolderData(SplitData):
     type: str = "image_folder"
     path: str = MISSING
     split_dirs: Optional[dict[str, str]] = None
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    split_seed: int = 42
     augment: bool = False
-    max_per_class: Optional[int] = None
     batch_size: int = 32
-    num_workers: int = 0
 
 
 # ---- running ----------------------------------------------------------------------------------
