@@ -174,3 +174,11 @@ def test_a_users_own_config_folder_adds_experiments(tmp_path: Path) -> None:
                   cwd=tmp_path, script="tlexp-inspect")
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads(res.stdout)["frozen"] == ["dense0", "dense1"]
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("tensorboard") is not None, reason="tensorboard is installed")
+def test_missing_logger_package_is_one_line_before_any_compute(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    res = run_cli(["logger=tensorboard", f"hydra.run.dir={run_dir}", f"paths.cache_dir={tmp_path / 'cache'}"], cwd=tmp_path)
+    assert "logger: cannot create pytorch_lightning.loggers.TensorBoardLogger (Neither `tensorboard`" in _one_error_line(res)
+    assert not run_dir.exists() and not list((tmp_path / "cache").glob("*.h5"))

@@ -200,7 +200,11 @@ def _logger(cfg: DictConfig) -> Any:
     try:
         return instantiate(node)
     except Exception as e:  # a missing optional package (tensorboard) surfaces here
-        raise ConfigError(f"logger: cannot create {node._target_} ({str(e).splitlines()[0]}); use logger=csv or install its package") from None
+        root = e
+        while root.__cause__ is not None:
+            root = root.__cause__
+        why = str(root).strip().splitlines()[0] if str(root).strip() else type(root).__name__
+        raise ConfigError(f"logger: cannot create {node._target_} ({why}); use logger=csv or install its package") from None
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -215,6 +219,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     prepared = prepare(cfg)
+    logger = _logger(cfg)  # before any compute: a logger that cannot be made is a config error
     graph, data, cut = prepared.graph, prepared.data, prepared.cut
     device = _device(cfg)
     class_weights = data.class_weights() if prepared.finetune.get("class_weights") else None
@@ -253,7 +258,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         # epoch of a small head
         callbacks.append(ModelCheckpoint(dirpath=out_dir / "checkpoints", every_n_epochs=cfg.trainer.max_epochs,
                                          save_top_k=1, save_last=False))
-    trainer = pl.Trainer(**trainer_kwargs, logger=_logger(cfg), default_root_dir=str(out_dir), callbacks=callbacks)
+    trainer = pl.Trainer(**trainer_kwargs, logger=logger, default_root_dir=str(out_dir), callbacks=callbacks)
     # both freeze modes start fitting from the same RNG state: same dropout masks, same results
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     t_fit = time.perf_counter()
