@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["cap_per_class", "stratified_split"]
+__all__ = ["cap_per_class", "check_fractions", "stratified_split"]
+
+
+def check_fractions(val_fraction: float, test_fraction: float) -> None:
+    """Both held-out fractions in (0, 1), leaving a training split."""
+    from tlexp.errors import ConfigError
+
+    if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ConfigError("data.val_fraction/test_fraction: each must be in (0, 1) and their sum below 1")
 
 
 def cap_per_class(ids: np.ndarray, y: np.ndarray, cap: int | None) -> np.ndarray:

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from tlexp.data._base import TlexpDataModule
-from tlexp.data._split import cap_per_class, stratified_split
+from tlexp.data._split import cap_per_class, check_fractions, stratified_split
 from tlexp.errors import ConfigError
 
 __all__ = ["DigitsDataModule"]
@@ -34,8 +34,7 @@ class DigitsDataModule(TlexpDataModule):
         bad = [c for c in classes if not 0 <= c <= 9]
         if bad or len(set(classes)) != len(classes) or len(classes) < 2:
             raise ConfigError(f"data.classes: {classes} must be at least two distinct digits among 0..9")
-        if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
-            raise ConfigError("data.val_fraction/test_fraction: each must be in (0, 1) and their sum below 1")
+        check_fractions(val_fraction, test_fraction)
         self.classes = classes
         self.max_per_class = max_per_class
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed

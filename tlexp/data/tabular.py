@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from tlexp.data._base import TlexpDataModule
-from tlexp.data._split import cap_per_class, stratified_split
+from tlexp.data._split import cap_per_class, check_fractions, stratified_split
 from tlexp.errors import ConfigError, SourceError, choices
 
 __all__ = ["TabularDataModule", "CHURN_COLUMNS", "synthetic_churn", "write_csv", "read_csv"]
@@ -125,8 +125,7 @@ class TabularDataModule(TlexpDataModule):
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         if path is None and type != "churn":
             raise ConfigError("data.path: a CSV file is needed (data.path=FILE)")
-        if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
-            raise ConfigError("data.val_fraction/test_fraction: each must be in (0, 1) and their sum below 1")
+        check_fractions(val_fraction, test_fraction)
         self.kind = type
         self.path = None if path is None else Path(path).expanduser().resolve()
         self.label = label
