@@ -96,7 +96,7 @@ class Dense(nn.Linear):
 
 
 class Conv(nn.Module):
-    """Convolution (1-D or 2-D) with TF-style ``same`` padding for any stride.
+    """Convolution (1-D, 2-D or 3-D) with TF-style ``same`` padding for any stride.
 
     torch's own ``padding="same"`` allows stride 1 only; TF pads asymmetrically (the extra
     pixel at the end) for any stride, and imported Keras models depend on that exact placement.
@@ -129,15 +129,17 @@ class Conv(nn.Module):
         cls = {
             (1, False): nn.Conv1d,
             (2, False): nn.Conv2d,
+            (3, False): nn.Conv3d,
             (1, True): nn.ConvTranspose1d,
             (2, True): nn.ConvTranspose2d,
+            (3, True): nn.ConvTranspose3d,
         }[(dims, transposed)]
         kw = dict(stride=self.stride, padding=pad, dilation=self.dilation, groups=groups, bias=bias)
         if transposed:
             kw["output_padding"] = tup(output_padding)
         self.conv = cls(in_channels, out_channels, self.kernel_size, **kw)
         self.transposed = transposed
-        self.drop = (nn.Dropout1d if dims == 1 else nn.Dropout2d)(dropout) if dropout > 0 else nn.Identity()
+        self.drop = (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)[dims - 1](dropout) if dropout > 0 else nn.Identity()
         self.act = _act(activation, None, dim=1)
 
     def _same_pad(self, x: torch.Tensor) -> torch.Tensor:
@@ -324,7 +326,8 @@ class _Pool(nn.Module):
         self.same = padding == "same"
         pad = 0 if isinstance(padding, str) else tup(padding)
         self.kind = kind
-        cls = {("max", 1): nn.MaxPool1d, ("max", 2): nn.MaxPool2d, ("avg", 1): nn.AvgPool1d, ("avg", 2): nn.AvgPool2d}
+        cls = {("max", 1): nn.MaxPool1d, ("max", 2): nn.MaxPool2d, ("max", 3): nn.MaxPool3d,
+               ("avg", 1): nn.AvgPool1d, ("avg", 2): nn.AvgPool2d, ("avg", 3): nn.AvgPool3d}
         kw = {} if kind == "max" else {"count_include_pad": False}
         self.pool = cls[(kind, dims)](self.kernel_size, self.stride, pad, **kw)
 

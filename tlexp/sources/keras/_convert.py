@@ -17,7 +17,8 @@ import numpy as np
 
 from tlexp.errors import SourceError, choices
 from tlexp.graph._layers_keras import KERAS_ACTIVATIONS
-from tlexp.sources.keras._builder import CF, CL, Builder, Chain, Op, T
+from tlexp.sources.keras import _layers_more  # noqa: F401  (registers the layer types below need)
+from tlexp.sources.keras._builder import CF, CL, Builder, Chain, Op, T, to_cl_dims
 
 __all__ = ["KLayer", "CONVERTERS", "supported_classes", "convert_layer"]
 
@@ -63,11 +64,6 @@ def supported_classes() -> list[str]:
 
 
 def convert_layer(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
-    if k.cfg.get("data_format") == "channels_first":
-        raise SourceError(
-            f"keras layer {k.name!r} ({k.cls}): data_format='channels_first' is not supported; "
-            "tlexp imports channels_last Keras models (the Keras default)"
-        )
     return CONVERTERS[k.cls](ctx, k, ins)
 
 
@@ -184,10 +180,14 @@ def _dropout(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
     return [ctx.add(k.name, Op("dropout", {"p": float(k.get("rate", 0.0))}), [x], x.rank, x.layout)]
 
 
-@converter("SpatialDropout1D", "SpatialDropout2D")
+@converter("SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D")
 def _spatial_dropout(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
     x = ins[0]
-    op = Op("spatial_dropout", {"rate": float(k.get("rate", 0.0)), "channels_last": x.layout == CL})
+    dim = _keras_dim(x, 1 if k.get("data_format") == "channels_first" else -1)
+    if dim not in (1, x.rank):
+        x, _ = _spatial(ctx, k, x)
+        dim = 1
+    op = Op("spatial_dropout", {"rate": float(k.get("rate", 0.0)), "channels_last": dim != 1})
     return [ctx.add(k.name, op, [x], x.rank, x.layout)]
 
 
@@ -217,8 +217,12 @@ def _identity(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
 
 @converter("Flatten")
 def _flatten(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
-    # Keras flattens in its own (channels-last) order; the next Dense's kernel rows follow it
+    # Keras flattens its own tensor's order, the next Dense's kernel rows follow it; with
+    # data_format="channels_first" Keras first moves axis 1 to the end (keeping a model's Dense
+    # weights valid across data formats), so the same move comes first here
     x = ctx.layout(ins[0], CL)
+    if k.get("data_format") == "channels_first" and x.rank >= 2:
+        x = ctx.add(f"{k.name}/channels_last", Op("permute", {"dims": to_cl_dims(x.rank)}), [x], x.rank, CL)
     return [ctx.add(k.name, Op("flatten", {}), [x], 1, CL)]
 
 
@@ -327,12 +331,32 @@ def _prelu(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
 # ---- convolutions -----------------------------------------------------------------------------
 
 
-@converter("Conv1D", "Conv2D")
+def _spatial(ctx: Ctx, k: KLayer, t: T) -> tuple[T, str]:
+    """``t`` laid out as a spatial layer computes (channels right after the batch axis), and the
+    layout tag of the layer's output.
+
+    A channels_last layer needs Keras's tensor with its last axis moved to the front (``CF``); a
+    channels_first layer's Keras tensor already has the channels first, so it computes on
+    Keras's own order (``CL``).
+    """
+    if str(k.get("data_format") or "channels_last") == "channels_first":
+        return ctx.layout(t, CL), CL
+    return ctx.layout(t, CF), CF
+
+
+_KERNEL_PERM = {1: (2, 1, 0), 2: (3, 2, 0, 1), 3: (4, 3, 0, 1, 2)}  # (*k, in, out) -> (out, in, *k)
+
+
+def _dims_of(cls: str) -> int:
+    return int(cls.rstrip("D")[-1]) if cls[-2:] in ("1D", "2D", "3D") else 2
+
+
+@converter("Conv1D", "Conv2D", "Conv3D", "Convolution1D", "Convolution2D", "Convolution3D")
 def _conv(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
-    dims = 1 if k.cls == "Conv1D" else 2
+    dims = _dims_of(k.cls)
     use_bias = bool(k.get("use_bias", True))
     w = k.expect(2 if use_bias else 1)
-    x = ctx.layout(ins[0], CF)
+    x, lay = _spatial(ctx, k, ins[0])
     kernel = w[0]
     groups = int(k.get("groups", 1) or 1)
     ks = list(kernel.shape[:dims])
@@ -342,12 +366,11 @@ def _conv(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
         if dims != 1:
             raise SourceError(f"keras layer {k.name!r}: causal padding is for Conv1D only")
         left = (ks[0] - 1) * dilation[0]
-        x = ctx.add(f"{k.name}/causal_pad", Op("zero_padding1d", {"padding": [left, 0]}), [x], x.rank, CF)
+        x = ctx.add(f"{k.name}/causal_pad", Op("zero_padding1d", {"padding": [left, 0]}), [x], x.rank, lay)
         padding: str | int = 0
     else:
         padding = _padding(k)
-    perm = (2, 1, 0) if dims == 1 else (3, 2, 0, 1)
-    state = {"conv.weight": kernel.transpose(perm)}
+    state = {"conv.weight": kernel.transpose(_KERNEL_PERM[dims])}
     if use_bias:
         state["conv.bias"] = w[1]
     fused, extra = _split_activation(k)
@@ -357,65 +380,97 @@ def _conv(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
         "stride": _tuple(k.get("strides", 1), dims), "padding": padding, "dilation": dilation, "groups": groups,
         "bias": use_bias, "activation": fused,
     }, state)
-    out = ctx.add(k.name, op, [x], x.rank, CF)
+    out = ctx.add(k.name, op, [x], x.rank, lay)
     return _with_activation(ctx, k, out, extra)
 
 
-@converter("Conv2DTranspose")
+def _transpose_window(k: KLayer, ks: list[int], strides: list[int], dilation: list[int], out_pad: Any) -> list[list[int]]:
+    """Per spatial axis, the positions Keras drops (negative: adds) at each end of torch's full
+    transposed-conv output, given ``output_padding``.
+
+    Keras computes a transposed conv as a conv of the stride-dilated input padded by
+    ``(left, right)``: 'valid' pads ``k - 1`` and ``k - 1 + output_padding``; 'same' pads
+    ``k + k % 2 - 2 + output_padding`` in all, ``min(ceil(half), k - 1)`` of it on the left. torch's
+    full output is that conv padded by ``k - 1`` on both sides.
+    """
+    same = str(k.get("padding", "valid")).lower() == "same"
+    ops = _tuple(out_pad, len(ks))
+    crops = []
+    for kk, d, op in zip(ks, dilation, ops):
+        eff = (kk - 1) * d + 1
+        if same:
+            total = eff + eff % 2 - 2 + op
+            left = min(total // 2 + total % 2, eff - 1)
+            right = total - left
+        else:
+            left, right = eff - 1, eff - 1 + op
+        crops.append([eff - 1 - left, eff - 1 - right])
+    return crops
+
+
+@converter("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose", "Convolution2DTranspose", "Convolution3DTranspose",
+           "Deconvolution2D", "Deconvolution3D")
 def _conv_transpose(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+    dims = int(k.cls.replace("Transpose", "").rstrip("D")[-1])
     use_bias = bool(k.get("use_bias", True))
     w = k.expect(2 if use_bias else 1)
-    x = ctx.layout(ins[0], CF)
-    kernel = w[0]  # (kh, kw, out, in)
-    padding = _padding(k)
+    x, lay = _spatial(ctx, k, ins[0])
+    kernel = w[0]  # (*k, out, in)
+    ks = list(kernel.shape[:dims])
+    strides = _tuple(k.get("strides", 1), dims)
+    dilation = _tuple(k.get("dilation_rate", 1), dims)
     out_pad = k.get("output_padding")
-    if out_pad is not None and padding == "same":
-        raise SourceError(f"keras layer {k.name!r} (Conv2DTranspose): output_padding with padding='same' is not supported")
     groups = int(k.get("groups", 1) or 1)
-    state = {"conv.weight": kernel.transpose(3, 2, 0, 1)}
-    if use_bias:
-        state["conv.bias"] = w[1]
     fused, extra = _split_activation(k)
-    op = Op("conv_transpose2d", {
-        "in_channels": int(kernel.shape[3]), "out_channels": int(kernel.shape[2]) * groups,
-        "kernel_size": list(kernel.shape[:2]), "stride": _tuple(k.get("strides", 1), 2), "padding": padding,
-        "output_padding": _tuple(out_pad, 2) if out_pad is not None else 0,
-        "dilation": _tuple(k.get("dilation_rate", 1), 2), "groups": groups, "bias": use_bias, "activation": fused,
-    }, state)
-    out = ctx.add(k.name, op, [x], x.rank, CF)
+    common = {"in_channels": int(kernel.shape[-1]), "out_channels": int(kernel.shape[-2]) * groups,
+              "kernel_size": ks, "stride": strides, "dilation": dilation, "groups": groups, "bias": use_bias,
+              "activation": fused}
+    weight = kernel.transpose(_KERNEL_PERM[dims])  # -> (in, out, *k)
+    if out_pad is not None:
+        state = {"conv.weight": weight, **({"bias": w[1]} if use_bias else {})}
+        crops = _transpose_window(k, ks, strides, dilation, out_pad)
+        op = Op("window_conv_transpose", {"dims": dims, "crops": crops, **common}, state)
+    else:
+        state = {"conv.weight": weight, **({"conv.bias": w[1]} if use_bias else {})}
+        op = Op(f"conv_transpose{dims}d", {"padding": _padding(k), **common}, state)
+    out = ctx.add(k.name, op, [x], x.rank, lay)
     return _with_activation(ctx, k, out, extra)
 
 
 def _depthwise_weight(kernel: np.ndarray) -> np.ndarray:
-    # (kh, kw, in, mult) -> (in * mult, 1, kh, kw); output channel c * mult + m, as torch groups it
-    kh, kw, cin, mult = kernel.shape
-    return kernel.reshape(kh, kw, cin * mult).transpose(2, 0, 1)[:, None]
+    # (*k, in, mult) -> (in * mult, 1, *k); output channel c * mult + m, as torch groups it
+    *ks, cin, mult = kernel.shape
+    return np.moveaxis(kernel.reshape(*ks, cin * mult), -1, 0)[:, None]
 
 
-@converter("DepthwiseConv2D")
+@converter("DepthwiseConv2D", "DepthwiseConv1D")
 def _depthwise(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+    dims = _dims_of(k.cls)
     use_bias = bool(k.get("use_bias", True))
     w = k.expect(2 if use_bias else 1)
-    x = ctx.layout(ins[0], CF)
+    x, lay = _spatial(ctx, k, ins[0])
     kernel = w[0]
+    cin, mult = int(kernel.shape[-2]), int(kernel.shape[-1])
     state = {"conv.weight": _depthwise_weight(kernel)}
     if use_bias:
         state["conv.bias"] = w[1]
     fused, extra = _split_activation(k)
-    op = Op("depthwise_conv2d", {
-        "in_channels": int(kernel.shape[2]), "kernel_size": list(kernel.shape[:2]),
-        "depth_multiplier": int(kernel.shape[3]), "stride": _tuple(k.get("strides", 1), 2), "padding": _padding(k),
-        "dilation": _tuple(k.get("dilation_rate", 1), 2), "bias": use_bias, "activation": fused,
-    }, state)
-    out = ctx.add(k.name, op, [x], x.rank, CF)
+    args = {"kernel_size": list(kernel.shape[:dims]), "stride": _tuple(k.get("strides", 1), dims),
+            "padding": _padding(k), "dilation": _tuple(k.get("dilation_rate", 1), dims), "bias": use_bias,
+            "activation": fused}
+    if dims == 2:
+        op = Op("depthwise_conv2d", {"in_channels": cin, "depth_multiplier": mult, **args}, state)
+    else:
+        op = Op("conv1d", {"in_channels": cin, "out_channels": cin * mult, "groups": cin, **args}, state)
+    out = ctx.add(k.name, op, [x], x.rank, lay)
     return _with_activation(ctx, k, out, extra)
 
 
-@converter("SeparableConv2D")
+@converter("SeparableConv2D", "SeparableConvolution2D")
 def _separable(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
     use_bias = bool(k.get("use_bias", True))
     w = k.expect(3 if use_bias else 2)
-    x = ctx.layout(ins[0], CF)
+    x, lay = _spatial(ctx, k, ins[0])
     dk, pk = w[0], w[1]  # (kh, kw, in, mult), (1, 1, in * mult, out)
     state = {"depthwise.conv.weight": _depthwise_weight(dk), "pointwise.conv.weight": pk.transpose(3, 2, 0, 1)}
     if use_bias:
@@ -426,7 +481,7 @@ def _separable(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
         "depth_multiplier": int(dk.shape[3]), "stride": _tuple(k.get("strides", 1), 2), "padding": _padding(k),
         "dilation": _tuple(k.get("dilation_rate", 1), 2), "bias": use_bias, "activation": fused,
     }, state)
-    out = ctx.add(k.name, op, [x], x.rank, CF)
+    out = ctx.add(k.name, op, [x], x.rank, lay)
     return _with_activation(ctx, k, out, extra)
 
 
@@ -446,56 +501,92 @@ def _pairs(v: Any, n: int) -> list[int]:
     return out
 
 
-@converter("ZeroPadding1D", "ZeroPadding2D")
+@converter("ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D")
 def _zero_pad(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
-    n = 1 if k.cls.endswith("1D") else 2
-    x = ctx.layout(ins[0], CF)
-    return [ctx.add(k.name, Op(f"zero_padding{n}d", {"padding": _pairs(k.get("padding", 1), n)}), [x], x.rank, CF)]
+    n = _dims_of(k.cls)
+    x, lay = _spatial(ctx, k, ins[0])
+    return [ctx.add(k.name, Op(f"zero_padding{n}d", {"padding": _pairs(k.get("padding", 1), n)}), [x], x.rank, lay)]
 
 
-@converter("Cropping1D", "Cropping2D")
+@converter("Cropping1D", "Cropping2D", "Cropping3D")
 def _crop(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
-    n = 1 if k.cls.endswith("1D") else 2
-    x = ctx.layout(ins[0], CF)
-    return [ctx.add(k.name, Op(f"cropping{n}d", {"cropping": _pairs(k.get("cropping", 0), n)}), [x], x.rank, CF)]
+    n = _dims_of(k.cls)
+    x, lay = _spatial(ctx, k, ins[0])
+    return [ctx.add(k.name, Op(f"cropping{n}d", {"cropping": _pairs(k.get("cropping", 0), n)}), [x], x.rank, lay)]
 
 
 @converter("UpSampling1D")
 def _up1(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
-    x = ctx.layout(ins[0], CF)
-    return [ctx.add(k.name, Op("upsample1d", {"size": _tuple(k.get("size", 2), 1)[0]}), [x], x.rank, CF)]
+    x, lay = _spatial(ctx, k, ins[0])
+    return [ctx.add(k.name, Op("upsample1d", {"size": _tuple(k.get("size", 2), 1)[0]}), [x], x.rank, lay)]
 
 
 @converter("UpSampling2D")
 def _up2(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
-    x = ctx.layout(ins[0], CF)
+    x, lay = _spatial(ctx, k, ins[0])
     mode = str(k.get("interpolation", "nearest"))
     if mode not in ("nearest", "bilinear"):
         raise SourceError(f"keras layer {k.name!r} (UpSampling2D): interpolation {mode!r} is not supported; valid: nearest, bilinear")
     op = Op("upsample2d", {"scale_factor": _tuple(k.get("size", 2), 2), "mode": mode})
-    return [ctx.add(k.name, op, [x], x.rank, CF)]
+    return [ctx.add(k.name, op, [x], x.rank, lay)]
 
 
-@converter("MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D", "MaxPool1D", "MaxPool2D",
-           "AvgPool1D", "AvgPool2D")
+@converter("UpSampling3D")
+def _up3(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+    x, lay = _spatial(ctx, k, ins[0])
+    return [ctx.add(k.name, Op("upsample3d", {"size": _tuple(k.get("size", 2), 3)}), [x], x.rank, lay)]
+
+
+@converter("MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
+           "MaxPool1D", "MaxPool2D", "MaxPool3D", "AvgPool1D", "AvgPool2D", "AvgPool3D")
 def _pool(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
-    n = 1 if k.cls.endswith("1D") else 2
+    n = _dims_of(k.cls)
     kind = "max" if k.cls.startswith("Max") else "avg"
-    x = ctx.layout(ins[0], CF)
+    x, lay = _spatial(ctx, k, ins[0])
     size = _tuple(k.get("pool_size", 2), n)
     strides = k.get("strides")
     op = Op(f"{kind}_pool{n}d", {"kernel_size": size, "stride": size if strides is None else _tuple(strides, n),
                                  "padding": _padding(k)})
-    return [ctx.add(k.name, op, [x], x.rank, CF)]
+    return [ctx.add(k.name, op, [x], x.rank, lay)]
 
 
-@converter("GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalMaxPooling1D", "GlobalMaxPooling2D",
-           "GlobalAvgPool1D", "GlobalAvgPool2D", "GlobalMaxPool1D", "GlobalMaxPool2D")
+@converter("GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D", "GlobalMaxPooling1D",
+           "GlobalMaxPooling2D", "GlobalMaxPooling3D", "GlobalAvgPool1D", "GlobalAvgPool2D", "GlobalAvgPool3D",
+           "GlobalMaxPool1D", "GlobalMaxPool2D", "GlobalMaxPool3D")
 def _global_pool(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
     kind = "max" if "Max" in k.cls else "avg"
-    x = ctx.layout(ins[0], CF)
+    x, lay = _spatial(ctx, k, ins[0])
     keep = bool(k.get("keepdims", False))
-    return [ctx.add(k.name, Op(f"global_{kind}_pool", {"keepdims": keep}), [x], x.rank if keep else 1, CF)]
+    return [ctx.add(k.name, Op(f"global_{kind}_pool", {"keepdims": keep}), [x], x.rank if keep else 1, lay)]
+
+
+@converter("CenterCrop")
+def _center_crop(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+    x, lay = _spatial(ctx, k, ins[0])
+    if x.rank != 3:
+        raise SourceError(f"keras layer {k.name!r} (CenterCrop): only single images (rank 3 per sample) are supported")
+    h, w = int(k.get("height")), int(k.get("width"))
+    shape = ctx.value(x).shape
+    if shape[-2] < h or shape[-1] < w:
+        raise SourceError(f"keras layer {k.name!r} (CenterCrop): the input ({shape[-2]}x{shape[-1]}) is smaller than the "
+                          f"crop ({h}x{w}); Keras resizes then, which is not supported")
+    return [ctx.add(k.name, Op("center_crop", {"height": h, "width": w}), [x], x.rank, lay)]
+
+
+@converter("Resizing")
+def _resizing(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+    x, lay = _spatial(ctx, k, ins[0])
+    mode = str(k.get("interpolation", "bilinear"))
+    if mode not in ("nearest", "bilinear", "bicubic"):
+        raise SourceError(f"keras layer {k.name!r} (Resizing): interpolation {mode!r} is not supported; "
+                          "valid: nearest, bilinear, bicubic")
+    if k.get("crop_to_aspect_ratio") or k.get("pad_to_aspect_ratio"):
+        raise SourceError(f"keras layer {k.name!r} (Resizing): crop_to_aspect_ratio / pad_to_aspect_ratio are not supported")
+    if x.rank != 3:
+        raise SourceError(f"keras layer {k.name!r} (Resizing): only single images (rank 3 per sample) are supported")
+    op = Op("resize", {"height": int(k.get("height")), "width": int(k.get("width")), "interpolation": mode,
+                       "antialias": bool(k.get("antialias", False))})
+    return [ctx.add(k.name, op, [x], x.rank, lay)]
 
 
 # ---- normalization ------------------------------------------------------------------------------
@@ -510,49 +601,114 @@ def _axes(k: KLayer, rank: int) -> list[int]:
 @converter("BatchNormalization")
 def _batchnorm(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
     x = ins[0]
-    if _axes(k, x.rank) != [x.rank]:
-        raise SourceError(f"keras layer {k.name!r} (BatchNormalization): axis {k.get('axis')} is not supported; only the last (channels) axis")
-    if x.rank > 3:
-        raise SourceError(f"keras layer {k.name!r} (BatchNormalization): inputs of rank {x.rank + 1} are not supported")
+    axes = _axes(k, x.rank)
+    if len(axes) != 1 or not 1 <= axes[0] <= x.rank:
+        raise SourceError(f"keras layer {k.name!r} (BatchNormalization): axis {k.get('axis')} is not supported; "
+                          "one axis other than the batch axis")
+    if k.get("renorm"):
+        raise SourceError(f"keras layer {k.name!r} (BatchNormalization): renorm=True is not supported")
     center, scale = bool(k.get("center", True)), bool(k.get("scale", True))
     w = list(k.expect(2 + center + scale))
     gamma = w.pop(0) if scale else None
     beta = w.pop(0) if center else None
     mean, var = w
-    x = ctx.layout(x, CF)
     affine = center or scale
     state = {"running_mean": mean, "running_var": var}
     if affine:
         state["weight"] = gamma if gamma is not None else np.ones_like(mean)
         state["bias"] = beta if beta is not None else np.zeros_like(mean)
-    op = Op("batchnorm2d" if x.rank == 3 else "batchnorm1d", {
-        "num_features": int(mean.shape[0]), "eps": float(k.get("epsilon", 1e-3)),
-        "momentum": 1.0 - float(k.get("momentum", 0.99)), "affine": affine,
-    }, state)
-    return [ctx.add(k.name, op, [x], x.rank, CF)]
+    args = {"num_features": int(mean.shape[0]), "eps": float(k.get("epsilon", 1e-3)),
+            "momentum": 1.0 - float(k.get("momentum", 0.99)), "affine": affine}
+    if axes[0] == x.rank and x.rank <= 3:
+        # the channels (last) axis: torch's own BatchNorm on the channels-first tensor
+        x = ctx.layout(x, CF)
+        op = Op("batchnorm2d" if x.rank == 3 else "batchnorm1d", args, state)
+    else:
+        dim = _keras_dim(x, axes[0])
+        if dim == 1 and x.rank <= 3:
+            op = Op("batchnorm2d" if x.rank == 3 else "batchnorm1d", args, state)
+        else:
+            op = Op("axis_batchnorm", {**args, "dim": dim}, {f"bn.{key}": v for key, v in state.items()})
+    return [ctx.add(k.name, op, [x], x.rank, x.layout)]
 
 
 @converter("LayerNormalization")
 def _layernorm(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
     x = ctx.layout(ins[0], CL)
-    if k.get("rms_scaling"):
-        raise SourceError(f"keras layer {k.name!r} (LayerNormalization): rms_scaling=True is not supported")
+    rms = bool(k.get("rms_scaling", False))
     axes = _axes(k, x.rank)
-    if axes != list(range(x.rank - len(axes) + 1, x.rank + 1)):
-        raise SourceError(f"keras layer {k.name!r} (LayerNormalization): axis {k.get('axis')} is not supported; only trailing axes")
-    shape = list(ctx.shape(x)[x.rank - len(axes):])
-    center, scale = bool(k.get("center", True)), bool(k.get("scale", True))
-    w = list(k.expect(center + scale))
+    if not all(1 <= a <= x.rank for a in axes):
+        raise SourceError(f"keras layer {k.name!r} (LayerNormalization): axis {k.get('axis')} is out of range")
+    full = list(ctx.shape(x))
+    shape = [full[a - 1] for a in axes]
+    center, scale = bool(k.get("center", True)) and not rms, bool(k.get("scale", True))
+    w = list(k.expect(int(center) + int(scale), int(bool(k.get("center", True))) + int(scale)))
     gamma = w.pop(0).reshape(shape) if scale else None
-    beta = w.pop(0).reshape(shape) if center else None
-    affine = center or scale
-    state: dict[str, np.ndarray] = {}
-    if affine:
-        state["weight"] = gamma if gamma is not None else np.ones(shape, np.float32)
-        if center:
-            state["bias"] = beta  # type: ignore[assignment]
-    op = Op("layernorm", {"normalized_shape": shape, "eps": float(k.get("epsilon", 1e-3)),
-                          "elementwise_affine": affine, "bias": center}, state)
+    beta = w.pop(0).reshape(shape) if center and w else None
+    eps = float(k.get("epsilon", 1e-3))
+    trailing = axes == list(range(x.rank - len(axes) + 1, x.rank + 1))
+    if trailing and not rms:
+        affine = center or scale
+        state: dict[str, np.ndarray] = {}
+        if affine:
+            state["weight"] = gamma if gamma is not None else np.ones(shape, np.float32)
+            if center:
+                state["bias"] = beta  # type: ignore[assignment]
+        op = Op("layernorm", {"normalized_shape": shape, "eps": eps, "elementwise_affine": affine, "bias": center}, state)
+        return [ctx.add(k.name, op, [x], x.rank, CL)]
+    bshape = [full[i - 1] if i in axes else 1 for i in range(1, x.rank + 1)]
+    state = {}
+    if gamma is not None:
+        state["weight"] = gamma.reshape(bshape)
+    if beta is not None:
+        state["bias"] = beta.reshape(bshape)
+    op = Op("axis_layernorm", {"dims": axes, "shape": bshape, "eps": eps, "center": center, "scale": scale,
+                               "rms_scaling": rms}, state)
+    return [ctx.add(k.name, op, [x], x.rank, CL)]
+
+
+@converter("GroupNormalization")
+def _groupnorm(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+    x = ins[0]
+    axes = _axes(k, x.rank)
+    if len(axes) != 1:
+        raise SourceError(f"keras layer {k.name!r} (GroupNormalization): one channel axis is supported")
+    if axes[0] == x.rank and x.rank >= 2:
+        x = ctx.layout(x, CF)
+    dim = _keras_dim(x, axes[0])
+    center, scale = bool(k.get("center", True)), bool(k.get("scale", True))
+    w = list(k.expect(int(center) + int(scale)))
+    channels = int(ctx.value(x).shape[dim])
+    state = {}
+    if scale:
+        state["weight"] = w.pop(0)
+    if center:
+        state["bias"] = w.pop(0)
+    op = Op("axis_groupnorm", {"groups": int(k.get("groups", 32)), "num_channels": channels, "dim": dim,
+                               "eps": float(k.get("epsilon", 1e-3)), "center": center, "scale": scale}, state)
+    return [ctx.add(k.name, op, [x], x.rank, x.layout)]
+
+
+@converter("Normalization")
+def _normalization(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+    x = ctx.layout(ins[0], CL)
+    full = list(ctx.shape(x))
+    axis = k.get("axis", -1)
+    axes = [] if axis is None else _axes(k, x.rank)
+    bshape = [full[i - 1] if i in axes else 1 for i in range(1, x.rank + 1)]
+    keep = [full[a - 1] for a in axes]
+    if len(k.weights) >= 2:
+        mean, var = np.asarray(k.weights[0], np.float32), np.asarray(k.weights[1], np.float32)
+    elif k.get("mean") is not None and k.get("variance") is not None:
+        mean = np.asarray(k.get("mean"), np.float32)
+        var = np.asarray(k.get("variance"), np.float32)
+    else:
+        raise SourceError(f"keras layer {k.name!r} (Normalization): neither stored statistics nor mean/variance in its config")
+    size = int(np.prod(keep)) if keep else 1
+    mean = mean.reshape(keep) if mean.size == size else np.broadcast_to(mean, keep)
+    var = var.reshape(keep) if var.size == size else np.broadcast_to(var, keep)
+    op = Op("keras_normalization", {"shape": bshape, "invert": bool(k.get("invert", False))},
+            {"mean": mean.reshape(bshape), "variance": var.reshape(bshape)})
     return [ctx.add(k.name, op, [x], x.rank, CL)]
 
 

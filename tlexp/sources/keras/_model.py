@@ -34,6 +34,87 @@ class _Ctx:
         self.input_shapes = input_shapes
         self.b = Builder()
         self.n_inputs = 0
+        #: the model's spatial layers compute channels-first (Theano-era and some Keras 2 models)
+        self.channels_first = _channels_first_model(kf.model_config)
+
+
+# ---- data formats -----------------------------------------------------------------------------
+
+
+def _spatial_hint(lc: dict[str, Any]) -> tuple[str, str] | None:
+    """(data_format, class) of the first layer in ``lc`` (a layer, wrapper or model) that has one."""
+    cfg = lc.get("config") or {}
+    if is_model(lc):
+        for sub in model_layers(lc):
+            hint = _spatial_hint(sub)
+            if hint is not None:
+                return hint
+        return None
+    if cfg.get("data_format") and lc.get("class_name") != "Flatten":
+        return str(cfg["data_format"]), str(lc.get("class_name"))
+    inner = cfg.get("layer")
+    return _spatial_hint(inner) if isinstance(inner, dict) and lc.get("class_name") != "TimeDistributed" else None
+
+
+def _channels_first_model(cfg: dict[str, Any]) -> bool:
+    """Do the model's spatial layers (convolutions, pooling, ...) all compute channels-first?"""
+    formats: set[str] = set()
+
+    def walk(v: Any) -> None:
+        if isinstance(v, dict):
+            c = v.get("config")
+            if isinstance(c, dict) and c.get("data_format") and v.get("class_name") != "Flatten":
+                formats.add(str(c["data_format"]))
+            for item in v.values():
+                walk(item)
+        elif isinstance(v, list):
+            for item in v:
+                walk(item)
+
+    walk(cfg)
+    return formats == {"channels_first"}
+
+
+def _first_hint(cfg: dict[str, Any], input_name: str) -> tuple[str, str] | None:
+    """The data format of the first spatial layer that reads the input ``input_name``."""
+    layers = [lc for lc in model_layers(cfg) if lc.get("class_name") != "InputLayer"]
+    if cfg.get("class_name") == "Sequential":
+        for lc in layers:
+            hint = _spatial_hint(lc)
+            if hint is not None:
+                return hint
+        return None
+    frontier, seen = {input_name}, {input_name}
+    while frontier:
+        nxt: set[str] = set()
+        for lc in layers:
+            if not any(r[0] in frontier for node in lc.get("inbound_nodes") or [] for r in _refs(node)):
+                continue
+            hint = _spatial_hint(lc)
+            if hint is not None:
+                return hint
+            name = layer_name(lc)
+            if name not in seen:
+                seen.add(name)
+                nxt.add(name)
+        frontier = nxt
+    return None
+
+
+def _torch_channels_first(ctx: _Ctx, rank: int, hint: tuple[str, str] | None) -> bool:
+    """Does this input (per-sample rank) take torch's channels-first order in channels_first layout?
+
+    Images (rank 3) do unless the model itself computes channels-first (then Keras's order is
+    already torch's); volumes (rank 4) do when a 3-D layer reads them (not a TimeDistributed
+    sequence of images); vectors and sequences stay as Keras takes them.
+    """
+    if ctx.layout != "channels_first" or ctx.channels_first:
+        return False
+    if hint is not None and hint[0] == "channels_first":
+        return False
+    if rank == 3:
+        return True
+    return rank == 4 and hint is not None and "3D" in hint[1]
 
 
 # ---- inputs -----------------------------------------------------------------------------------
@@ -69,11 +150,12 @@ def _input_shape(ctx: _Ctx, declared: list[int | None] | None, name: str) -> lis
     return list(given)
 
 
-def _make_input(ctx: _Ctx, name: str, declared: list[int | None] | None, dtype: str | None) -> T:
+def _make_input(ctx: _Ctx, name: str, declared: list[int | None] | None, dtype: str | None,
+                hint: tuple[str, str] | None = None) -> T:
     shape = _input_shape(ctx, declared, name)
     ctx.n_inputs += 1
     rank = len(shape)
-    cf = ctx.layout == "channels_first" and rank == 3
+    cf = _torch_channels_first(ctx, rank, hint)
     torch_shape = [shape[-1], *shape[:-1]] if cf else shape
     is_int = bool(dtype) and str(dtype).startswith(("int", "uint"))
     gi = GraphInput(name, tuple(torch_shape), "int64" if is_int else "float32")
@@ -117,7 +199,7 @@ def _sequential(ctx: _Ctx, cfg: dict[str, Any], prefix: str, wpath: tuple[str, .
         if declared is None and cfg["config"].get("build_input_shape") is not None:
             declared = list(cfg["config"]["build_input_shape"])[1:]
         name = layer_name(first) if first.get("class_name") == "InputLayer" else "input"
-        ins = [_make_input(ctx, name, declared, (first.get("config") or {}).get("dtype"))]
+        ins = [_make_input(ctx, name, declared, (first.get("config") or {}).get("dtype"), _first_hint(cfg, name))]
     if len(ins) != 1:
         raise SourceError(f"keras model {prefix!r}: a Sequential model takes one input, got {len(ins)}")
     x = ins[0]
@@ -184,7 +266,8 @@ def _functional(ctx: _Ctx, cfg: dict[str, Any], prefix: str, wpath: tuple[str, .
     for i, ref in enumerate(in_refs):
         if ins is None:
             lc = by_name[ref[0]]
-            tensors[ref] = _make_input(ctx, ref[0], _declared_shape(lc), (lc.get("config") or {}).get("dtype"))
+            tensors[ref] = _make_input(ctx, ref[0], _declared_shape(lc), (lc.get("config") or {}).get("dtype"),
+                                       _first_hint(cfg, ref[0]))
         else:
             tensors[ref] = ins[i]
     pending = [
@@ -219,7 +302,8 @@ def _model(ctx: _Ctx, cfg: dict[str, Any], prefix: str, wpath: tuple[str, ...], 
 
 def _output(ctx: _Ctx, t: T) -> str:
     b = ctx.b
-    want = CF if ctx.layout == "channels_first" and t.rank == 3 else CL
+    torch_cf = ctx.layout == "channels_first" and not ctx.channels_first
+    want = CF if torch_cf and (t.rank == 3 or (t.rank == 4 and t.layout == CF)) else CL
     t = b.plain(b.layout(t, want))
     if t.ref in {gi.name for gi in b.inputs}:
         t = b.add(f"{t.ref}/output", Op("identity", {}), [t], t.rank, t.layout)
