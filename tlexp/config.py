@@ -47,6 +47,16 @@ class KerasSource:
 
 
 @dataclass
+class Dl4jSource:
+    type: str = "dl4j"
+    path: str = MISSING
+    #: put the zip's normalizer.bin (if any) in front of the model
+    normalizer: bool = True
+    #: continue from the zip's updaterState.bin
+    load_optimizer_state: bool = False
+
+
+@dataclass
 class ZooSource:
     type: str = "zoo"
     name: str = MISSING
@@ -239,6 +249,7 @@ def register_configs() -> None:
     cs.store(group="source", name="base_source_saved", node=SavedSource)
     cs.store(group="source", name="base_source_keras", node=KerasSource)
     cs.store(group="source", name="base_source_zoo", node=ZooSource)
+    cs.store(group="source", name="base_source_dl4j", node=Dl4jSource)
     cs.store(group="surgery", name="base_surgery", node=SurgeryConfig)
     cs.store(group="freeze", name="base_freeze", node=FreezeConfig)
     cs.store(group="finetune", name="base_finetune", node=FinetuneConfig)

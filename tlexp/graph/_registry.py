@@ -97,7 +97,17 @@ def list_layers() -> list[str]:
     return sorted(_LAYERS)
 
 
+#: layer-type name prefix -> the source module that registers those types (imported on first use)
+_LAZY_SOURCES = {"dl4j_": "tlexp.sources.dl4j._layers"}
+
+
 def get_layer_type(name: str, field_name: str = "type") -> LayerType:
+    if name not in _LAYERS:
+        for prefix, module in _LAZY_SOURCES.items():
+            if name.startswith(prefix):
+                import importlib
+
+                importlib.import_module(module)
     try:
         return _LAYERS[name]
     except KeyError:

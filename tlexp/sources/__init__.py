@@ -1,7 +1,8 @@
 """Where models come from. Each source turns its config into a :class:`LayerGraph`.
 
 ``source.type`` picks the loader (each file in ``conf/source/`` sets it): ``spec`` (layers
-listed in YAML), ``saved`` (tlexp's own format), ``keras`` (h5py reader), ``zoo`` (timm).
+listed in YAML), ``saved`` (tlexp's own format), ``keras`` (h5py reader), ``zoo`` (timm), ``dl4j``
+(Deeplearning4j ModelSerializer zips).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ SOURCES: dict[str, str] = {
     "saved": "tlexp.sources.saved",
     "keras": "tlexp.sources.keras",
     "zoo": "tlexp.sources.zoo",
+    "dl4j": "tlexp.sources.dl4j",
 }
 
 

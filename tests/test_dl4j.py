@@ -1,0 +1,290 @@
+"""source=dl4j: DL4J-written files (tests/fixtures/dl4j, Apache-2.0, see its README)."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tlexp.errors import SourceError
+from tlexp.sources.dl4j import load_dl4j, read_array_file
+from tlexp.sources.dl4j._ndarray import read_array_bytes, write_array, write_utf
+
+FIX = Path(__file__).parent / "fixtures" / "dl4j"
+REG = FIX / "regression"
+VERSIONS = ["050", "060", "071", "080"]
+
+
+def _zip(version: str, model: str) -> Path:
+    return REG / version / f"{version}_ModelSerializer_Regression_{model}.zip"
+
+
+def _nodes(g):
+    return {n.name: n.module for n in g._nodes}
+
+
+def _lin(start: int, count: int) -> np.ndarray:
+    """DL4J wrote parameters as linspace(1, n): value at flat position i is i + 1."""
+    return np.arange(start + 1, start + count + 1, dtype=np.float32)
+
+
+# ---- the ND4J array format ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", [*VERSIONS, "100b3", "100b4"])
+def test_nd4j_arrays_of_every_version(version: str) -> None:
+    files = sorted((REG / version).glob("*.zip")) + sorted((REG / version).glob("*_100*.bin"))
+    assert files
+    for f in files:
+        if zipfile.is_zipfile(f):
+            a = read_array_bytes(zipfile.ZipFile(f).read("coefficients.bin"))
+            assert a.ndim == 2 and a.shape[0] == 1
+            if version in VERSIONS:
+                np.testing.assert_array_equal(a.ravel(), _lin(0, a.size))
+        else:
+            a = read_array_file(f)
+            assert a.size > 0 and np.isfinite(a).all()
+
+
+def test_half_float_double_inputs_agree() -> None:
+    d = REG / "100b4"
+    half = read_array_file(d / "CustomLayerExample_Input_100b4_half.bin")
+    flt = read_array_file(d / "CustomLayerExample_Input_100b4_float.bin")
+    dbl = read_array_file(d / "CustomLayerExample_Input_100b4_double.bin")
+    assert (half.dtype, flt.dtype, dbl.dtype) == (np.float16, np.float32, np.float64)
+    np.testing.assert_allclose(half, dbl, atol=1e-3)
+    np.testing.assert_allclose(flt, dbl, atol=1e-7)
+
+
+def test_strided_array_view_is_read_by_its_strides() -> None:
+    # DL4J's SyntheticCNN output is an NHWC-backed view written with strides [968, 1, 88, 4]
+    y = read_array_file(REG / "100b4" / "SyntheticCNN_Output_100b4.bin")
+    assert y.shape == (4, 4, 11, 22)
+
+
+def test_write_array_round_trips() -> None:
+    a = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    buf = io.BytesIO()
+    write_array(buf, a)
+    np.testing.assert_array_equal(read_array_bytes(buf.getvalue()), a)
+
+
+# ---- parameter mapping, exact, on every regression zip -------------------------------------
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_mlp_parameters_mapped_exactly(version: str) -> None:
+    for model in ("MLP_1", "MLP_2"):
+        g = load_dl4j(_zip(version, model))
+        m = _nodes(g)
+        # layer 0: W [nIn=3, nOut=4] in 'f' order (position i + j*3), then b
+        w = _lin(0, 12).reshape(3, 4, order="F")
+        torch.testing.assert_close(m["layer0"].weight, torch.from_numpy(w.T.copy()))
+        torch.testing.assert_close(m["layer0"].bias, torch.from_numpy(_lin(12, 4)))
+        w1 = _lin(16, 20).reshape(4, 5, order="F")
+        torch.testing.assert_close(m["layer1"].weight, torch.from_numpy(w1.T.copy()))
+        torch.testing.assert_close(m["layer1"].bias, torch.from_numpy(_lin(36, 5)))
+        assert [n.name for n in g._nodes][-2:] == ["layer0", "layer1"]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_cnn_parameters_mapped_exactly(version: str) -> None:
+    g = load_dl4j(_zip(version, "CNN_1"))
+    m = _nodes(g)
+    # convolution: bias first (3), then W [nOut=3, nIn=3, 2, 2] in 'c' order
+    torch.testing.assert_close(m["layer0"].bias, torch.from_numpy(_lin(0, 3)))
+    torch.testing.assert_close(m["layer0"].weight, torch.from_numpy(_lin(3, 36).reshape(3, 3, 2, 2)))
+    n_in = 26 * 26 * 3
+    w = _lin(39, n_in * 5).reshape(n_in, 5, order="F")
+    torch.testing.assert_close(m["layer2"].weight, torch.from_numpy(w.T.copy()))
+    torch.testing.assert_close(m["layer2"].bias, torch.from_numpy(_lin(39 + n_in * 5, 5)))
+    # 0.7.1 and 0.8.0 wrote this network with ConvolutionMode.Same: 26x26 in keeps nIn = 26*26*3
+    size = 26 if m["layer0"].same else 28
+    y = g(torch.rand(2, 3, size, size))
+    assert y.shape == (2, 5)
+
+
+def _check_graves(cell, start: int, n_in: int, n: int) -> int:
+    nw, nr = n_in * 4 * n, n * (4 * n + 3)
+    torch.testing.assert_close(cell.W, torch.from_numpy(_lin(start, nw).reshape(n_in, 4 * n, order="F").copy()))
+    torch.testing.assert_close(cell.RW, torch.from_numpy(_lin(start + nw, nr).reshape(n, 4 * n + 3, order="F").copy()))
+    torch.testing.assert_close(cell.b, torch.from_numpy(_lin(start + nw + nr, 4 * n)))
+    return start + nw + nr + 4 * n
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("model", ["LSTM_1", "CG_LSTM_1"])
+def test_lstm_parameters_mapped_exactly(version: str, model: str) -> None:
+    if version == "050":
+        pytest.skip("DL4J 0.5.0 wrote no LSTM regression models")
+    g = load_dl4j(_zip(version, model))
+    names = [n.name for n in g._nodes]
+    m = _nodes(g)
+    first, second, out = names
+    i = _check_graves(m[first].cell, 0, 3, 4)  # GravesLSTM 3 -> 4, peepholes in RW's last 3 columns
+    i = _check_graves(m[second].fwd, i, 4, 4)  # GravesBidirectionalLSTM: forward block, then backward
+    i = _check_graves(m[second].bwd, i, 4, 4)
+    assert m[second].mode == "add"
+    w = _lin(i, 20).reshape(4, 5, order="F")
+    torch.testing.assert_close(m[out].weight, torch.from_numpy(w.T.copy()))
+    torch.testing.assert_close(m[out].bias, torch.from_numpy(_lin(i + 20, 5)))
+    y = g(torch.rand(2, 3, 7) * 1e-3)
+    assert y.shape == (2, 5, 7)  # [batch, features, time] in, out
+    torch.testing.assert_close(y.sum(1), torch.ones(2, 7))  # softmax over the features
+
+
+def test_dropout_is_read_as_a_retain_probability() -> None:
+    # MLP_2: .dropOut(0.6) in DL4J keeps 60% of the activations: torch p = 0.4
+    g = load_dl4j(_zip("080", "MLP_2"))
+    assert _nodes(g)["layer0"].tlexp_args["dropout"] == pytest.approx(0.4)
+
+
+# ---- parity with DL4J's own outputs --------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["SyntheticCNN", "SyntheticBidirectionalRNNGraph"])
+def test_outputs_equal_dl4j_outputs(name: str) -> None:
+    d = REG / "100b4"
+    g = load_dl4j(d / f"{name}_100b4.bin")
+    assert not g.training
+    x = torch.from_numpy(read_array_file(d / f"{name}_Input_100b4.bin"))
+    want = torch.from_numpy(read_array_file(d / f"{name}_Output_100b4.bin"))
+    with torch.no_grad():
+        got = g(x)
+    assert got.shape == want.shape
+    scale = max(1.0, float(want.abs().max()))
+    assert float((got - want).abs().max()) <= 1e-5 * scale
+
+
+def test_synthetic_cnn_layer_names_and_types() -> None:
+    g = load_dl4j(REG / "100b4" / "SyntheticCNN_100b4.bin")
+    assert [(n.name, n.type) for n in g._nodes] == [
+        ("layer0", "conv2d"), ("layer1", "separable_conv2d"), ("layer2", "dl4j_pool"), ("layer3", "zero_padding2d"),
+        ("layer4", "upsample2d"), ("layer5", "depthwise_conv2d"), ("layer6", "dl4j_pool"), ("layer7", "cropping2d"),
+        ("layer8", "conv2d"), ("layer9", "identity"),
+    ]
+
+
+@pytest.mark.parametrize("name", ["MLPMoon", "RnnCsvSequenceClassification1", "RnnCsvSequenceClassification2",
+                                  "CNN1dCharacterTestCase"])
+def test_integration_models_load_and_run(name: str) -> None:
+    g = load_dl4j(FIX / "integration" / name / "Model_RANDOM_INIT_UNTRAINED.zip")
+    assert not g.training
+    shapes = {"MLPMoon": (3, 2), "RnnCsvSequenceClassification1": (3, 6, 5),
+              "RnnCsvSequenceClassification2": (3, 6, 5), "CNN1dCharacterTestCase": None}
+    first = g._nodes[0].module
+    n_in = getattr(first, "in_features", None) or getattr(getattr(first, "cell", None), "n_in", None)
+    if name == "RnnCsvSequenceClassification2":
+        n_in = first.fwd.n_in
+    if name == "CNN1dCharacterTestCase":
+        x = torch.rand(3, first.conv.in_channels, 12)
+    elif name == "MLPMoon":
+        x = torch.rand(3, n_in)
+    else:
+        x = torch.rand(3, n_in, 5)
+    with torch.no_grad():
+        y = g(x)
+    assert torch.isfinite(y).all()
+    assert torch.allclose(y.sum(1), torch.ones_like(y.sum(1)), atol=1e-5)  # softmax outputs
+    del shapes
+
+
+# ---- refusals --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("f", sorted(p.name for p in REG.glob("*/CustomLayerExample*") if "_Input" not in p.name
+                                     and "_Output" not in p.name))
+def test_custom_layer_is_refused_naming_it(f: str) -> None:
+    path = next(REG.glob(f"*/{f}"))
+    with pytest.raises(SourceError, match="CustomLayer") as e:
+        load_dl4j(path)
+    assert "\n" not in str(e.value)
+    if "100b" in f:
+        assert "org.deeplearning4j.regressiontest.customlayer100a.CustomLayer" in str(e.value)
+
+
+def _rezip(src: Path, dst: Path, drop: str | None = None, replace: dict[str, bytes] | None = None) -> Path:
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for n in zin.namelist():
+            if n == drop:
+                continue
+            zout.writestr(n, (replace or {}).get(n, zin.read(n)))
+        for n, b in (replace or {}).items():
+            if n not in zin.namelist():
+                zout.writestr(n, b)
+    return dst
+
+
+@pytest.mark.parametrize("missing", ["configuration.json", "coefficients.bin"])
+def test_zip_without_an_entry_is_refused(tmp_path: Path, missing: str) -> None:
+    p = _rezip(_zip("080", "MLP_1"), tmp_path / "m.zip", drop=missing)
+    with pytest.raises(SourceError, match=f"lacks {missing}"):
+        load_dl4j(p)
+
+
+def test_parameter_count_mismatch_is_refused(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    write_array(buf, np.zeros((1, 40), dtype=np.float32))
+    p = _rezip(_zip("080", "MLP_1"), tmp_path / "m.zip", replace={"coefficients.bin": buf.getvalue()})
+    with pytest.raises(SourceError, match="holds 40 parameters but the configuration needs 41"):
+        load_dl4j(p)
+
+
+def test_truncated_array_is_refused(tmp_path: Path) -> None:
+    raw = zipfile.ZipFile(_zip("080", "MLP_1")).read("coefficients.bin")
+    p = _rezip(_zip("080", "MLP_1"), tmp_path / "m.zip", replace={"coefficients.bin": raw[:-10]})
+    with pytest.raises(SourceError, match="truncated array"):
+        load_dl4j(p)
+
+
+def test_not_a_zip_is_refused(tmp_path: Path) -> None:
+    p = tmp_path / "m.zip"
+    p.write_bytes(b"hello")
+    with pytest.raises(SourceError, match="not a DL4J model zip"):
+        load_dl4j(p)
+
+
+def test_unsupported_layer_is_refused_naming_it() -> None:
+    with pytest.raises(SourceError, match="Convolution3D is not supported"):
+        load_dl4j(FIX / "integration" / "Cnn3dSynthetic" / "Model_RANDOM_INIT_UNTRAINED.zip")
+
+
+# ---- normalizer.bin --------------------------------------------------------------------------
+
+
+def _standardize_bin(mean: np.ndarray, std: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    write_utf(buf, "NORMALIZER")
+    buf.write((1).to_bytes(4, "big"))
+    write_utf(buf, "STANDARDIZE")
+    buf.write(b"\x00")
+    write_array(buf, mean.reshape(1, -1))
+    write_array(buf, std.reshape(1, -1))
+    return buf.getvalue()
+
+
+def test_normalizer_becomes_the_first_node(tmp_path: Path) -> None:
+    src = FIX / "integration" / "MLPMoon" / "Model_RANDOM_INIT_UNTRAINED.zip"
+    mean, std = np.array([0.5, -2.0], np.float32), np.array([2.0, 0.0], np.float32)  # a zero std divides by 1
+    p = _rezip(src, tmp_path / "n.zip", replace={"normalizer.bin": _standardize_bin(mean, std)})
+    g = load_dl4j(p)
+    assert g._nodes[0].name == "normalizer" and g._nodes[0].type == "normalize"
+    plain = load_dl4j(p, normalizer=False)
+    assert plain._nodes[0].name != "normalizer"
+    x = torch.tensor([[1.0, 3.0], [0.0, -1.0]])
+    xn = (x - torch.from_numpy(mean)) / torch.tensor([2.0, 1.0])
+    with torch.no_grad():
+        torch.testing.assert_close(g(x), plain(xn))
+    torch.testing.assert_close(g._nodes[0].module.mean.reshape(-1), torch.from_numpy(mean))
+
+
+def test_java_serialized_normalizer_is_refused(tmp_path: Path) -> None:
+    src = FIX / "integration" / "MLPMoon" / "Model_RANDOM_INIT_UNTRAINED.zip"
+    p = _rezip(src, tmp_path / "n.zip", replace={"normalizer.bin": b"\xac\xed\x00\x05sr"})
+    with pytest.raises(SourceError, match="Java-serialized"):
+        load_dl4j(p)
+    assert load_dl4j(p, normalizer=False) is not None

@@ -1,0 +1,72 @@
+"""source=dl4j through the app: inspect, a featurized transfer run on a DL4J file, reload, CLI refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import tlexp
+from tests.conftest import run_cli
+from tlexp.sources.dl4j import load_dl4j
+from tlexp.train import run as train_run
+
+FIX = Path(__file__).parent / "fixtures" / "dl4j"
+MOON = FIX / "integration" / "MLPMoon" / "Model_RANDOM_INIT_UNTRAINED.zip"
+
+
+def _moons_csv(path: Path, n: int = 120) -> Path:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, 2))
+    y = (x[:, 0] * x[:, 1] > 0).astype(int)
+    rows = ["a,b,label"] + [f"{a:.4f},{b:.4f},{c}" for (a, b), c in zip(x, y)]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_inspect_lists_the_dl4j_layer_names(compose_cfg, capsys: pytest.CaptureFixture[str]) -> None:
+    from tlexp.inspect import inspect_config
+
+    cfg = compose_cfg("source=dl4j", f"source.path={FIX / 'regression' / '100b4' / 'SyntheticCNN_100b4.bin'}",
+                      "experiment=none", "inspect.format=json")
+    inspect_config(cfg)
+    arch = json.loads(capsys.readouterr().out)
+    assert [n["name"] for n in arch["nodes"]] == [f"layer{i}" for i in range(10)]
+
+
+def test_featurized_transfer_run_on_a_dl4j_file_saves_and_reloads(compose_cfg, tmp_path: Path) -> None:
+    csv = _moons_csv(tmp_path / "moons.csv")
+    cfg = compose_cfg("source=dl4j", f"source.path={MOON}", "experiment=none", "data=csv", f"data.path={csv}",
+                      "data.label=label", "freeze.up_to=layer0", "freeze.mode=featurize", "trainer.max_epochs=1")
+    metrics = train_run(cfg)
+    assert metrics["freeze"]["frozen"] == ["layer0"]
+    saved = tlexp.load_model(tmp_path / "run" / "model")
+    dl4j = load_dl4j(MOON)
+    for k, v in dl4j.state_dict().items():
+        if k.startswith("layers.layer0."):
+            assert torch.equal(saved.state_dict()[k], v), k
+    assert "accuracy" in json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]
+
+
+def test_saved_model_with_dl4j_layer_types_reloads(tmp_path: Path) -> None:
+    from tlexp.sources.saved import save_model
+
+    g = load_dl4j(FIX / "regression" / "100b4" / "SyntheticBidirectionalRNNGraph_100b4.bin")
+    save_model(g, tmp_path / "m")
+    back = tlexp.load_model(tmp_path / "m")
+    x = torch.rand(2, 10, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), g(x))
+
+
+@pytest.mark.slow
+def test_cli_refuses_a_custom_layer_with_exit_status_2(tmp_path: Path) -> None:
+    bad = run_cli(["source=dl4j", f"source.path={FIX / 'regression' / '100b4' / 'CustomLayerExample_100b4_float.bin'}"],
+                  cwd=tmp_path, script="tlexp-inspect")
+    assert bad.returncode == 2, bad.stderr
+    assert "org.deeplearning4j.regressiontest.customlayer100a.CustomLayer" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    assert len([line for line in bad.stderr.splitlines() if line.strip()]) == 1

@@ -1,0 +1,252 @@
+"""``source=dl4j``: Deeplearning4j ``ModelSerializer`` zips read as a native LayerGraph.
+
+A DL4J model file (``MultiLayerNetwork.save`` / ``ComputationGraph.save`` /
+``ModelSerializer.writeModel``, DL4J 0.5 to 1.0.0-M2) is a zip of ``configuration.json`` (the
+network, in Jackson's JSON), ``coefficients.bin`` (every parameter in one ND4J array),
+optionally ``updaterState.bin`` (the optimizer state, same format) and ``normalizer.bin`` (the
+data normalizer the model was trained behind). tlexp reads all of them itself: no JVM, no
+unpickling, no user code (a custom layer class is refused, named).
+
+The graph takes inputs as DL4J's ``output()`` does ([batch, features], NCHW images,
+[batch, features, time] sequences), returns what it returns, and comes back in inference mode.
+Node names are DL4J's layer names (a MultiLayerNetwork's unnamed layers: ``layer0``, ...), so a
+``freeze.up_to`` written for DL4J works. A stored normalizer becomes the first node,
+``normalizer`` (``normalizer=False`` leaves it out).
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tlexp.errors import ConfigError, SourceError
+from tlexp.graph import GraphInput, LayerGraph, Node
+from tlexp.sources.dl4j import _layers  # noqa: F401  (registers the dl4j_* layer types)
+from tlexp.sources.dl4j._convert import SUPPORTED_LAYERS, SUPPORTED_VERTICES, Builder, Built
+from tlexp.sources.dl4j._ndarray import ND4JFormatError, read_array_bytes, read_array_file
+
+__all__ = [
+    "load_dl4j",
+    "from_config",
+    "read_array_file",
+    "read_model_zip",
+    "SUPPORTED_LAYERS",
+    "SUPPORTED_VERTICES",
+]
+
+
+def read_model_zip(path: str | Path) -> dict[str, bytes]:
+    """The entries of a ModelSerializer zip that tlexp reads (refusing a zip that lacks the two
+    it needs)."""
+    p = Path(path)
+    if not p.is_file():
+        raise SourceError(f"source.path: {path}: no such file")
+    if not zipfile.is_zipfile(p):
+        raise SourceError(f"source.path: {path}: not a DL4J model zip (ModelSerializer writes a zip)")
+    with zipfile.ZipFile(p) as z:
+        names = set(z.namelist())
+        missing = [n for n in ("configuration.json", "coefficients.bin") if n not in names]
+        if missing:
+            raise SourceError(
+                f"source.path: {path}: not a DL4J model zip, it lacks {' and '.join(missing)} "
+                f"(it holds: {', '.join(sorted(names)[:8]) or 'nothing'})"
+            )
+        return {n: z.read(n) for n in ("configuration.json", "coefficients.bin", "updaterState.bin",
+                                       "normalizer.bin", "noParams.marker") if n in names}
+
+
+def _mln(conf: dict[str, Any], b: Builder, where: str) -> tuple[list[GraphInput], list[Built], list[str]]:
+    confs = conf["confs"]
+    pre = conf.get("inputPreProcessors") or {}
+    built: list[Built] = []
+    src, kind = "input", _first_kind(confs)
+    for i, c in enumerate(confs):
+        layer = c["layer"]
+        fields = layer if "@class" in layer else (next(iter(layer.values())) if len(layer) == 1 else layer)
+        name = fields.get("layerName") or f"layer{i}"
+        lw = f"{where}: layer {i} ({name!r})"
+        if str(i) in pre and pre[str(i)] is not None:
+            nodes, src, kind = b.preprocessor(f"{name}_preprocessor", pre[str(i)], src, kind, lw)
+            if nodes:
+                built.append(Built(nodes, src, kind))
+        out = b.layer(name, layer, src, kind, lw)
+        built.append(out)
+        src, kind = out.out, out.kind
+    return [GraphInput("input")], built, [src]
+
+
+def _first_kind(confs: list[dict[str, Any]]) -> str:
+    if not confs:
+        raise SourceError("configuration.json: a network without layers")
+    layer = confs[0]["layer"]
+    key = (layer.get("@class") or next(iter(layer), "")).rsplit(".", 1)[-1].lower()
+    if any(s in key for s in ("lstm", "rnn", "1d", "embeddingsequence", "bidirectional", "lasttimestep")):
+        return "rnn"
+    if any(s in key for s in ("convolution", "subsampling", "pooling2d", "zeropadding", "cropping", "upsampling",
+                              "localresponse", "separable", "depthwise", "cnnloss")):
+        return "cnn"
+    return "ff"
+
+
+def _topological(conf: dict[str, Any]) -> list[str]:
+    """DL4J's own vertex order (it decides where each vertex's parameters sit in the flat vector)."""
+    order = conf.get("topologicalOrderStr")
+    inputs = list(conf["networkInputs"])
+    if order:
+        return [v for v in order if v not in inputs]
+    names = inputs + [v for v in conf["vertices"] if v not in inputs]
+    index = {n: i for i, n in enumerate(names)}
+    vin = conf.get("vertexInputs") or {}
+    remaining = {n: set(vin.get(n, [])) for n in names}
+    outs: dict[str, set[int]] = {n: set() for n in names}
+    for n, srcs in vin.items():
+        for s in srcs:
+            if s not in index:
+                raise SourceError(f"configuration.json: vertex {n!r} takes {s!r}, which is not a vertex or input")
+            outs[s].add(index[n])
+    queue = [n for n in names if not remaining[n]]
+    result: list[str] = []
+    while queue:
+        cur = queue.pop(0)
+        result.append(cur)
+        for j in sorted(outs[cur]):
+            nxt = names[j]
+            remaining[nxt].discard(cur)
+            if not remaining[nxt]:
+                queue.append(nxt)
+    if len(result) != len(names):
+        raise SourceError("configuration.json: the graph has a cycle")
+    return [v for v in result if v not in inputs]
+
+
+def _cg(conf: dict[str, Any], b: Builder, where: str) -> tuple[list[GraphInput], list[Built], list[str]]:
+    inputs = list(conf["networkInputs"])
+    vin = conf.get("vertexInputs") or {}
+    out_of: dict[str, tuple[str, str]] = {}
+    first_kind = "ff"
+    # guess each input's layout from its first consumer
+    for v in conf["vertices"].values():
+        inner = v.get("layerConf", {}).get("layer") if "@class" in v else next(iter(v.values()), {}).get("layerConf", {}).get("layer")
+        if inner:
+            first_kind = _first_kind([{"layer": inner}])
+            break
+    for name in inputs:
+        out_of[name] = (name, first_kind)
+    built: list[Built] = []
+    for name in _topological(conf):
+        obj = conf["vertices"][name]
+        srcs = [out_of[s][0] for s in vin.get(name, [])]
+        kinds = [out_of[s][1] for s in vin.get(name, [])]
+        vw = f"{where}: vertex {name!r}"
+        if not srcs:
+            raise SourceError(f"{vw}: has no inputs")
+        cls = obj.get("@class", "").rsplit(".", 1)[-1] if "@class" in obj else next(iter(obj))
+        if cls == "LayerVertex":
+            fields = obj if "@class" in obj else obj["LayerVertex"]
+            src, kind = srcs[0], kinds[0]
+            if len(srcs) > 1:
+                # DL4J merges several inputs of a layer vertex along the feature axis
+                mnodes = [Node(f"{name}_merge", b.vertex(f"{name}_merge", {"@class": "org.deeplearning4j.nn.conf.graph.MergeVertex"}, srcs, kinds, vw).nodes[0].module, srcs)]
+                built.append(Built(mnodes, f"{name}_merge", kind))
+                src = f"{name}_merge"
+            if fields.get("preProcessor"):
+                nodes, src, kind = b.preprocessor(f"{name}_preprocessor", fields["preProcessor"], src, kind, vw)
+                if nodes:
+                    built.append(Built(nodes, src, kind))
+            out = b.layer(name, fields["layerConf"]["layer"], src, kind, vw)
+        else:
+            out = b.vertex(name, obj, srcs, kinds, vw)
+        built.append(out)
+        out_of[name] = (out.out, out.kind)
+    outputs = [out_of[o][0] for o in conf["networkOutputs"]]
+    return [GraphInput(n) for n in inputs], built, outputs
+
+
+def _assign(built: list[Built], params: np.ndarray, path: str) -> None:
+    total = sum(x.n_params for x in built)
+    if params.size != total:
+        raise SourceError(
+            f"source.path: {path}: coefficients.bin holds {params.size} parameters but the configuration needs "
+            f"{total}; the file is damaged or from a different network"
+        )
+    i = 0
+    flat = params.reshape(-1)
+    for x in built:
+        if x.n_params:
+            x.assign(flat[i : i + x.n_params])
+            i += x.n_params
+
+
+def _parse_json(raw: bytes, path: str) -> dict[str, Any]:
+    try:
+        conf = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SourceError(f"source.path: {path}: configuration.json is not valid JSON ({e})") from None
+    if not isinstance(conf, dict):
+        raise SourceError(f"source.path: {path}: configuration.json is not a DL4J configuration")
+    return conf
+
+
+def build_graph(conf: dict[str, Any], path: str = "configuration.json") -> tuple[LayerGraph, list[Built], str]:
+    """The graph (random weights) and the per-layer parameter blocks of a DL4J configuration."""
+    b = Builder()
+    try:
+        if "confs" in conf:
+            inputs, built, outputs = _mln(conf, b, path)
+            kind = "MultiLayerNetwork"
+        elif "vertices" in conf:
+            inputs, built, outputs = _cg(conf, b, path)
+            kind = "ComputationGraph"
+        else:
+            raise SourceError(f"source.path: {path}: configuration.json is neither a MultiLayerNetwork nor a ComputationGraph")
+    except (SourceError, ConfigError):
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, StopIteration) as e:
+        raise SourceError(f"source.path: {path}: malformed DL4J configuration ({type(e).__name__}: {e})") from None
+    nodes = [n for x in built for n in x.nodes]
+    graph = LayerGraph(inputs, nodes, outputs)
+    return graph, built, kind
+
+
+def load_dl4j(path: str | Path, normalizer: bool = True) -> LayerGraph:
+    """Import a DL4J ModelSerializer zip as a :class:`LayerGraph` in inference mode.
+
+    ``graph.meta`` records the network kind, the file's DL4J dtype, and the training settings
+    the file stores (updater, its hyperparameters, per-layer dropout as a retain probability).
+    """
+    entries = read_model_zip(path)
+    conf = _parse_json(entries["configuration.json"], str(path))
+    graph, built, kind = build_graph(conf, str(path))
+    try:
+        params = read_array_bytes(entries["coefficients.bin"], f"{path}: coefficients.bin")
+    except ND4JFormatError as e:
+        raise SourceError(f"source.path: {e}") from None
+    _assign(built, params, str(path))
+    graph.meta = {  # type: ignore[attr-defined]
+        "source": "dl4j",
+        "dl4j_network": kind,
+        "dl4j_dtype": str(params.dtype),
+        "has_updater_state": "updaterState.bin" in entries,
+        "param_layout": [(n.out, [list(k) for k in n.param_names]) for n in built if n.n_params],
+    }
+    if normalizer and "normalizer.bin" in entries:
+        from tlexp.sources.dl4j._normalizer import add_normalizer
+
+        graph = add_normalizer(graph, entries["normalizer.bin"], str(path))
+    graph.eval()
+    return graph
+
+
+def from_config(cfg: Mapping[str, Any]) -> LayerGraph:
+    """The ``source`` config node (type=dl4j) -> LayerGraph."""
+    path = cfg.get("path")
+    if not path or path == "???":
+        raise ConfigError("source.path: a DL4J source needs source.path=FILE (a ModelSerializer .zip)")
+    from tlexp._resources import resolve_path
+
+    return load_dl4j(resolve_path(str(path)), normalizer=bool(cfg.get("normalizer", True)))
