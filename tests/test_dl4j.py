@@ -288,3 +288,55 @@ def test_java_serialized_normalizer_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="Java-serialized"):
         load_dl4j(p)
     assert load_dl4j(p, normalizer=False) is not None
+
+
+# ---- updaterState.bin -> optimizer state -------------------------------------------------------
+
+
+def test_nesterov_momentum_is_mapped_and_one_step_equals_dl4j_s() -> None:
+    from tlexp import finetune as ft
+    from tlexp.module import state_by_name
+
+    g = load_dl4j(_zip("080", "MLP_1"), load_optimizer_state=True)
+    assert g.meta["finetune_overrides"] == {"optimizer": "nesterov", "lr": 0.15, "momentum": 0.9}
+    by_name = g.meta["optimizer_state"]["by_name"]
+    lr, mu = 0.15, 0.9
+    v0 = _lin(0, 12).reshape(3, 4, order="F").T  # DL4J's v for layer0's W, laid out like W
+    torch.testing.assert_close(by_name["layers.layer0.weight"]["momentum_buffer"], torch.from_numpy(-v0 / lr))
+    torch.testing.assert_close(by_name["layers.layer1.bias"]["momentum_buffer"], torch.from_numpy(-_lin(36, 5) / lr))
+    # one step from here equals DL4J's Nesterovs update: v = mu v - lr g; p += (1 + mu) v - mu v_prev
+    opt = ft.build_optimizer(g, {"optimizer": "nesterov", "lr": lr, "momentum": mu})
+    ft.load_optimizer_state(opt, state_by_name(opt, g, by_name))
+    w = g.layers["layer0"].weight
+    before = w.detach().clone()
+    grad = torch.linspace(-1.0, 1.0, w.numel()).reshape(w.shape)
+    for p in g.parameters():
+        p.grad = torch.zeros_like(p)
+    w.grad = grad.clone()
+    opt.step()
+    v_prev = torch.from_numpy(v0)
+    v = mu * v_prev - lr * grad
+    torch.testing.assert_close(w.detach(), before + (1 + mu) * v - mu * v_prev, rtol=1e-5, atol=1e-5)
+
+
+def test_adam_moments_are_mapped_block_by_block(tmp_path: Path) -> None:
+    src = REG / "100b4" / "SyntheticCNN_100b4.bin"
+    buf = io.BytesIO()
+    write_array(buf, _lin(0, 2 * 1304).reshape(1, -1))  # [m of all 1304 params | v of all 1304]
+    p = _rezip(src, tmp_path / "a.zip", replace={"updaterState.bin": buf.getvalue()})
+    g = load_dl4j(p, load_optimizer_state=True)
+    assert g.meta["finetune_overrides"]["optimizer"] == "adam"
+    assert g.meta["finetune_overrides"]["lr"] == pytest.approx(0.005)
+    s = g.meta["optimizer_state"]["by_name"]
+    torch.testing.assert_close(s["layers.layer0.conv.bias"]["exp_avg"], torch.from_numpy(_lin(0, 4)))
+    torch.testing.assert_close(s["layers.layer0.conv.weight"]["exp_avg"], torch.from_numpy(_lin(4, 36).reshape(4, 1, 3, 3)))
+    torch.testing.assert_close(s["layers.layer0.conv.bias"]["exp_avg_sq"], torch.from_numpy(_lin(1304, 4)))
+    torch.testing.assert_close(s["layers.layer8.conv.bias"]["exp_avg_sq"], torch.from_numpy(_lin(1304 + 276, 4)))
+    assert float(s["layers.layer0.conv.bias"]["step"]) == 0.0
+
+
+def test_missing_updater_state_is_refused(tmp_path: Path) -> None:
+    p = _rezip(_zip("080", "MLP_1"), tmp_path / "m.zip", drop="updaterState.bin")
+    with pytest.raises(SourceError, match="no updaterState.bin"):
+        load_dl4j(p, load_optimizer_state=True)
+    assert load_dl4j(p) is not None

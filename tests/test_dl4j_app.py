@@ -70,3 +70,19 @@ def test_cli_refuses_a_custom_layer_with_exit_status_2(tmp_path: Path) -> None:
     assert "org.deeplearning4j.regressiontest.customlayer100a.CustomLayer" in bad.stderr
     assert "Traceback" not in bad.stderr
     assert len([line for line in bad.stderr.splitlines() if line.strip()]) == 1
+
+
+def test_run_continues_from_the_dl4j_updater_state(compose_cfg, tmp_path: Path) -> None:
+    csv = _moons_csv(tmp_path / "moons.csv")
+    cfg = compose_cfg("source=dl4j", f"source.path={MOON}", "source.load_optimizer_state=true", "experiment=none",
+                      "data=csv", f"data.path={csv}", "data.label=label", "freeze.up_to=layer0",
+                      "freeze.mode=in_model", "trainer.max_epochs=1")
+    from tlexp.train import build_model
+
+    g = load_dl4j(MOON, load_optimizer_state=True)
+    _, finetune = build_model(cfg)
+    for k, v in g.meta["finetune_overrides"].items():
+        assert finetune[k] == v
+    metrics = train_run(cfg)
+    assert "accuracy" in metrics["test"]
+    assert (tmp_path / "run" / "model" / "optimizer.safetensors").exists()

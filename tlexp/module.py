@@ -153,7 +153,10 @@ class TransferModule(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         optimizer = ft.build_optimizer(self.model, self.settings)
         if self.optimizer_state is not None:
-            ft.load_optimizer_state(optimizer, self.optimizer_state)
+            state = self.optimizer_state
+            if "by_name" in state:
+                state = state_by_name(optimizer, self.model, state["by_name"])
+            ft.load_optimizer_state(optimizer, state)
         self._step_scheduler = self._epoch_scheduler = None
         if self.settings.schedule == "none":
             return optimizer
@@ -167,6 +170,20 @@ class TransferModule(pl.LightningModule):
         else:
             self._epoch_scheduler = scheduler["scheduler"]
         return optimizer
+
+
+def state_by_name(optimizer: torch.optim.Optimizer, model: torch.nn.Module, by_name: Mapping[str, Any]) -> dict[str, Any]:
+    """An optimizer state keyed by parameter name (a source's, e.g. DL4J's updater state) as
+    ``optimizer.state_dict()`` keys it; parameters the state does not name start fresh."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    ref = optimizer.state_dict()
+    state: dict[int, Any] = {}
+    for group, saved in zip(optimizer.param_groups, ref["param_groups"]):
+        for p, pid in zip(group["params"], saved["params"]):
+            n = names.get(id(p))
+            if n is not None and n in by_name:
+                state[pid] = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in by_name[n].items()}
+    return {"state": state, "param_groups": ref["param_groups"]}
 
 
 @torch.no_grad()

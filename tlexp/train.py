@@ -158,6 +158,7 @@ def prepare(cfg: DictConfig) -> Prepared:
         data = build_datamodule(data_cfg, seed=cfg.seed)
         data.setup()
         graph, finetune = load_graph(cfg, data)
+    source_meta = getattr(graph, "meta", None) or {}
     graph = edit_graph(cfg, graph, data)
     if all(g.shape is not None for g in graph.graph_inputs):
         shapes = graph.trace_shapes(where="model")
@@ -169,9 +170,12 @@ def prepare(cfg: DictConfig) -> Prepared:
             )
     optimizer_state = None
     if cfg.source.get("load_optimizer_state"):
-        from tlexp.sources.saved import load_optimizer_state
+        # a source that read the state itself (dl4j) carries it; a saved model's is on disk
+        optimizer_state = source_meta.get("optimizer_state")
+        if optimizer_state is None:
+            from tlexp.sources.saved import load_optimizer_state
 
-        optimizer_state = load_optimizer_state(cfg.source.path)
+            optimizer_state = load_optimizer_state(cfg.source.path)
     ft.apply_graph_overrides(graph, finetune)
     return Prepared(graph, data, set(graph.frozen), finetune, optimizer_state)
 

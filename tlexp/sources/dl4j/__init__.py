@@ -213,11 +213,13 @@ def build_graph(conf: dict[str, Any], path: str = "configuration.json") -> tuple
     return graph, built, kind
 
 
-def load_dl4j(path: str | Path, normalizer: bool = True) -> LayerGraph:
+def load_dl4j(path: str | Path, normalizer: bool = True, load_optimizer_state: bool = False) -> LayerGraph:
     """Import a DL4J ModelSerializer zip as a :class:`LayerGraph` in inference mode.
 
     ``graph.meta`` records the network kind, the file's DL4J dtype, and the training settings
-    the file stores (updater, its hyperparameters, per-layer dropout as a retain probability).
+    the file stores. With ``load_optimizer_state`` the zip's ``updaterState.bin`` becomes
+    ``graph.meta["optimizer_state"]`` (torch state per parameter name) and the matching optimizer
+    ``graph.meta["finetune_overrides"]``, so a run continues where DL4J stopped.
     """
     entries = read_model_zip(path)
     conf = _parse_json(entries["configuration.json"], str(path))
@@ -234,12 +236,39 @@ def load_dl4j(path: str | Path, normalizer: bool = True) -> LayerGraph:
         "has_updater_state": "updaterState.bin" in entries,
         "param_layout": [(n.out, [list(k) for k in n.param_names]) for n in built if n.n_params],
     }
+    if load_optimizer_state:
+        if "updaterState.bin" not in entries:
+            raise SourceError(
+                f"source.path: {path}: the zip has no updaterState.bin (DL4J saved it with saveUpdater=false); "
+                "set source.load_optimizer_state=false"
+            )
+        from tlexp.sources.dl4j._updater import map_updater_state
+
+        try:
+            state = read_array_bytes(entries["updaterState.bin"], f"{path}: updaterState.bin")
+        except ND4JFormatError as e:
+            raise SourceError(f"source.path: {e}") from None
+        mapped = map_updater_state(conf, built, state, _iterations(conf), build_graph)
+        graph.meta["finetune_overrides"] = mapped["finetune_overrides"]  # type: ignore[attr-defined]
+        graph.meta["optimizer_state"] = {"by_name": mapped["by_name"]}  # type: ignore[attr-defined]
+        graph.meta["dl4j_updater"] = mapped["updater"]  # type: ignore[attr-defined]
+        graph.meta["dl4j_iteration"] = mapped["iteration"]  # type: ignore[attr-defined]
     if normalizer and "normalizer.bin" in entries:
         from tlexp.sources.dl4j._normalizer import add_normalizer
 
         graph = add_normalizer(graph, entries["normalizer.bin"], str(path))
     graph.eval()
     return graph
+
+
+def _iterations(conf: dict[str, Any]) -> int:
+    counts = [conf.get("iterationCount") or 0]
+    for c in conf.get("confs") or []:
+        counts.append(c.get("iterationCount") or 0)
+    for v in (conf.get("vertices") or {}).values():
+        lv = v.get("LayerVertex", v) if isinstance(v, dict) else {}
+        counts.append((lv.get("layerConf") or {}).get("iterationCount") or 0)
+    return int(max(int(c) for c in counts))
 
 
 def from_config(cfg: Mapping[str, Any]) -> LayerGraph:
@@ -249,4 +278,5 @@ def from_config(cfg: Mapping[str, Any]) -> LayerGraph:
         raise ConfigError("source.path: a DL4J source needs source.path=FILE (a ModelSerializer .zip)")
     from tlexp._resources import resolve_path
 
-    return load_dl4j(resolve_path(str(path)), normalizer=bool(cfg.get("normalizer", True)))
+    return load_dl4j(resolve_path(str(path)), normalizer=bool(cfg.get("normalizer", True)),
+                     load_optimizer_state=bool(cfg.get("load_optimizer_state", False)))

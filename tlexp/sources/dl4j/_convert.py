@@ -81,6 +81,7 @@ class Built:
     n_params: int = 0
     assign: Any = None  # callable(flat ndarray) -> None
     param_names: list[tuple[str, int]] = field(default_factory=list)  # DL4J (key, size) in flat order
+    fields: dict[str, Any] = field(default_factory=dict)  # the DL4J layer's configuration
 
 
 class Builder:
@@ -139,6 +140,11 @@ class Builder:
 
     # ---- layers --------------------------------------------------------------------------
     def layer(self, name: str, obj: dict[str, Any], src: str, kind: str, where: str) -> Built:
+        b = self._layer(name, obj, src, kind, where)
+        b.fields = layer_class(obj, where)[1]
+        return b
+
+    def _layer(self, name: str, obj: dict[str, Any], src: str, kind: str, where: str) -> Built:
         cls, L = layer_class(obj, where)
         retain = dropout_retain(L)
         drop = 1.0 - retain if retain < 1.0 else 0.0
