@@ -57,6 +57,19 @@ class Dl4jSource:
 
 
 @dataclass
+class Dl4jZooSource:
+    type: str = "dl4j_zoo"
+    #: vgg16 | darknet19 | tinyyolo | resnet50 | squeezenet
+    name: str = MISSING
+    #: random (DL4J's architecture, fresh weights) or pretrained (DL4J's zoo zip at path)
+    init: str = "random"
+    path: Optional[str] = None
+    num_classes: Optional[int] = None
+    #: [channels, height, width] (DL4J's setInputShape); the zoo class's default when null
+    input_size: Optional[list[int]] = None
+
+
+@dataclass
 class ZooSource:
     type: str = "zoo"
     name: str = MISSING
@@ -250,6 +263,7 @@ def register_configs() -> None:
     cs.store(group="source", name="base_source_keras", node=KerasSource)
     cs.store(group="source", name="base_source_zoo", node=ZooSource)
     cs.store(group="source", name="base_source_dl4j", node=Dl4jSource)
+    cs.store(group="source", name="base_source_dl4j_zoo", node=Dl4jZooSource)
     cs.store(group="surgery", name="base_surgery", node=SurgeryConfig)
     cs.store(group="freeze", name="base_freeze", node=FreezeConfig)
     cs.store(group="finetune", name="base_finetune", node=FinetuneConfig)

@@ -24,6 +24,7 @@ SOURCES: dict[str, str] = {
     "keras": "tlexp.sources.keras",
     "zoo": "tlexp.sources.zoo",
     "dl4j": "tlexp.sources.dl4j",
+    "dl4j_zoo": "tlexp.sources.dl4j._zoo",
 }
 
 
