@@ -225,6 +225,16 @@ class TrainerConfig:
 
 
 @dataclass
+class TrainConfig:
+    #: the metric that chooses the epoch: val/loss, val/accuracy, val/auroc (two classes)
+    monitor: str = "val/loss"
+    #: min, max, or auto (min for a loss, max for a score)
+    mode: str = "auto"
+    #: load the best epoch's weights before the test evaluation and before model/ is saved
+    restore_best: bool = True
+
+
+@dataclass
 class PathsConfig:
     root_dir: str = "."
     output_dir: str = MISSING
@@ -249,6 +259,9 @@ class TlexpConfig:
     data: Any = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: Any = None
+    #: Lightning callbacks, a mapping of _target_ entries (conf/callbacks)
+    callbacks: Any = None
+    train: TrainConfig = field(default_factory=TrainConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     inspect: InspectConfig = field(default_factory=InspectConfig)
     #: print the summary table at the end of a run

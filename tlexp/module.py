@@ -73,6 +73,7 @@ class TransferModule(pl.LightningModule):
         num_classes: int,
         class_weights: torch.Tensor | None = None,
         optimizer_state: Mapping[str, Any] | None = None,
+        monitor: str = "val/loss",
     ) -> None:
         super().__init__()
         self.model = model
@@ -89,6 +90,8 @@ class TransferModule(pl.LightningModule):
         self._step_scheduler: Any = None
         self._epoch_scheduler: Any = None
         self.test_metrics = make_metrics(num_classes).clone(prefix="test/")
+        #: val/auroc is computed per epoch only when it chooses the epoch (it needs every score)
+        self.val_auroc = monitor == "val/auroc" and num_classes == 2
 
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
         out = self.model(*xs)
@@ -128,6 +131,8 @@ class TransferModule(pl.LightningModule):
     def on_validation_epoch_start(self) -> None:
         zero = torch.zeros((), device=self.device)
         self._val_sum, self._val_correct, self._val_n = zero, zero.clone(), 0
+        self._val_scores: list[torch.Tensor] = []
+        self._val_labels: list[torch.Tensor] = []
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         # loss and accuracy only; the full metrics (F1, AUROC) are computed once, on the
@@ -136,11 +141,20 @@ class TransferModule(pl.LightningModule):
         self._val_sum = self._val_sum + F.nll_loss(logp, y, weight=self.class_weights, reduction="sum")
         self._val_correct = self._val_correct + (logp.argmax(-1) == y).sum()
         self._val_n += len(y)
+        if self.val_auroc:
+            self._val_scores.append(logp[:, 1].detach())
+            self._val_labels.append(y)
 
     def on_validation_epoch_end(self) -> None:
         if self._val_n:
             self.log("val/loss", self._val_sum / self._val_n, prog_bar=True)
             self.log("val/accuracy", self._val_correct.float() / self._val_n, prog_bar=True)
+        if self.val_auroc and self._val_scores:
+            from torchmetrics.functional.classification import binary_auroc
+
+            # log p(class 1) ranks the samples as p does
+            auroc = binary_auroc(torch.cat(self._val_scores).exp(), torch.cat(self._val_labels))
+            self.log("val/auroc", auroc, prog_bar=True)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         logp, y = self._logp(batch)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tlexp import finetune as ft
 from tlexp.data import TlexpDataModule, build_datamodule
@@ -65,6 +65,12 @@ def validate(cfg: DictConfig) -> None:
     ops = _container(cfg.surgery.ops)
     if not isinstance(ops, list):
         raise ConfigError("surgery.ops: expected a list of ops")
+    from tlexp.callbacks import check_monitor, resolve_mode
+
+    check_monitor(cfg.train.monitor)
+    resolve_mode(cfg.train.monitor, cfg.train.mode)
+    if cfg.get("callbacks") is not None and not OmegaConf.is_dict(cfg.callbacks):
+        raise ConfigError("callbacks: expected a mapping of name: {_target_: …} entries")
 
 
 def _resolve_auto(ops: list[Any], num_classes: int) -> list[Any]:
@@ -211,6 +217,17 @@ def _logger(cfg: DictConfig) -> Any:
         raise ConfigError(f"logger: cannot create {node._target_} ({why}); use logger=csv or install its package") from None
 
 
+def _callbacks_node(cfg: DictConfig, mode: str) -> dict[str, Any]:
+    """The ``callbacks`` mapping resolved, with ``${train.mode}`` as resolved (auto → min/max)."""
+    if not cfg.get("callbacks"):
+        return {}
+    copy = cfg.copy()
+    OmegaConf.set_readonly(copy, False)
+    with open_dict(copy):
+        copy.train.mode = mode
+    return OmegaConf.to_container(copy.callbacks, resolve=True)  # type: ignore[return-value]
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment; returns the metrics also written to ``metrics.json``."""
     import pytorch_lightning as pl
@@ -252,16 +269,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if cfg.freeze.mode == "featurize":
             featurize_info["mode"] = "featurize (nothing frozen: no prefix to compute)"
 
-    module = TransferModule(trainable, prepared.finetune, data.num_classes, class_weights, prepared.optimizer_state)
-    trainer_kwargs = {k: v for k, v in _container(cfg.trainer).items() if v is not None}
-    callbacks = []
-    if trainer_kwargs.get("enable_checkpointing", True):
-        from pytorch_lightning.callbacks import ModelCheckpoint
+    from tlexp.callbacks import BestWeights, build_callbacks, check_monitor, resolve_mode
 
-        # one checkpoint, at the end: model/ is the result; a save per epoch costs more than an
-        # epoch of a small head
-        callbacks.append(ModelCheckpoint(dirpath=out_dir / "checkpoints", every_n_epochs=cfg.trainer.max_epochs,
-                                         save_top_k=1, save_last=False))
+    check_monitor(cfg.train.monitor, data.num_classes)
+    mode = resolve_mode(cfg.train.monitor, cfg.train.mode)
+    module = TransferModule(trainable, prepared.finetune, data.num_classes, class_weights, prepared.optimizer_state,
+                            monitor=cfg.train.monitor)
+    trainer_kwargs = {k: v for k, v in _container(cfg.trainer).items() if v is not None}
+    best = BestWeights(cfg.train.monitor, mode, keep=bool(cfg.train.restore_best))
+    callbacks = [best, *build_callbacks(_callbacks_node(cfg, mode), trainer_kwargs, logger)]
     trainer = pl.Trainer(**trainer_kwargs, logger=logger, default_root_dir=str(out_dir), callbacks=callbacks)
     # both freeze modes start fitting from the same RNG state: same dropout masks, same results
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -270,6 +286,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         for message in _EXPECTED_WARNINGS:
             warnings.filterwarnings("ignore", message=message)
         trainer.fit(module, datamodule=train_data)
+    epochs_run = int(trainer.current_epoch)
+    if cfg.train.restore_best and best.restore(module):
+        log.info("best epoch %s of %s by %s (%.4f): its weights restored", best.best_epoch, epochs_run,
+                 best.monitor, best.best_value)
     fit_s = time.perf_counter() - t_fit
 
     # the suffix shares its modules with the whole graph: the graph now holds the trained suffix
@@ -285,7 +305,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "featurize": featurize_info,
         "freeze": {"up_to": _container(cfg.freeze.up_to), "frozen": [n for n in graph.node_names if n in cut],
                    "boundary": graph.boundary(cut) if cut else []},
-        "epochs": int(trainer.current_epoch),  # epochs completed
+        "epochs": epochs_run,  # epochs completed (early stopping may end a run before max_epochs)
+        "best_epoch": best.best_epoch,
+        "monitor": {**best.summary(), "restored": bool(cfg.train.restore_best and best.best_state is not None)},
         "seed": int(cfg.seed),
         "num_classes": data.num_classes,
         "samples": {s: len(data.dataset(s)) for s in ("train", "val", "test")},

@@ -1,0 +1,73 @@
+"""Choosing the epoch: train.monitor, the best epoch restored, early stopping, the callbacks group."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tlexp.errors import ConfigError
+from tlexp.train import run
+
+#: digits transfer with a learning rate high enough that validation loss worsens after epoch 3
+DIVERGING = ("experiment=digits_transfer", "finetune.optimizer=sgd", "finetune.lr=0.3")
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "model" / "weights.safetensors"))
+
+
+def test_best_epoch_weights_are_restored_and_saved(compose_cfg, tmp_path: Path) -> None:
+    metrics = run(compose_cfg(*DIVERGING, "trainer.max_epochs=6", "callbacks=none", out="long"))
+    k = metrics["best_epoch"]
+    assert metrics["epochs"] == 6 and 1 <= k < 6, metrics["monitor"]
+    assert metrics["monitor"]["name"] == "val/loss" and metrics["monitor"]["mode"] == "min"
+    saved = json.loads((tmp_path / "long" / "metrics.json").read_text())
+    assert saved["best_epoch"] == k and saved["monitor"]["best"] == pytest.approx(metrics["val"]["loss"], abs=1e-5)
+    # the same run stopped after epoch k, last weights kept: exactly what the long run saved
+    short = run(compose_cfg(*DIVERGING, f"trainer.max_epochs={k}", "callbacks=none", "train.restore_best=false", out="short"))
+    assert short["epochs"] == k
+    a, b = _weights(tmp_path / "long"), _weights(tmp_path / "short")
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    # without restoring, the long run keeps its (worse) last epoch
+    last = run(compose_cfg(*DIVERGING, "trainer.max_epochs=6", "callbacks=none", "train.restore_best=false", out="last"))
+    assert last["val"]["loss"] > metrics["val"]["loss"]
+    assert last["monitor"]["restored"] is False
+
+
+def test_early_stopping_stops_and_checkpoint_is_the_best(compose_cfg, tmp_path: Path) -> None:
+    metrics = run(compose_cfg(*DIVERGING, "trainer.max_epochs=12", "callbacks.early_stopping.patience=2"))
+    assert metrics["epochs"] == metrics["best_epoch"] + 2 < 12
+    assert (tmp_path / "run" / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_featurize_and_in_model_agree_with_early_stopping(compose_cfg, tmp_path: Path) -> None:
+    results = {}
+    for mode in ("in_model", "featurize"):
+        results[mode] = run(compose_cfg(*DIVERGING, f"freeze.mode={mode}", "trainer.max_epochs=12",
+                                        "callbacks.early_stopping.patience=2", out=mode))
+    assert results["in_model"]["epochs"] == results["featurize"]["epochs"] < 12
+    assert results["in_model"]["best_epoch"] == results["featurize"]["best_epoch"]
+    a, b = _weights(tmp_path / "in_model"), _weights(tmp_path / "featurize")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5
+
+
+def test_monitor_auroc_on_two_classes(compose_cfg) -> None:
+    metrics = run(compose_cfg("experiment=churn_transfer", "train.monitor=val/auroc", "trainer.max_epochs=3"))
+    assert metrics["monitor"]["mode"] == "max"
+    assert metrics["monitor"]["best"] == pytest.approx(metrics["val"]["auroc"], abs=1e-4)
+
+
+@pytest.mark.parametrize(("overrides", "field"), [
+    (("train.monitor=val/f2",), "train.monitor"),
+    (("train.mode=biggest",), "train.mode"),
+    (("experiment=digits_transfer", "train.monitor=val/auroc"), "val/auroc needs two classes"),
+    (("+callbacks.bad={_target_: torch.nn.Linear, in_features: 1, out_features: 1}",), "callbacks.bad"),
+    (("+callbacks.nope={_target_: pytorch_lightning.callbacks.NoSuchCallback}",), "callbacks.nope"),
+])
+def test_bad_monitor_and_callbacks_are_config_errors(compose_cfg, overrides, field: str) -> None:
+    with pytest.raises(ConfigError, match=field):
+        run(compose_cfg(*overrides, "trainer.max_epochs=1"))

@@ -1,0 +1,135 @@
+"""Choosing the epoch: the monitored metric, the best epoch's weights, the ``callbacks`` group.
+
+``train.monitor`` (``val/loss``, ``val/accuracy``, ``val/auroc`` for two classes) and
+``train.mode`` decide which epoch is best. :class:`BestWeights` keeps that epoch's weights in
+memory (a copy per improvement, no file), so the run restores them before the test evaluation
+and before ``model/`` is saved. The ``callbacks`` config group (the lightning-hydra-template way:
+a mapping of ``_target_`` entries) adds Lightning's own callbacks, which read the same
+``${train.monitor}``/``${train.mode}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from tlexp.errors import ConfigError, choices
+
+__all__ = ["MONITORS", "BestWeights", "resolve_mode", "check_monitor", "build_callbacks"]
+
+log = logging.getLogger(__name__)
+
+#: the metrics an epoch can be chosen by (val/auroc: two classes only)
+MONITORS = ("val/loss", "val/accuracy", "val/auroc")
+MODES = ("auto", "min", "max")
+
+
+def resolve_mode(monitor: str, mode: str) -> str:
+    """``auto``: min for a loss, max for a score."""
+    if mode not in MODES:
+        raise ConfigError(f"train.mode: {mode!r} is not a mode; valid: {', '.join(MODES)}")
+    if mode != "auto":
+        return mode
+    return "min" if monitor.endswith("loss") else "max"
+
+
+def check_monitor(monitor: str, num_classes: int | None = None) -> None:
+    if monitor not in MONITORS:
+        raise ConfigError(f"train.monitor: {monitor!r} is not logged; valid: {choices(MONITORS)}")
+    if monitor == "val/auroc" and num_classes is not None and num_classes != 2:
+        raise ConfigError(f"train.monitor: val/auroc needs two classes, the data has {num_classes}; "
+                          "use val/loss or val/accuracy")
+
+
+class BestWeights(pl.Callback):
+    """Keeps a copy of the trained module's weights at the best value of ``monitor``.
+
+    ``best_epoch`` counts from 1 (as ``epochs`` does); ``history`` holds the monitored value of
+    every validated epoch.
+    """
+
+    def __init__(self, monitor: str = "val/loss", mode: str = "min", keep: bool = True) -> None:
+        self.monitor, self.mode, self.keep = monitor, resolve_mode(monitor, mode), keep
+        self.best_value: float | None = None
+        self.best_epoch: int | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.history: list[float] = []
+
+    def _better(self, value: float) -> bool:
+        if math.isnan(value):
+            return False
+        if self.best_value is None:
+            return True
+        return value < self.best_value if self.mode == "min" else value > self.best_value
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            raise ConfigError(f"train.monitor: {self.monitor!r} was not logged; logged: "
+                              f"{choices(sorted(trainer.callback_metrics))}")
+        value = float(value)
+        self.history.append(value)
+        if self._better(value):
+            self.best_value, self.best_epoch = value, trainer.current_epoch + 1
+            if self.keep:
+                    self.best_state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+
+    def restore(self, pl_module: pl.LightningModule) -> bool:
+        """Load the best epoch's weights into ``pl_module``; False when nothing was validated."""
+        if self.best_state is None:
+            return False
+        pl_module.load_state_dict(self.best_state)
+        return True
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.monitor, "mode": self.mode, "best": self.best_value, "best_epoch": self.best_epoch}
+
+
+def _skip_reason(target: str, trainer_kwargs: Mapping[str, Any], logger: Any) -> str | None:
+    name = target.rsplit(".", 1)[-1]
+    if name == "ModelCheckpoint" and not trainer_kwargs.get("enable_checkpointing", True):
+        return "trainer.enable_checkpointing is false"
+    if "ProgressBar" in name and not trainer_kwargs.get("enable_progress_bar", True):
+        return "trainer.enable_progress_bar is false"
+    if name == "LearningRateMonitor" and not logger:
+        return "there is no logger (choose logger=csv)"
+    return None
+
+
+def build_callbacks(node: Mapping[str, Any] | None, trainer_kwargs: Mapping[str, Any], logger: Any) -> list[pl.Callback]:
+    """Instantiate every ``_target_`` entry of the resolved ``callbacks`` mapping.
+
+    Entries the trainer settings rule out (a checkpoint with checkpointing off, a progress bar
+    with the bar off, a learning-rate monitor without a logger) are left out with a log line.
+    """
+    from hydra.utils import instantiate
+
+    out: list[pl.Callback] = []
+    for key, spec in (node or {}).items():
+        if spec is None:
+            continue
+        if not isinstance(spec, Mapping) or "_target_" not in spec:
+            raise ConfigError(f"callbacks.{key}: expected a mapping with _target_ (a Lightning callback class)")
+        why = _skip_reason(str(spec["_target_"]), trainer_kwargs, logger)
+        if why:
+            log.info("callbacks.%s: left out, %s", key, why)
+            continue
+        try:
+            cb = instantiate(dict(spec))
+        except Exception as e:  # an unknown class or argument: name it, no traceback
+            root = e
+            while root.__cause__ is not None:
+                root = root.__cause__
+            text = str(root).strip().splitlines()[0] if str(root).strip() else type(root).__name__
+            raise ConfigError(f"callbacks.{key}: cannot create {spec['_target_']} ({text})") from None
+        if not isinstance(cb, pl.Callback):
+            raise ConfigError(f"callbacks.{key}: {spec['_target_']} is not a Lightning callback")
+        out.append(cb)
+    return out
