@@ -11,7 +11,7 @@ import torch
 import tlexp
 from tlexp.errors import ConfigError, ShapeError, SourceError
 from tlexp.freeze import freeze, resolve_cut
-from tlexp.graph import LayerGraph, build_layer, get_layer_type, list_layers
+from tlexp.graph import LayerGraph, build_layer, get_layer_type, layer_names
 from tests._models import conv_chain, skip_graph
 from tlexp.sources.spec import build_spec
 
@@ -120,7 +120,7 @@ def _example_graph(type_name: str) -> LayerGraph:
     return LayerGraph.from_config(cfg)
 
 
-@pytest.mark.parametrize("type_name", list_layers())
+@pytest.mark.parametrize("type_name", layer_names())
 def test_every_layer_type_round_trips_through_json(type_name):
     torch.manual_seed(0)
     graph = _randomize(_example_graph(type_name)).eval()
@@ -136,7 +136,7 @@ def test_every_layer_type_round_trips_through_json(type_name):
     assert a.shape[0] == 3
 
 
-@pytest.mark.parametrize("type_name", list_layers())
+@pytest.mark.parametrize("type_name", layer_names())
 def test_every_layer_type_has_a_working_example(type_name):
     lt = get_layer_type(type_name)
     module = build_layer(type_name, lt.example, lt.example_inputs)

@@ -13,7 +13,7 @@ from torchmetrics.classification import BinaryAUROC, BinaryF1Score, MulticlassAc
 
 from tlexp import finetune as ft
 from tlexp.errors import ConfigError
-from tlexp.graph import LayerGraph, layer_spec
+from tlexp.graph import LayerGraph, get_layer_type, layer_spec
 
 __all__ = ["TransferModule", "output_kind", "make_metrics", "LOSSES"]
 
@@ -32,7 +32,8 @@ def output_kind(graph: LayerGraph) -> str:
     if spec is None:
         return "logits"
     kind, args = spec
-    act = args.get("activation") if kind != "activation" else args.get("name")
+    lt = get_layer_type(kind)
+    act = args.get("name") if lt.is_activation else args.get("activation") if lt.takes_activation else None
     return {"softmax": "probs", "log_softmax": "log_probs"}.get(act, "logits")
 
 

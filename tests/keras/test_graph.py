@@ -13,12 +13,12 @@ import tlexp
 from tests.keras._util import FIXTURES, data, files, max_diff, run
 from tlexp.freeze import freeze
 from tlexp.graph import (
-    _layers_keras,
     build_layer,
     get_layer_type,
     layer_spec,
     list_layers,
 )
+from tlexp.sources.keras import _layers as keras_layers
 from tlexp.sources import load_source
 from tlexp.sources.keras import load_keras
 
@@ -134,7 +134,7 @@ def test_from_config_reads_the_source_node(tmp_path: Path) -> None:
     assert g.meta["keras_version"] == 3 and g.meta["input_layout"] == "channels_last"
 
 
-KERAS_TYPES = sorted(n for n in list_layers() if get_layer_type(n).builder.__module__ == _layers_keras.__name__)
+KERAS_TYPES = sorted(lt.name for lt in list_layers() if lt.provider.startswith(keras_layers.__name__))
 
 
 @pytest.mark.parametrize("type_name", KERAS_TYPES)

@@ -38,7 +38,7 @@ from torch import nn
 
 from tlexp.finetune._params import check_group_patterns, is_weight
 from tlexp.finetune._settings import Settings, parse
-from tlexp.graph import HAS_WEIGHTS, LayerGraph, Node, build_layer, layer_spec, set_spec
+from tlexp.graph import LayerGraph, Node, build_layer, get_layer_type, layer_spec, set_spec
 
 __all__ = ["apply_graph_overrides", "output_head", "reinit_modules"]
 
@@ -95,22 +95,27 @@ def _override_layers(graph: LayerGraph, s: Settings) -> None:
 def _changes(
     graph: LayerGraph, node: Node, t: str, args: dict[str, Any], s: Settings, scope: set[str]
 ) -> dict[str, Any]:
+    """What the overrides change in one layer, read off its type's declared capabilities."""
+    lt = get_layer_type(t)
     changes: dict[str, Any] = {}
     if s.dropout is not None:
-        if t == "dropout":
+        if lt.is_dropout:
             changes["p"] = s.dropout
-        elif t in HAS_WEIGHTS and "dropout" in args and not _fed_by_dropout(graph, node, scope):
+        elif lt.takes_dropout and not _fed_by_dropout(graph, node, scope):
             changes["dropout"] = s.dropout
     if s.activation is not None:
-        if t == "activation":
+        if lt.is_activation:
             changes["name"] = s.activation
-        elif t in HAS_WEIGHTS and args.get("activation", "identity") not in _LINEAR:
+        elif lt.takes_activation and args.get("activation", "identity") not in _LINEAR:
             changes["activation"] = s.activation
     return changes
 
 
 def _fed_by_dropout(graph: LayerGraph, node: Node, scope: set[str]) -> bool:
-    return any(i in scope and graph.node(i).type == "dropout" for i in node.inputs)
+    return any(
+        i in scope and layer_spec(graph.node(i).module) is not None and get_layer_type(graph.node(i).type).is_dropout
+        for i in node.inputs
+    )
 
 
 def _respec(node: Node, type_name: str, args: dict[str, Any]) -> None:

@@ -1,36 +1,46 @@
-"""The model representation every source produces and every op transforms."""
+"""The model representation every source produces and every op transforms.
+
+Layer types are registered with their capabilities (:class:`Role`, sizes, what fine-tuning may
+override): see :mod:`tlexp.graph._registry` for the contract. Sources bring their own layer
+types as providers, imported when first needed.
+"""
 
 from tlexp.graph import _layers  # noqa: F401  (registers the built-in layer types)
-from tlexp.graph import _layers_timm  # noqa: F401  (timm_module, tensor_op: zoo nodes)
-from tlexp.graph import _layers_keras  # noqa: F401  (registers the layer types Keras imports need)
+from tlexp.graph._activations import ACTIVATIONS, KERAS_LEAKY_SLOPE, TORCH_LEAKY_SLOPE, make_activation
 from tlexp.graph._graph import CONFIG_FORMAT, GraphInput, LayerGraph, Node, SummaryRow
-from tlexp.graph._layers import ACTIVATIONS, HAS_WEIGHTS, make_activation
 from tlexp.graph._registry import (
     LayerType,
+    Role,
     build_layer,
     get_layer_type,
+    layer_names,
     layer_spec,
     list_layers,
     rebuild_layer,
     register_layer,
+    register_provider,
     set_spec,
 )
 
 __all__ = [
     "ACTIVATIONS",
     "CONFIG_FORMAT",
-    "HAS_WEIGHTS",
+    "KERAS_LEAKY_SLOPE",
+    "TORCH_LEAKY_SLOPE",
     "GraphInput",
     "LayerGraph",
     "LayerType",
     "Node",
+    "Role",
     "SummaryRow",
     "build_layer",
     "get_layer_type",
+    "layer_names",
     "layer_spec",
     "list_layers",
     "make_activation",
     "rebuild_layer",
     "register_layer",
+    "register_provider",
     "set_spec",
 ]

@@ -15,65 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tlexp.errors import ConfigError, choices
-from tlexp.graph._registry import register_layer
+from tlexp.graph._activations import ACTIVATIONS, TORCH_LEAKY_SLOPE, make_activation
+from tlexp.graph._registry import Role, register_layer
 
-__all__ = ["ACTIVATIONS", "make_activation", "Dense", "Conv", "HAS_WEIGHTS"]
-
-
-class HardSigmoidKeras2(nn.Module):
-    """Keras 2's piecewise hard sigmoid: clip(0.2 x + 0.5, 0, 1)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.clamp(0.2 * x + 0.5, 0.0, 1.0)
-
-
-def _softmax(dim: int = -1) -> nn.Module:
-    return nn.Softmax(dim=dim)
-
-
-ACTIVATIONS: dict[str, type[nn.Module] | object] = {
-    "identity": nn.Identity,
-    "linear": nn.Identity,
-    "relu": nn.ReLU,
-    "relu6": nn.ReLU6,
-    "leaky_relu": nn.LeakyReLU,
-    "elu": nn.ELU,
-    "selu": nn.SELU,
-    "gelu": nn.GELU,
-    "silu": nn.SiLU,
-    "swish": nn.SiLU,
-    "sigmoid": nn.Sigmoid,
-    "hard_sigmoid": nn.Hardsigmoid,
-    "hard_sigmoid_keras2": HardSigmoidKeras2,
-    "hard_swish": nn.Hardswish,
-    "tanh": nn.Tanh,
-    "softmax": _softmax,
-    "log_softmax": nn.LogSoftmax,
-    "softplus": nn.Softplus,
-    "softsign": nn.Softsign,
-    "mish": nn.Mish,
-}
-
-
-def make_activation(name: str, where: str = "activation", **kwargs: float) -> nn.Module:
-    try:
-        factory = ACTIVATIONS[name]
-    except KeyError:
-        raise ConfigError(f"{where}: unknown activation {name!r}; valid: {choices(ACTIVATIONS)}") from None
-    if name == "log_softmax":
-        kwargs.setdefault("dim", -1)
-    return factory(**kwargs)  # type: ignore[operator]
+__all__ = ["ACTIVATIONS", "make_activation", "Dense", "Conv"]
 
 
 def _act(activation: str, alpha: float | None, dim: int = -1) -> nn.Module:
-    if activation == "leaky_relu" and alpha is not None:
-        return nn.LeakyReLU(alpha)
-    if activation == "elu" and alpha is not None:
-        return nn.ELU(alpha)
-    if activation in ("softmax", "log_softmax"):
-        return make_activation(activation, dim=dim)
-    return make_activation(activation)
+    if activation == "leaky_relu" and alpha is None:
+        alpha = TORCH_LEAKY_SLOPE  # tlexp's own layers take torch's slope
+    return make_activation(activation, dim=dim, alpha=alpha)
 
 
 class Dense(nn.Linear):
@@ -176,11 +127,16 @@ class Conv(nn.Module):
         return self.conv.bias
 
 
-#: layer types whose weights make them "parameterized" for n_out/n_in surgery
-HAS_WEIGHTS = {"dense", "conv1d", "conv2d", "conv_transpose2d", "depthwise_conv2d", "separable_conv2d"}
-
 Padding = str | int | tuple[int, ...]
 IntOrTuple = int | tuple[int, ...]
+
+
+#: what every convolution declares besides its sizes
+_CONV: dict = {"takes_activation": True, "takes_dropout": True}
+
+
+def _rnn_out(args: dict, n_out: int) -> int:
+    return 2 * n_out if args.get("bidirectional") else n_out
 
 
 def _last(shapes):  # in_features for dense
@@ -195,7 +151,8 @@ def _nf(shapes):
     return {"num_features": shapes[0][0]}
 
 
-@register_layer("dense", infer=_last, example={"out_features": 3}, aliases=("linear",))
+@register_layer("dense", role=Role.WEIGHTS, n_in="in_features", n_out="out_features", size_axis=-1,
+                takes_activation=True, takes_dropout=True, infer=_last, example={"out_features": 3}, aliases=("linear",))
 def dense(
     in_features: int,
     out_features: int,
@@ -207,7 +164,7 @@ def dense(
     return Dense(in_features, out_features, bias=bias, activation=activation, dropout=dropout)
 
 
-@register_layer("conv1d", infer=_chan, example={"out_channels": 2, "kernel_size": 3}, example_inputs=((3, 8),))
+@register_layer("conv1d", role=Role.WEIGHTS, n_in="in_channels", n_out="out_channels", **_CONV, infer=_chan, example={"out_channels": 2, "kernel_size": 3}, example_inputs=((3, 8),))
 def conv1d(
     in_channels: int,
     out_channels: int,
@@ -224,7 +181,7 @@ def conv1d(
     return Conv(1, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, activation, dropout)
 
 
-@register_layer("conv2d", infer=_chan, example={"out_channels": 2, "kernel_size": 3}, example_inputs=((3, 8, 8),))
+@register_layer("conv2d", role=Role.WEIGHTS, n_in="in_channels", n_out="out_channels", **_CONV, infer=_chan, example={"out_channels": 2, "kernel_size": 3}, example_inputs=((3, 8, 8),))
 def conv2d(
     in_channels: int,
     out_channels: int,
@@ -242,7 +199,8 @@ def conv2d(
 
 
 @register_layer(
-    "conv_transpose2d", infer=_chan, example={"out_channels": 2, "kernel_size": 3}, example_inputs=((3, 8, 8),)
+    "conv_transpose2d", role=Role.WEIGHTS, n_in="in_channels", n_out="out_channels", takes_activation=True,
+    infer=_chan, example={"out_channels": 2, "kernel_size": 3}, example_inputs=((3, 8, 8),)
 )
 def conv_transpose2d(
     in_channels: int,
@@ -264,7 +222,7 @@ def conv_transpose2d(
 
 
 @register_layer(
-    "depthwise_conv2d", infer=_chan, example={"kernel_size": 3}, example_inputs=((3, 8, 8),)
+    "depthwise_conv2d", role=Role.FOLLOW, follow="in_channels", n_out="depth_multiplier", **_CONV, infer=_chan, example={"kernel_size": 3}, example_inputs=((3, 8, 8),)
 )
 def depthwise_conv2d(
     in_channels: int,
@@ -295,7 +253,7 @@ class SeparableConv(nn.Module):
 
 
 @register_layer(
-    "separable_conv2d", infer=_chan, example={"out_channels": 4, "kernel_size": 3}, example_inputs=((3, 8, 8),)
+    "separable_conv2d", role=Role.WEIGHTS, n_in="in_channels", n_out="out_channels", **_CONV, infer=_chan, example={"out_channels": 4, "kernel_size": 3}, example_inputs=((3, 8, 8),)
 )
 def separable_conv2d(
     in_channels: int,
@@ -358,7 +316,7 @@ def _register_pool(kind: str, dims: int) -> None:
         return _Pool(kind, dims, kernel_size, stride, padding)
 
     pool.__doc__ = f"{kind} pooling over {dims} spatial dimension(s); padding 'same' is TF-style."
-    register_layer(f"{kind}_pool{dims}d", example={"kernel_size": 2}, example_inputs=(shape,))(pool)
+    register_layer(f"{kind}_pool{dims}d", role=Role.PASS, example={"kernel_size": 2}, example_inputs=(shape,))(pool)
 
 
 for _k in ("max", "avg"):
@@ -378,37 +336,37 @@ class GlobalPool(nn.Module):
         return x.amax(dim=dims, keepdim=self.keepdims)
 
 
-@register_layer("global_avg_pool", example_inputs=((3, 4, 4),))
+@register_layer("global_avg_pool", role=Role.PASS, example_inputs=((3, 4, 4),))
 def global_avg_pool(keepdims: bool = False) -> nn.Module:
     """Mean over every axis after the channel axis."""
     return GlobalPool("avg", keepdims)
 
 
-@register_layer("global_max_pool", example_inputs=((3, 4, 4),))
+@register_layer("global_max_pool", role=Role.PASS, example_inputs=((3, 4, 4),))
 def global_max_pool(keepdims: bool = False) -> nn.Module:
     """Max over every axis after the channel axis."""
     return GlobalPool("max", keepdims)
 
 
-@register_layer("batchnorm1d", infer=_nf, example_inputs=((3,),))
+@register_layer("batchnorm1d", role=Role.FOLLOW, follow="num_features", infer=_nf, example_inputs=((3,),))
 def batchnorm1d(num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True) -> nn.Module:
     """Batch normalization over (C) or (C, L) inputs."""
     return nn.BatchNorm1d(num_features, eps=eps, momentum=momentum, affine=affine)
 
 
-@register_layer("batchnorm2d", infer=_nf, example_inputs=((3, 4, 4),))
+@register_layer("batchnorm2d", role=Role.FOLLOW, follow="num_features", infer=_nf, example_inputs=((3, 4, 4),))
 def batchnorm2d(num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True) -> nn.Module:
     """Batch normalization over (C, H, W) inputs."""
     return nn.BatchNorm2d(num_features, eps=eps, momentum=momentum, affine=affine)
 
 
-@register_layer("layernorm", infer=lambda s: {"normalized_shape": [s[0][-1]]}, example_inputs=((5,),))
+@register_layer("layernorm", role=Role.FOLLOW, follow="normalized_shape", size_axis=-1, infer=lambda s: {"normalized_shape": [s[0][-1]]}, example_inputs=((5,),))
 def layernorm(normalized_shape: list[int], eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True) -> nn.Module:
     """Layer normalization over the trailing ``normalized_shape`` axes."""
     return nn.LayerNorm(normalized_shape, eps=eps, elementwise_affine=elementwise_affine, bias=bias)
 
 
-@register_layer("dropout")
+@register_layer("dropout", role=Role.PASS, is_dropout=True)
 def dropout(p: float = 0.5) -> nn.Module:
     """Element-wise dropout (off in inference mode)."""
     if not 0.0 <= p < 1.0:
@@ -425,7 +383,7 @@ class Activation(nn.Module):
         return self.fn(x)
 
 
-@register_layer("activation", example={"name": "relu"})
+@register_layer("activation", role=Role.PASS, is_activation=True, example={"name": "relu"})
 def activation(name: str, alpha: float | None = None, dim: int = -1) -> nn.Module:
     """An activation function by name (alpha for leaky_relu/elu, dim for softmax)."""
     return Activation(_act(name, alpha, dim))
@@ -436,7 +394,7 @@ class Flatten(nn.Module):
         return x.flatten(1)
 
 
-@register_layer("flatten", example_inputs=((2, 3, 3),))
+@register_layer("flatten", role=Role.PASS, keeps_size=False, example_inputs=((2, 3, 3),))
 def flatten() -> nn.Module:
     """Flatten every axis after the batch axis."""
     return Flatten()
@@ -451,7 +409,7 @@ class Reshape(nn.Module):
         return x.reshape(x.shape[0], *self.shape)
 
 
-@register_layer("reshape", example={"shape": [2, 2]}, example_inputs=((4,),))
+@register_layer("reshape", role=Role.FIXED, example={"shape": [2, 2]}, example_inputs=((4,),))
 def reshape(shape: tuple[int, ...]) -> nn.Module:
     """Reshape each sample to ``shape`` (-1 allowed once)."""
     return Reshape(shape)
@@ -466,7 +424,7 @@ class Permute(nn.Module):
         return x.permute(0, *(d + 1 for d in self.dims))
 
 
-@register_layer("permute", example={"dims": [1, 0]}, example_inputs=((2, 3),))
+@register_layer("permute", role=Role.PASS, keeps_size=False, example={"dims": [1, 0]}, example_inputs=((2, 3),))
 def permute(dims: tuple[int, ...]) -> nn.Module:
     """Permute the per-sample axes (0-based, batch axis excluded)."""
     if sorted(dims) != list(range(len(dims))):
@@ -480,7 +438,7 @@ class Embedding(nn.Embedding):
 
 
 @register_layer(
-    "embedding", example={"num_embeddings": 10, "embedding_dim": 3}, example_inputs=((5,),)
+    "embedding", role=Role.WEIGHTS, n_out="embedding_dim", size_axis=-1, example={"num_embeddings": 10, "embedding_dim": 3}, example_inputs=((5,),)
 )
 def embedding(num_embeddings: int, embedding_dim: int, padding_idx: int | None = None) -> nn.Module:
     """Lookup table from integer ids to vectors."""
@@ -523,7 +481,8 @@ def _register_rnn(kind: str) -> None:
         return Recurrent(kind, input_size, hidden_size, num_layers, bidirectional, return_sequences, bias, dropout)
 
     rnn.__doc__ = f"{kind.upper()} over (T, F) sequences; the last step unless return_sequences."
-    register_layer(kind, infer=lambda s: {"input_size": s[0][-1]}, example={"hidden_size": 3},
+    register_layer(kind, role=Role.WEIGHTS, n_in="input_size", n_out="hidden_size", size_axis=-1, out_size=_rnn_out,
+                   infer=lambda s: {"input_size": s[0][-1]}, example={"hidden_size": 3},
                    example_inputs=((5, 4),))(rnn)
 
 
@@ -566,7 +525,7 @@ def _register_merge(op: str, doc: str) -> None:
         return Merge(op)
 
     merge.__doc__ = doc
-    register_layer(op, example_inputs=((4,), (4,)))(merge)
+    register_layer(op, role=Role.ELEMENTWISE, variadic=op != "subtract", example_inputs=((4,), (4,)))(merge)
 
 
 _register_merge("add", "Element-wise sum of the inputs.")
@@ -577,7 +536,7 @@ _register_merge("maximum", "Element-wise maximum of the inputs.")
 _register_merge("minimum", "Element-wise minimum of the inputs.")
 
 
-@register_layer("concat", example_inputs=((4,), (2,)))
+@register_layer("concat", role=Role.CONCAT, example_inputs=((4,), (2,)))
 def concat(dim: int = 1) -> nn.Module:
     """Concatenate the inputs along ``dim`` (1 = channels / features)."""
     return Merge("concat", dim)
@@ -593,7 +552,7 @@ class GetItem(nn.Module):
         return x[self._key if len(self._key) != 1 else self._key[0]]
 
 
-@register_layer("getitem", example={"index": [[None, None, None], 0]}, example_inputs=((3, 4),))
+@register_layer("getitem", role=Role.FIXED, example={"index": [[None, None, None], 0]}, example_inputs=((3, 4),))
 def getitem(index: list) -> nn.Module:
     """Index a tensor: each entry an int, [start, stop, step] for a slice, or 'None' for a new axis."""
     return GetItem(index)
@@ -604,7 +563,7 @@ class Identity(nn.Module):
         return x
 
 
-@register_layer("identity")
+@register_layer("identity", role=Role.PASS)
 def identity() -> nn.Module:
     """Passes its input through unchanged."""
     return Identity()
@@ -621,7 +580,7 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-@register_layer("normalize", example={"mean": [0.5], "std": [2.0]}, example_inputs=((3,),))
+@register_layer("normalize", role=Role.FIXED, example={"mean": [0.5], "std": [2.0]}, example_inputs=((3,),))
 def normalize(mean: list[float], std: list[float], spatial_dims: int = 0) -> nn.Module:
     """(x - mean) / std per channel (or per feature); ``spatial_dims`` axes follow the channels."""
     if len(mean) != len(std):
@@ -632,7 +591,7 @@ def normalize(mean: list[float], std: list[float], spatial_dims: int = 0) -> nn.
 Mode = Literal["nearest", "bilinear"]
 
 
-@register_layer("upsample2d", example_inputs=((2, 3, 3),))
+@register_layer("upsample2d", role=Role.PASS, example_inputs=((2, 3, 3),))
 def upsample2d(scale_factor: int | tuple[int, int] = 2, mode: Mode = "nearest") -> nn.Module:
     """Repeat rows and columns (nearest) or interpolate (bilinear)."""
     return nn.Upsample(scale_factor=scale_factor, mode=mode)

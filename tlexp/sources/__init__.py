@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from tlexp.errors import ConfigError, choices
-from tlexp.graph import LayerGraph
+from tlexp.graph import LayerGraph, register_provider
 
 __all__ = ["SOURCES", "load_source"]
 
@@ -26,6 +26,11 @@ SOURCES: dict[str, str] = {
     "dl4j": "tlexp.sources.dl4j",
     "dl4j_zoo": "tlexp.sources.dl4j._zoo",
 }
+
+#: modules that register the layer types only one source needs; the layer registry imports one
+#: when a config names a type it does not know yet (a saved Keras import names keras_relu)
+for _provider in ("tlexp.sources.keras._layers", "tlexp.sources.dl4j._layers", "tlexp.sources.zoo._layers"):
+    register_provider(_provider)
 
 
 def load_source(cfg: Mapping[str, Any]) -> LayerGraph:

@@ -17,51 +17,40 @@ import torch
 from torch import nn
 
 from tlexp.errors import ShapeError, choices
-from tlexp.graph import GraphInput, LayerGraph, Node, get_layer_type, layer_spec, rebuild_layer
+from tlexp.graph import (
+    GraphInput,
+    LayerGraph,
+    LayerType,
+    Node,
+    Role,
+    get_layer_type,
+    layer_spec,
+    list_layers,
+    rebuild_layer,
+)
 from tlexp.surgery._edit import copy_nodes, make_graph
 from tlexp.surgery._init import WEIGHT_INITS, apply_weight_init
 from tlexp.surgery._registry import OpContext, mark_new, register_op
 
-__all__ = ["N_OUT", "N_IN", "PASS_THROUGH", "ELEMENTWISE", "FOLLOW"]
+__all__ = ["resizable_next", "can_replace_n_out", "can_replace_n_in"]
 
-#: the argument that sets a layer's output size
-N_OUT = {
-    "dense": "out_features",
-    "conv1d": "out_channels",
-    "conv2d": "out_channels",
-    "conv_transpose2d": "out_channels",
-    "separable_conv2d": "out_channels",
-    "depthwise_conv2d": "depth_multiplier",
-    "embedding": "embedding_dim",
-    "lstm": "hidden_size",
-    "gru": "hidden_size",
-}
-#: the argument that sets a layer's input size; the resize stops at these layers
-N_IN = {
-    "dense": "in_features",
-    "conv1d": "in_channels",
-    "conv2d": "in_channels",
-    "conv_transpose2d": "in_channels",
-    "separable_conv2d": "in_channels",
-    "lstm": "input_size",
-    "gru": "input_size",
-}
-#: sized by their input, their output sized alike: resized, then followed further
-FOLLOW = {
-    "batchnorm1d": "num_features",
-    "batchnorm2d": "num_features",
-    "layernorm": "normalized_shape",
-    "depthwise_conv2d": "in_channels",
-}
-#: no parameters; followed (flatten and concat change the size on the way)
-PASS_THROUGH = {
-    "activation", "dropout", "identity", "flatten", "concat", "upsample2d",
-    "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "global_avg_pool", "global_max_pool",
-}
-#: followed only when every input is resized alike
-ELEMENTWISE = {"add", "multiply", "subtract", "average", "maximum", "minimum"}
-#: passing these keeps the size of the feature/channel axis (known without traced shapes)
-_SIZE_KEEPING = PASS_THROUGH - {"flatten", "concat"}
+
+def _type(node: Node) -> LayerType | None:
+    """The registry type of a node, or None for a plain module (not from the registry)."""
+    return get_layer_type(node.type) if layer_spec(node.module) is not None else None
+
+
+def resizable_next() -> list[str]:
+    """Layer types a resize can reach and rebuild (they declare ``n_in`` or ``follow``)."""
+    return sorted(lt.name for lt in list_layers() if lt.n_in is not None or lt.role is Role.FOLLOW)
+
+
+def can_replace_n_out() -> list[str]:
+    return sorted(lt.name for lt in list_layers() if lt.n_out is not None)
+
+
+def can_replace_n_in() -> list[str]:
+    return sorted(lt.name for lt in list_layers() if lt.role is Role.WEIGHTS and lt.n_in is not None)
 
 
 def _check_init(ctx: OpContext, key: str, scheme: str | None) -> None:
@@ -76,28 +65,28 @@ def _plan(graph: LayerGraph, target: str, ctx: OpContext) -> dict[str, str]:
     """
     plan = {target: "out"}
     changed = {target}
-    resizable = sorted(set(N_IN) | set(FOLLOW))
     for node in graph.nodes[graph.index(target) + 1:]:
         hit = [i for i in node.inputs if i in changed]
         if not hit:
             continue
-        t = node.type
-        if t in ELEMENTWISE:
+        lt = _type(node)
+        role = lt.role if lt is not None else Role.FIXED
+        if role is Role.ELEMENTWISE:
             others = [i for i in node.inputs if i not in changed]
             if others:
-                raise ctx.error("layer", f"layer {node.name!r} ({t}) combines the resized output of {hit[0]!r} "
+                raise ctx.error("layer", f"layer {node.name!r} ({node.type}) combines the resized output of {hit[0]!r} "
                                          f"element-wise with {others[0]!r}, whose size stays; it cannot be resized")
             kind = "pass"
-        elif t in PASS_THROUGH:
+        elif role in (Role.PASS, Role.CONCAT):
             kind = "pass"
-        elif t in FOLLOW:
+        elif role is Role.FOLLOW:
             kind = "follow"
-        elif t in N_IN:
+        elif role is Role.WEIGHTS and lt is not None and lt.n_in is not None:
             kind = "in"
         else:
-            raise ctx.error("layer", f"layer {node.name!r} ({t}) takes the output of {target!r}"
+            raise ctx.error("layer", f"layer {node.name!r} ({node.type}) takes the output of {target!r}"
                                      f"{'' if hit[0] == target else f' (through {hit[0]!r})'} and cannot be resized "
-                                     f"to fit; resizable next layers: {choices(resizable)}")
+                                     f"to fit; resizable next layers: {choices(resizable_next())}")
         plan[node.name] = kind
         if kind != "in":
             changed.add(node.name)
@@ -141,33 +130,32 @@ def _rebuild(node: Node, ctx: OpContext, changes: dict[str, Any], scheme: str | 
 
 def _in_changes(node: Node, ctx: OpContext, shapes: list[tuple[int, ...]] | None, size: int | None) -> dict[str, Any]:
     """The new input-size argument of ``node``, from its traced input shape (or the known size)."""
-    t = node.type
-    key = N_IN.get(t) or FOLLOW[t]
+    lt = get_layer_type(node.type)
+    key = lt.n_in if lt.role is Role.WEIGHTS else lt.follow
+    assert key is not None
     old = (layer_spec(node.module) or ("", {}))[1].get(key)
     if shapes is not None:
-        if t == "layernorm":
+        if isinstance(old, list):  # a shape (layer norm's normalized_shape): its trailing axes
             return {key: list(shapes[0][-len(old):])}
-        infer = get_layer_type(t).infer
-        if infer is not None:
-            return {key: infer(shapes)[key]}
-    if size is None or (t == "layernorm" and len(old) != 1):
-        raise ctx.error("layer", f"the new input size of {node.name!r} ({t}) cannot be worked out without shapes; "
-                                 "declare the model's input shape in the source config")
-    return {key: [size] if t == "layernorm" else size}
+        if lt.infer is not None:
+            return {key: lt.infer(shapes)[key]}
+    if size is None or (isinstance(old, list) and len(old) != 1):
+        raise ctx.error("layer", f"the new input size of {node.name!r} ({node.type}) cannot be worked out without "
+                                 "shapes; declare the model's input shape in the source config")
+    return {key: [size] if isinstance(old, list) else size}
 
 
 def _out_size(node: Node, n_out: int) -> int:
     args = (layer_spec(node.module) or ("", {}))[1]
-    if node.type in ("lstm", "gru") and args.get("bidirectional"):
-        return 2 * n_out
-    return n_out
+    return get_layer_type(node.type).produced_size(args, n_out)
 
 
 def _pass_size(node: Node, sizes: dict[str, int | None]) -> int | None:
     ins = [sizes.get(i) for i in node.inputs]
-    if node.type in _SIZE_KEEPING or node.type in ELEMENTWISE:
+    lt = _type(node)
+    if lt is not None and (lt.role is Role.ELEMENTWISE or (lt.role is Role.PASS and lt.keeps_size)):
         return ins[0]
-    return None  # flatten, concat: needs the traced shapes
+    return None  # flatten, permute, concat: needs the traced shapes
 
 
 @register_op("n_out_replace")
@@ -189,18 +177,20 @@ def n_out_replace(
     _check_init(ctx, "weight_init_next", weight_init_next)
     target = ctx.resolve(graph, layer, "layer")
     node = graph.node(target)
-    if node.type not in N_OUT:
+    lt = _type(node)
+    if lt is None or lt.n_out is None:
         raise ctx.error("layer", f"layer {target!r} ({node.type}) has no output size to replace; "
-                                 f"valid layer types: {choices(sorted(N_OUT))}")
+                                 f"valid layer types: {choices(can_replace_n_out())}")
     if n_out < 1:
         raise ctx.error("n_out", f"{n_out} is not a size; valid: a positive int")
-    changes: dict[str, Any] = {N_OUT[node.type]: n_out}
-    if node.type == "depthwise_conv2d":
-        in_ch = (layer_spec(node.module) or ("", {}))[1]["in_channels"]
+    changes: dict[str, Any] = {lt.n_out: n_out}
+    if lt.role is Role.FOLLOW:  # sized by its input: n_out is a multiple of it (depthwise conv)
+        assert lt.follow is not None
+        in_ch = (layer_spec(node.module) or ("", {}))[1][lt.follow]
         if n_out % in_ch:
-            raise ctx.error("n_out", f"{n_out} is not a multiple of the {in_ch} input channels of depthwise "
-                                     f"layer {target!r}; valid: {in_ch}, {2 * in_ch}, …")
-        changes = {"depth_multiplier": n_out // in_ch}
+            raise ctx.error("n_out", f"{n_out} is not a multiple of the {in_ch} input channels of "
+                                     f"layer {target!r} ({node.type}); valid: {in_ch}, {2 * in_ch}, …")
+        changes = {lt.n_out: n_out // in_ch}
     plan = _plan(graph, target, ctx)
     scheme_next = weight_init_next if weight_init_next is not None else weight_init
     tracer = _Tracer(graph, ctx.label) if ctx.shapes is not None else None
@@ -216,7 +206,9 @@ def n_out_replace(
             n.module = _rebuild(n, ctx, _in_changes(n, ctx, tracer.shapes(n.inputs) if tracer else None, size),
                                 scheme_next)
             if kind == "follow":
-                mult = (layer_spec(n.module) or ("", {}))[1].get("depth_multiplier", 1)
+                follow_type = get_layer_type(n.type)
+                args = (layer_spec(n.module) or ("", {}))[1]
+                mult = args.get(follow_type.n_out, 1) if follow_type.n_out else 1
                 sizes[n.name] = None if size is None else size * mult
         elif kind == "pass":
             sizes[n.name] = _pass_size(n, sizes)
@@ -239,14 +231,15 @@ def n_in_replace(
     _check_init(ctx, "weight_init", weight_init)
     target = ctx.resolve(graph, layer, "layer")
     node = graph.node(target)
-    if node.type not in N_IN:
+    lt = _type(node)
+    if lt is None or lt.role is not Role.WEIGHTS or lt.n_in is None:
         raise ctx.error("layer", f"layer {target!r} ({node.type}) has no input size to replace; "
-                                 f"valid layer types: {choices(sorted(N_IN))}")
+                                 f"valid layer types: {choices(can_replace_n_in())}")
     if n_in < 1:
         raise ctx.error("n_in", f"{n_in} is not a size; valid: a positive int")
     nodes = copy_nodes(graph)
     k = graph.index(target)
-    nodes[k].module = _rebuild(nodes[k], ctx, {N_IN[node.type]: n_in}, weight_init)
+    nodes[k].module = _rebuild(nodes[k], ctx, {lt.n_in: n_in}, weight_init)
     inputs = list(graph.graph_inputs)
     src = node.inputs[0]
     if src in graph.inputs:
@@ -254,6 +247,6 @@ def n_in_replace(
         gi = inputs[j]
         if gi.shape is not None and len(gi.shape) > 0:
             shape = list(gi.shape)
-            shape[-1 if node.type in ("dense", "lstm", "gru") else 0] = n_in
+            shape[lt.size_axis] = n_in
             inputs[j] = GraphInput(gi.name, tuple(shape), gi.dtype)
     return make_graph(graph, nodes, inputs=inputs)

@@ -5,15 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 from tlexp.errors import choices
-from tlexp.graph import LayerGraph, Node
+from tlexp.graph import LayerGraph, Node, get_layer_type, layer_spec, list_layers
 from tlexp.surgery._edit import copy_nodes, make_graph, rewire
 from tlexp.surgery._layer_ops import check_new_name
 from tlexp.surgery._registry import OpContext, register_op
 
-__all__ = ["VARIADIC"]
+__all__ = ["variadic_types"]
 
-#: merges that still work when one of their inputs is taken away
-VARIADIC = {"add", "multiply", "average", "maximum", "minimum", "concat"}
+
+def variadic_types() -> list[str]:
+    """Merges that still work when one of their inputs is taken away (they declare ``variadic``)."""
+    return sorted(lt.name for lt in list_layers() if lt.variadic)
+
+
+def _variadic(node: Node) -> bool:
+    return layer_spec(node.module) is not None and get_layer_type(node.type).variadic
 
 
 def _refs(value: Any) -> list[Any]:
@@ -76,14 +82,14 @@ def remove_vertex_and_connections(graph: LayerGraph, ctx: OpContext, *, name: st
             nodes.append(n)
         elif not kept:
             removed.add(n.name)  # depended only on removed nodes
-        elif n.type in VARIADIC:
+        elif _variadic(n):
             n.inputs = kept
             nodes.append(n)
         else:
             lost = next(i for i in n.inputs if i in removed)
             raise ctx.error("name", f"layer {n.name!r} ({n.type}) takes both {lost!r} and {kept[0]!r}; removing "
                                     f"{target!r} would leave it without an input it needs; remove or replace "
-                                    f"{n.name!r} first (inputs can be dropped only from {choices(sorted(VARIADIC))})")
+                                    f"{n.name!r} first (inputs can be dropped only from {choices(variadic_types())})")
     if not nodes:
         raise ctx.error("name", f"removing {target!r} would remove every layer of the model")
     lost_outputs = [o for o in graph.outputs if o in removed]

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tlexp.graph._layers import Dense
-from tlexp.graph._registry import register_layer
+from tlexp.graph import Role, register_layer
 
 __all__ = ["DL4J_ACTIVATIONS", "dl4j_act"]
 
@@ -95,7 +95,7 @@ class DL4JActivation(nn.Module):
         return f"{self.name}, alpha={self.alpha}, beta={self.beta}"
 
 
-@register_layer("dl4j_activation", example={"name": "rationaltanh"})
+@register_layer("dl4j_activation", role=Role.PASS, example={"name": "rationaltanh"})
 def dl4j_activation(name: Act, alpha: float = 0.0, beta: float = 0.0, dim: int = 1) -> nn.Module:
     """One of Deeplearning4j's activation functions, as DL4J computes it (softmax over ``dim``)."""
     return DL4JActivation(name, alpha, beta, dim)
@@ -196,7 +196,7 @@ class DL4JRecurrent(nn.Module):
         return self.cell(self.drop(x))
 
 
-@register_layer("dl4j_rnn", infer=lambda s: {"n_in": s[0][0]}, example={"n_out": 3}, example_inputs=((4, 5),))
+@register_layer("dl4j_rnn", role=Role.WEIGHTS, n_in="n_in", n_out="n_out", infer=lambda s: {"n_in": s[0][0]}, example={"n_out": 3}, example_inputs=((4, 5),))
 def dl4j_rnn(
     n_in: int,
     n_out: int,
@@ -231,8 +231,13 @@ class DL4JBidirectional(nn.Module):
         return (a + b) / 2.0
 
 
+def _bidirectional_out(args: dict, n_out: int) -> int:
+    return 2 * n_out if args.get("mode") == "concat" else n_out
+
+
 @register_layer(
-    "dl4j_bidirectional", infer=lambda s: {"n_in": s[0][0]}, example={"n_out": 3}, example_inputs=((4, 5),)
+    "dl4j_bidirectional", role=Role.WEIGHTS, n_in="n_in", n_out="n_out", out_size=_bidirectional_out,
+    infer=lambda s: {"n_in": s[0][0]}, example={"n_out": 3}, example_inputs=((4, 5),)
 )
 def dl4j_bidirectional(
     n_in: int,
@@ -273,7 +278,8 @@ class TimeDense(nn.Module):
         return self.dense.bias
 
 
-@register_layer("dl4j_time_dense", infer=lambda s: {"in_features": s[0][0]}, example={"out_features": 3},
+@register_layer("dl4j_time_dense", role=Role.WEIGHTS, n_in="in_features", n_out="out_features",
+                infer=lambda s: {"in_features": s[0][0]}, example={"out_features": 3},
                 example_inputs=((4, 5),))
 def dl4j_time_dense(
     in_features: int,
@@ -310,7 +316,7 @@ class DL4JEmbedding(nn.Module):
         return dl4j_act(y, self.activation, dim=1)
 
 
-@register_layer("dl4j_embedding", example={"n_in": 5, "n_out": 3}, example_inputs=((1,),))
+@register_layer("dl4j_embedding", role=Role.WEIGHTS, n_out="n_out", example={"n_in": 5, "n_out": 3}, example_inputs=((1,),))
 def dl4j_embedding(n_in: int, n_out: int, bias: bool = False, sequence: bool = False, activation: Act = "identity") -> nn.Module:
     """DL4J's EmbeddingLayer ([B,1] indices -> [B,nOut]) or EmbeddingSequenceLayer ([B,T] -> [B,nOut,T])."""
     return DL4JEmbedding(n_in, n_out, bias, sequence, activation)
@@ -333,7 +339,7 @@ class DL4JBatchNorm(nn.Module):
         return y
 
 
-@register_layer("dl4j_batchnorm", infer=lambda s: {"num_features": s[0][0]}, example_inputs=((3, 4, 4),))
+@register_layer("dl4j_batchnorm", role=Role.FOLLOW, follow="num_features", infer=lambda s: {"num_features": s[0][0]}, example_inputs=((3, 4, 4),))
 def dl4j_batchnorm(num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
                    gamma: float = 1.0, beta: float = 0.0) -> nn.Module:
     """DL4J's BatchNormalization on [C], [C, T] or [C, H, W] (lockGammaBeta: affine false, fixed gamma/beta)."""
@@ -352,7 +358,7 @@ class LRN(nn.Module):
         return x / (self.k + self.alpha * s) ** self.beta
 
 
-@register_layer("dl4j_lrn", example_inputs=((6, 3, 3),))
+@register_layer("dl4j_lrn", role=Role.PASS, example_inputs=((6, 3, 3),))
 def dl4j_lrn(k: float = 2.0, n: float = 5.0, alpha: float = 1e-4, beta: float = 0.75) -> nn.Module:
     """DL4J's LocalResponseNormalization: x / (k + alpha * sum of squares over n channels)^beta."""
     return LRN(k, n, alpha, beta)
@@ -402,7 +408,7 @@ class DL4JPool(nn.Module):
         return total / count
 
 
-@register_layer("dl4j_pool", example={"kernel": [2, 2], "stride": [2, 2]}, example_inputs=((2, 6, 6),))
+@register_layer("dl4j_pool", role=Role.PASS, example={"kernel": [2, 2], "stride": [2, 2]}, example_inputs=((2, 6, 6),))
 def dl4j_pool(kernel: list[int], stride: list[int], padding: list[int] | None = None, kind: PoolKind = "max",
               same: bool = False, pnorm: int = 2, include_pad: bool = False) -> nn.Module:
     """DL4J's Subsampling(1D)Layer: max / avg / sum / pnorm pooling, Truncate or Same mode."""
@@ -426,7 +432,7 @@ class GlobalPool(nn.Module):
         return (x.abs() ** p).sum(dim=dims, keepdim=self.keepdims) ** (1.0 / p)
 
 
-@register_layer("dl4j_global_pool", example_inputs=((3, 4, 4),))
+@register_layer("dl4j_global_pool", role=Role.PASS, example_inputs=((3, 4, 4),))
 def dl4j_global_pool(kind: PoolKind = "max", dims: list[int] | None = None, keepdims: bool = False,
                      pnorm: int = 2) -> nn.Module:
     """DL4J's GlobalPoolingLayer (max/avg/sum/pnorm over the time or spatial axes)."""
@@ -447,7 +453,7 @@ class L2Normalize(nn.Module):
         return x / torch.clamp(norm, min=self.eps)
 
 
-@register_layer("dl4j_l2_normalize", example_inputs=((4,),))
+@register_layer("dl4j_l2_normalize", role=Role.PASS, example_inputs=((4,),))
 def dl4j_l2_normalize(dims: list[int] | None = None, eps: float = 1e-8) -> nn.Module:
     """DL4J's L2NormalizeVertex: x / max(||x||, eps) over ``dims`` (all but the batch by default)."""
     return L2Normalize(dims, eps)
@@ -463,7 +469,7 @@ class L2Distance(nn.Module):
         return d.pow(2).sum(dim=1, keepdim=True).sqrt()
 
 
-@register_layer("dl4j_l2", example_inputs=((4,), (4,)))
+@register_layer("dl4j_l2", role=Role.FIXED, example_inputs=((4,), (4,)))
 def dl4j_l2(eps: float = 1e-8) -> nn.Module:
     """DL4J's L2Vertex: the Euclidean distance of two inputs, [batch, 1]."""
     return L2Distance(eps)
@@ -479,7 +485,7 @@ class Unstack(nn.Module):
         return x[self.index * step : (self.index + 1) * step]
 
 
-@register_layer("dl4j_unstack", example={"index": 0, "count": 1})
+@register_layer("dl4j_unstack", role=Role.FIXED, example={"index": 0, "count": 1})
 def dl4j_unstack(index: int, count: int) -> nn.Module:
     """DL4J's UnstackVertex: part ``index`` of ``count`` equal parts along the batch axis."""
     return Unstack(index, count)
@@ -490,7 +496,7 @@ class StackBatch(nn.Module):
         return torch.cat(xs, dim=0)
 
 
-@register_layer("dl4j_stack", example_inputs=((4,), (4,)))
+@register_layer("dl4j_stack", role=Role.FIXED, example_inputs=((4,), (4,)))
 def dl4j_stack() -> nn.Module:
     """DL4J's StackVertex: inputs stacked along the batch axis."""
     return StackBatch()
@@ -509,7 +515,7 @@ class ReshapeFull(nn.Module):
         return x.reshape(shape)
 
 
-@register_layer("dl4j_reshape", example={"shape": [-1, 2, 2]})
+@register_layer("dl4j_reshape", role=Role.FIXED, example={"shape": [-1, 2, 2]})
 def dl4j_reshape(shape: list[int], order: Literal["c", "f"] = "c") -> nn.Module:
     """DL4J's ReshapeVertex: reshape the whole array (batch axis included) in 'c' or 'f' order."""
     return ReshapeFull(shape, order)
@@ -524,7 +530,7 @@ class ImageScale(nn.Module):
         return x / self.max_pixel * (self.max_range - self.min_range) + self.min_range
 
 
-@register_layer("dl4j_image_scaler", example_inputs=((3, 2, 2),))
+@register_layer("dl4j_image_scaler", role=Role.PASS, example_inputs=((3, 2, 2),))
 def dl4j_image_scaler(min_range: float = 0.0, max_range: float = 1.0, max_pixel: float = 255.0) -> nn.Module:
     """DL4J's ImagePreProcessingScaler: pixels / max_pixel scaled into [min_range, max_range]."""
     return ImageScale(min_range, max_range, max_pixel)

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from tlexp.errors import SourceError, choices
-from tlexp.graph._layers_keras import KERAS_ACTIVATIONS
 from tlexp.sources.keras import _layers_more  # noqa: F401  (registers the layer types below need)
 from tlexp.sources.keras._builder import CF, CL, Builder, Chain, Op, T, to_cl_dims
+from tlexp.sources.keras._layers import KERAS_ACTIVATIONS
 
 __all__ = ["KLayer", "CONVERTERS", "supported_classes", "convert_layer"]
 

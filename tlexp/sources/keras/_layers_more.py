@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tlexp.graph._layers import Conv, _act, _Pool
-from tlexp.graph._layers_keras import Crop, ZeroPad
-from tlexp.graph._registry import register_layer
+from tlexp.graph import Role, register_layer
+from tlexp.sources.keras._layers import Crop, ZeroPad
 
 IntOrTuple = int | tuple[int, ...]
 Padding = str | int | tuple[int, ...]
@@ -29,7 +29,8 @@ def _chan(shapes):
 # ---- 3-D (and transposed 1-D / 3-D) convolutions, pooling, padding --------------------------
 
 
-@register_layer("conv3d", infer=_chan, example={"out_channels": 2, "kernel_size": 3}, example_inputs=((2, 5, 5, 5),))
+@register_layer("conv3d", role=Role.WEIGHTS, n_in="in_channels", n_out="out_channels", takes_activation=True,
+                takes_dropout=True, infer=_chan, example={"out_channels": 2, "kernel_size": 3}, example_inputs=((2, 5, 5, 5),))
 def conv3d(
     in_channels: int,
     out_channels: int,
@@ -64,7 +65,8 @@ def _transposed(dims: int):
 
     builder.__doc__ = f"Transposed {dims}-D convolution."
     shape = (3, 6) if dims == 1 else (2, 4, 4, 4)
-    register_layer(f"conv_transpose{dims}d", infer=_chan, example={"out_channels": 2, "kernel_size": 3},
+    register_layer(f"conv_transpose{dims}d", role=Role.WEIGHTS, n_in="in_channels", n_out="out_channels",
+                   takes_activation=True, infer=_chan, example={"out_channels": 2, "kernel_size": 3},
                    example_inputs=(shape,))(builder)
 
 
@@ -108,7 +110,8 @@ class WindowConvTranspose(nn.Module):
         return self.conv.weight
 
 
-@register_layer("window_conv_transpose", infer=_chan,
+@register_layer("window_conv_transpose", role=Role.WEIGHTS, n_in="in_channels", n_out="out_channels",
+                takes_activation=True, infer=_chan,
                 example={"dims": 2, "out_channels": 2, "kernel_size": [3, 3], "stride": [2, 2], "crops": [[1, 0], [1, -1]]},
                 example_inputs=((3, 4, 4),))
 def window_conv_transpose(dims: int, in_channels: int, out_channels: int, kernel_size: list[int], stride: list[int],
@@ -126,21 +129,21 @@ def _pool3d(kind: str) -> None:
         return _Pool(kind, 3, kernel_size, stride, padding)
 
     pool.__doc__ = f"{kind} pooling over 3 spatial dimensions; padding 'same' is TF-style."
-    register_layer(f"{kind}_pool3d", example={"kernel_size": 2}, example_inputs=((2, 4, 4, 4),))(pool)
+    register_layer(f"{kind}_pool3d", role=Role.PASS, example={"kernel_size": 2}, example_inputs=((2, 4, 4, 4),))(pool)
 
 
 _pool3d("max")
 _pool3d("avg")
 
 
-@register_layer("zero_padding3d", example={"padding": [1, 0, 0, 1, 1, 1]}, example_inputs=((2, 3, 3, 3),))
+@register_layer("zero_padding3d", role=Role.PASS, example={"padding": [1, 0, 0, 1, 1, 1]}, example_inputs=((2, 3, 3, 3),))
 def zero_padding3d(padding: tuple[int, int, int, int, int, int]) -> nn.Module:
     """Zeros around (C, D, H, W): before/after depth, height, width."""
     d0, d1, h0, h1, w0, w1 = padding
     return ZeroPad([w0, w1, h0, h1, d0, d1])
 
 
-@register_layer("cropping3d", example={"cropping": [1, 0, 0, 1, 1, 1]}, example_inputs=((2, 4, 4, 4),))
+@register_layer("cropping3d", role=Role.PASS, example={"cropping": [1, 0, 0, 1, 1, 1]}, example_inputs=((2, 4, 4, 4),))
 def cropping3d(cropping: tuple[int, int, int, int, int, int]) -> nn.Module:
     """Drop values of (C, D, H, W) before/after depth, height, width."""
     d0, d1, h0, h1, w0, w1 = cropping
@@ -162,7 +165,7 @@ class Repeat(nn.Module):
         return x
 
 
-@register_layer("upsample3d", example={"size": [2, 1, 2]}, example_inputs=((2, 2, 3, 3),))
+@register_layer("upsample3d", role=Role.PASS, example={"size": [2, 1, 2]}, example_inputs=((2, 2, 3, 3),))
 def upsample3d(size: tuple[int, int, int] = (2, 2, 2)) -> nn.Module:
     """Repeat the depth, row and column steps of (C, D, H, W)."""
     return Repeat(list(size))
@@ -186,7 +189,7 @@ class AxisBatchNorm(nn.Module):
         return y.movedim(1, self.dim)
 
 
-@register_layer("axis_batchnorm", infer=lambda s: {"num_features": s[0][0]}, example_inputs=((3, 4, 2, 2),))
+@register_layer("axis_batchnorm", role=Role.FIXED, infer=lambda s: {"num_features": s[0][0]}, example_inputs=((3, 4, 2, 2),))
 def axis_batchnorm(num_features: int, dim: int = 1, eps: float = 1e-3, momentum: float = 0.01,
                    affine: bool = True) -> nn.Module:
     """Batch normalization of dimension ``dim`` (batch is dimension 0), any rank."""
@@ -218,7 +221,7 @@ class AxisLayerNorm(nn.Module):
         return x * inv + res
 
 
-@register_layer("axis_layernorm", example={"dims": [1], "shape": [3, 1]}, example_inputs=((3, 4),))
+@register_layer("axis_layernorm", role=Role.FIXED, example={"dims": [1], "shape": [3, 1]}, example_inputs=((3, 4),))
 def axis_layernorm(dims: list[int], shape: list[int], eps: float = 1e-3, center: bool = True, scale: bool = True,
                    rms_scaling: bool = False) -> nn.Module:
     """Layer normalization over ``dims`` (batch is dimension 0); ``shape``: the per-sample
@@ -239,7 +242,7 @@ class AxisGroupNorm(nn.Module):
         return y.movedim(1, self.dim)
 
 
-@register_layer("axis_groupnorm", example={"groups": 2, "num_channels": 4}, example_inputs=((4, 3),))
+@register_layer("axis_groupnorm", role=Role.FIXED, example={"groups": 2, "num_channels": 4}, example_inputs=((4, 3),))
 def axis_groupnorm(groups: int, num_channels: int, dim: int = 1, eps: float = 1e-3, center: bool = True,
                    scale: bool = True) -> nn.Module:
     """Group normalization with the channels on dimension ``dim`` (batch is dimension 0)."""
@@ -265,7 +268,7 @@ class Standardize(nn.Module):
         return self.mean + x * std if self.invert else (x - self.mean) / std
 
 
-@register_layer("keras_normalization", example={"shape": [3]}, example_inputs=((3,),))
+@register_layer("keras_normalization", role=Role.FIXED, example={"shape": [3]}, example_inputs=((3,),))
 def keras_normalization(shape: list[int], invert: bool = False) -> nn.Module:
     """Feature standardization with stored mean and variance (per-sample broadcast ``shape``)."""
     return Standardize(shape, invert)
@@ -284,7 +287,7 @@ class CenterCrop(nn.Module):
         return x[..., top:top + self.height, left:left + self.width]
 
 
-@register_layer("center_crop", example={"height": 2, "width": 3}, example_inputs=((2, 4, 4),))
+@register_layer("center_crop", role=Role.PASS, example={"height": 2, "width": 3}, example_inputs=((2, 4, 4),))
 def center_crop(height: int, width: int) -> nn.Module:
     """The central height x width window of (C, H, W)."""
     return CenterCrop(height, width)
@@ -301,7 +304,7 @@ class Resize(nn.Module):
         return F.interpolate(x, size=self.size, mode=self.mode, align_corners=False, antialias=self.antialias)
 
 
-@register_layer("resize", example={"height": 3, "width": 5}, example_inputs=((2, 4, 4),))
+@register_layer("resize", role=Role.PASS, example={"height": 3, "width": 5}, example_inputs=((2, 4, 4),))
 def resize(height: int, width: int, interpolation: Literal["nearest", "bilinear", "bicubic"] = "bilinear",
            antialias: bool = False) -> nn.Module:
     """Resize (C, H, W) to height x width (half-pixel centres, as TF and Keras resize)."""

@@ -31,7 +31,7 @@ from torch import fx, nn
 
 from tlexp.errors import TlexpError
 from tlexp.graph import GraphInput, LayerGraph, Node, build_layer, set_spec
-from tlexp.graph._layers_timm import ATTRIBUTES, METHODS, TimmCall, function_name, is_computed_buffer
+from tlexp.sources.zoo._layers import ATTRIBUTES, METHODS, TimmCall, function_name, is_computed_buffer
 
 __all__ = ["to_graph", "classifier_path", "LEVELS", "Unsupported", "BadInput"]
 

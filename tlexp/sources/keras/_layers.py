@@ -1,4 +1,4 @@
-"""Layer types that imported Keras models need and the built-ins lack.
+"""Layer types that imported Keras models need and the built-ins lack (the Keras provider).
 
 Each one computes exactly what the Keras layer computes (the formulas are Keras's documented
 ones, written here in torch), on the layout the Keras importer gives it: spatial layers take
@@ -10,80 +10,19 @@ other.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import typing
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tlexp.graph._registry import build_layer, register_layer
+from tlexp.graph import KERAS_LEAKY_SLOPE, Role, build_layer, make_activation, register_layer
 
-__all__ = ["KERAS_ACTIVATIONS", "keras_activation_fn", "KerasRNN"]
+__all__ = ["KERAS_ACTIVATIONS", "keras_activation", "KerasRNN"]
 
 
 # ---- activations ----------------------------------------------------------------------------
-
-
-def _sparsemax(x: torch.Tensor, dim: int) -> torch.Tensor:
-    # Keras's sparsemax, as every Keras 3 backend computes it: tau = (sum over the support of the
-    # sorted cumulative sums - 1) / support size. (This equals Martins & Astudillo's threshold only
-    # when the support has one element; imported models must match Keras, so Keras's formula it is.)
-    z = x.movedim(dim, -1)
-    zs, _ = torch.sort(z, dim=-1, descending=True)
-    cumsum = zs.cumsum(-1)
-    r = torch.arange(1, z.shape[-1] + 1, device=z.device, dtype=z.dtype)
-    support = zs - (cumsum - 1) / r > 0
-    k = support.sum(-1, keepdim=True).to(z.dtype)
-    tau = (torch.where(support, cumsum, torch.zeros_like(cumsum)).sum(-1, keepdim=True) - 1) / k
-    return torch.clamp(z - tau, min=0).movedim(-1, dim)
-
-
-def _sparse_plus(x: torch.Tensor) -> torch.Tensor:
-    return torch.where(x <= -1, torch.zeros_like(x), torch.where(x >= 1, x, (x + 1) ** 2 / 4))
-
-
-def _sparse_sigmoid(x: torch.Tensor) -> torch.Tensor:
-    return torch.clamp(0.5 * (x + 1), 0.0, 1.0)
-
-
-#: every activation name a Keras 2 or Keras 3 file can store; the function takes (x, dim)
-KERAS_ACTIVATIONS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
-    "linear": lambda x, d: x,
-    "relu": lambda x, d: F.relu(x),
-    "relu6": lambda x, d: F.relu6(x),
-    "leaky_relu": lambda x, d: F.leaky_relu(x, 0.2),
-    "elu": lambda x, d: F.elu(x),
-    "selu": lambda x, d: F.selu(x),
-    "celu": lambda x, d: F.celu(x),
-    "gelu": lambda x, d: F.gelu(x),
-    "gelu_tanh": lambda x, d: F.gelu(x, approximate="tanh"),
-    "silu": lambda x, d: F.silu(x),
-    "swish": lambda x, d: F.silu(x),
-    "hard_silu": lambda x, d: F.hardswish(x),
-    "hard_swish": lambda x, d: F.hardswish(x),
-    "mish": lambda x, d: F.mish(x),
-    "sigmoid": lambda x, d: torch.sigmoid(x),
-    # Keras 3: relu6(x + 3) / 6; Keras 2: clip(0.2 x + 0.5, 0, 1) -- chosen by keras_version
-    "hard_sigmoid": lambda x, d: F.hardsigmoid(x),
-    "hard_sigmoid_keras2": lambda x, d: torch.clamp(0.2 * x + 0.5, 0.0, 1.0),
-    "log_sigmoid": lambda x, d: F.logsigmoid(x),
-    "sparse_sigmoid": lambda x, d: _sparse_sigmoid(x),
-    "tanh": lambda x, d: torch.tanh(x),
-    "hard_tanh": lambda x, d: torch.clamp(x, -1.0, 1.0),
-    "tanh_shrink": lambda x, d: x - torch.tanh(x),
-    "soft_shrink": lambda x, d: F.softshrink(x, 0.5),
-    "hard_shrink": lambda x, d: F.hardshrink(x, 0.5),
-    "softplus": lambda x, d: F.softplus(x),
-    "softsign": lambda x, d: F.softsign(x),
-    "sparse_plus": lambda x, d: _sparse_plus(x),
-    "squareplus": lambda x, d: (x + torch.sqrt(x * x + 4.0)) / 2,
-    "exponential": lambda x, d: torch.exp(x),
-    "softmax": lambda x, d: torch.softmax(x, dim=d),
-    "log_softmax": lambda x, d: torch.log_softmax(x, dim=d),
-    "sparsemax": lambda x, d: _sparsemax(x, d),
-    "glu": lambda x, d: F.glu(x, dim=d),
-}
 
 KerasActivationName = Literal[
     "linear", "relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "gelu_tanh", "silu",
@@ -94,25 +33,30 @@ KerasActivationName = Literal[
 ]
 
 
-def keras_activation_fn(name: str) -> Callable[[torch.Tensor, int], torch.Tensor]:
-    return KERAS_ACTIVATIONS[name]
+#: every activation name a Keras 2 or Keras 3 file can store (all in tlexp.graph's one table)
+KERAS_ACTIVATIONS: tuple[str, ...] = typing.get_args(KerasActivationName)
+
+
+def keras_activation(name: str, dim: int = -1) -> nn.Module:
+    """A Keras activation as a module, with Keras's defaults (leaky_relu's slope is 0.2)."""
+    return make_activation(name, dim=dim, alpha=KERAS_LEAKY_SLOPE if name == "leaky_relu" else None)
 
 
 class KerasActivation(nn.Module):
     def __init__(self, name: str, dim: int) -> None:
         super().__init__()
         self.name, self.dim = name, dim
-        self.fn = KERAS_ACTIVATIONS[name]
+        self.fn = keras_activation(name, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(x, self.dim)
+        return self.fn(x)
 
     def extra_repr(self) -> str:
         return f"{self.name}, dim={self.dim}"
 
 
-@register_layer("keras_activation", example={"name": "hard_sigmoid_keras2"})
-def keras_activation(name: KerasActivationName, dim: int = -1) -> nn.Module:
+@register_layer("keras_activation", role=Role.PASS, example={"name": "hard_sigmoid_keras2"})
+def keras_activation_layer(name: KerasActivationName, dim: int = -1) -> nn.Module:
     """Any Keras activation by its Keras name (dim: the axis of softmax-like ones)."""
     return KerasActivation(name, dim)
 
@@ -132,7 +76,7 @@ class KerasReLU(nn.Module):
         return y
 
 
-@register_layer("keras_relu", example={"max_value": 2.0, "negative_slope": 0.1, "threshold": 0.5})
+@register_layer("keras_relu", role=Role.PASS, example={"max_value": 2.0, "negative_slope": 0.1, "threshold": 0.5})
 def keras_relu(max_value: float | None = None, negative_slope: float = 0.0, threshold: float = 0.0) -> nn.Module:
     """Keras's ReLU layer with max_value, negative_slope and threshold."""
     return KerasReLU(max_value, negative_slope, threshold)
@@ -147,7 +91,7 @@ class ThresholdedReLU(nn.Module):
         return torch.where(x > self.theta, x, torch.zeros_like(x))
 
 
-@register_layer("thresholded_relu")
+@register_layer("thresholded_relu", role=Role.PASS)
 def thresholded_relu(theta: float = 1.0) -> nn.Module:
     """x where x > theta, else 0."""
     return ThresholdedReLU(theta)
@@ -164,7 +108,7 @@ class PReLU(nn.Module):
         return F.relu(x) - self.alpha * F.relu(-x)
 
 
-@register_layer("prelu", example={"shape": [1, 4]}, example_inputs=((3, 4),))
+@register_layer("prelu", role=Role.FIXED, example={"shape": [1, 4]}, example_inputs=((3, 4),))
 def prelu(shape: list[int]) -> nn.Module:
     """Parametric ReLU with a learned slope per position (shape: per sample, 1 = shared)."""
     return PReLU(shape)
@@ -184,7 +128,7 @@ class GaussianNoise(nn.Module):
         return x
 
 
-@register_layer("gaussian_noise")
+@register_layer("gaussian_noise", role=Role.PASS)
 def gaussian_noise(stddev: float = 0.1) -> nn.Module:
     """Adds N(0, stddev²) noise while training; identity in inference."""
     return GaussianNoise(stddev)
@@ -202,13 +146,13 @@ class GaussianDropout(nn.Module):
         return x
 
 
-@register_layer("gaussian_dropout")
+@register_layer("gaussian_dropout", role=Role.PASS)
 def gaussian_dropout(rate: float = 0.1) -> nn.Module:
     """Multiplies by N(1, rate/(1-rate)) noise while training; identity in inference."""
     return GaussianDropout(rate)
 
 
-@register_layer("alpha_dropout")
+@register_layer("alpha_dropout", role=Role.PASS)
 def alpha_dropout(rate: float = 0.1) -> nn.Module:
     """Dropout that keeps SELU's self-normalization while training; identity in inference."""
     return nn.AlphaDropout(rate)
@@ -231,7 +175,7 @@ class SpatialDropout(nn.Module):
         return x * keep / (1 - self.rate)
 
 
-@register_layer("spatial_dropout", example_inputs=((3, 4),))
+@register_layer("spatial_dropout", role=Role.PASS, example_inputs=((3, 4),))
 def spatial_dropout(rate: float = 0.1, channels_last: bool = False) -> nn.Module:
     """Channel dropout; channels on axis 1, or on the last axis with channels_last."""
     return SpatialDropout(rate, channels_last)
@@ -249,13 +193,13 @@ class ZeroPad(nn.Module):
         return F.pad(x, self.pads)
 
 
-@register_layer("zero_padding1d", example={"padding": [1, 2]}, example_inputs=((2, 5),))
+@register_layer("zero_padding1d", role=Role.PASS, example={"padding": [1, 2]}, example_inputs=((2, 5),))
 def zero_padding1d(padding: tuple[int, int]) -> nn.Module:
     """Zeros before and after the length axis of (C, L)."""
     return ZeroPad([padding[0], padding[1]])
 
 
-@register_layer("zero_padding2d", example={"padding": [1, 0, 2, 1]}, example_inputs=((2, 4, 4),))
+@register_layer("zero_padding2d", role=Role.PASS, example={"padding": [1, 0, 2, 1]}, example_inputs=((2, 4, 4),))
 def zero_padding2d(padding: tuple[int, int, int, int]) -> nn.Module:
     """Zeros around (C, H, W): top, bottom, left, right."""
     top, bottom, left, right = padding
@@ -275,13 +219,13 @@ class Crop(nn.Module):
         return x
 
 
-@register_layer("cropping1d", example={"cropping": [1, 1]}, example_inputs=((2, 5),))
+@register_layer("cropping1d", role=Role.PASS, example={"cropping": [1, 1]}, example_inputs=((2, 5),))
 def cropping1d(cropping: tuple[int, int]) -> nn.Module:
     """Drop values at the start and end of the length axis of (C, L)."""
     return Crop([(cropping[0], cropping[1])])
 
 
-@register_layer("cropping2d", example={"cropping": [1, 0, 0, 1]}, example_inputs=((2, 4, 4),))
+@register_layer("cropping2d", role=Role.PASS, example={"cropping": [1, 0, 0, 1]}, example_inputs=((2, 4, 4),))
 def cropping2d(cropping: tuple[int, int, int, int]) -> nn.Module:
     """Drop rows/columns of (C, H, W): top, bottom, left, right."""
     top, bottom, left, right = cropping
@@ -297,7 +241,7 @@ class Upsample1d(nn.Module):
         return x.repeat_interleave(self.size, dim=-1)
 
 
-@register_layer("upsample1d", example_inputs=((2, 3),))
+@register_layer("upsample1d", role=Role.PASS, example_inputs=((2, 3),))
 def upsample1d(size: int = 2) -> nn.Module:
     """Repeat each step of (C, L) ``size`` times."""
     return Upsample1d(size)
@@ -312,7 +256,7 @@ class RepeatVector(nn.Module):
         return x.unsqueeze(1).expand(-1, self.n, -1).contiguous()
 
 
-@register_layer("repeat_vector", example={"n": 3})
+@register_layer("repeat_vector", role=Role.PASS, example={"n": 3})
 def repeat_vector(n: int) -> nn.Module:
     """(F,) -> (n, F): the vector repeated n times."""
     return RepeatVector(n)
@@ -327,7 +271,7 @@ class Rescale(nn.Module):
         return x * self.scale + self.offset
 
 
-@register_layer("rescaling")
+@register_layer("rescaling", role=Role.PASS)
 def rescaling(scale: float = 1.0, offset: float = 0.0) -> nn.Module:
     """x * scale + offset."""
     return Rescale(scale, offset)
@@ -351,6 +295,7 @@ class TimeDistributed(nn.Module):
 
 @register_layer(
     "time_distributed",
+    role=Role.FIXED,
     example={"layers": [{"type": "dense", "args": {"in_features": 4, "out_features": 3}}]},
     example_inputs=((5, 4),),
 )
@@ -385,8 +330,8 @@ class KerasRNN(nn.Module):
                  bidirectional: bool, merge_mode: str) -> None:
         super().__init__()
         self.cell, self.units = cell, units
-        self.act = KERAS_ACTIVATIONS[activation]
-        self.rec_act = KERAS_ACTIVATIONS[recurrent_activation]
+        self.act = keras_activation(activation)
+        self.rec_act = keras_activation(recurrent_activation)
         self.use_bias, self.return_sequences = use_bias, return_sequences
         self.go_backwards, self.reset_after = go_backwards, reset_after and cell == "gru"
         self.bidirectional, self.merge_mode = bidirectional, merge_mode
@@ -428,12 +373,12 @@ class KerasRNN(nn.Module):
         for t in range(steps):
             xt = xw[:, t]
             if self.cell == "simple":
-                h = self.act(xt + h @ rec, -1)
+                h = self.act(xt + h @ rec)
             elif self.cell == "lstm":
                 z = xt + h @ rec
                 i, f, g, o = z.split(u, dim=-1)
-                c = self.rec_act(f, -1) * c + self.rec_act(i, -1) * self.act(g, -1)
-                h = self.rec_act(o, -1) * self.act(c, -1)
+                c = self.rec_act(f) * c + self.rec_act(i) * self.act(g)
+                h = self.rec_act(o) * self.act(c)
             else:
                 xz, xr, xh = xt.split(u, dim=-1)
                 if self.reset_after:
@@ -441,13 +386,13 @@ class KerasRNN(nn.Module):
                     if rec_bias is not None:
                         hr = hr + rec_bias
                     rz, rr, rh = hr.split(u, dim=-1)
-                    zg = self.rec_act(xz + rz, -1)
-                    r = self.rec_act(xr + rr, -1)
-                    hh = self.act(xh + r * rh, -1)
+                    zg = self.rec_act(xz + rz)
+                    r = self.rec_act(xr + rr)
+                    hh = self.act(xh + r * rh)
                 else:
-                    zg = self.rec_act(xz + h @ rec[:, :u], -1)
-                    r = self.rec_act(xr + h @ rec[:, u:2 * u], -1)
-                    hh = self.act(xh + (r * h) @ rec[:, 2 * u:], -1)
+                    zg = self.rec_act(xz + h @ rec[:, :u])
+                    r = self.rec_act(xr + h @ rec[:, u:2 * u])
+                    hh = self.act(xh + (r * h) @ rec[:, 2 * u:])
                 h = zg * h + (1 - zg) * hh
             outs.append(h)
         if self.return_sequences:
@@ -472,8 +417,17 @@ class KerasRNN(nn.Module):
         return y, y_rev
 
 
+def _rnn_out(args: dict, n_out: int) -> int:
+    return 2 * n_out if args.get("bidirectional") and args.get("merge_mode") == "concat" else n_out
+
+
 @register_layer(
     "keras_rnn",
+    role=Role.WEIGHTS,
+    n_in="input_size",
+    n_out="units",
+    size_axis=-1,
+    out_size=_rnn_out,
     infer=lambda s: {"input_size": s[0][-1]},
     example={"cell": "gru", "units": 3, "reset_after": False, "bidirectional": True, "merge_mode": "sum"},
     example_inputs=((5, 4),),

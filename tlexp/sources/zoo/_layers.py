@@ -1,4 +1,4 @@
-"""Layer types for models brought in from timm (``source=zoo``).
+"""Layer types for models brought in from timm (``source=zoo``; the zoo provider).
 
 ``timm_module``: one block (or stem/head part) of a timm model, saved as its origin (the timm
 model name, its creation arguments and the module path inside it) and rebuilt through timm's
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tlexp.errors import choices
-from tlexp.graph._registry import register_layer
+from tlexp.graph import Role, register_layer
 
 __all__ = ["FUNCTIONS", "METHODS", "ATTRIBUTES", "TensorOp", "TimmCall", "function_name", "is_computed_buffer", "timm_template"]
 
@@ -226,6 +226,7 @@ def _max_input(e: Any) -> int:
 
 @register_layer(
     "tensor_op",
+    role=Role.FIXED,
     example={"expr": {"method": "flatten", "args": [{"input": 0}, 1]}},
     example_inputs=((2, 3, 3),),
 )
@@ -291,6 +292,7 @@ class TimmCall(nn.Module):
 
 @register_layer(
     "timm_module",
+    role=Role.FIXED,
     example={"model": "test_resnet", "path": "layer1.0"},
     example_inputs=((32, 8, 8),),
 )
