@@ -63,7 +63,7 @@ def _producer(shape: tuple[int, ...], channels: int) -> tuple[str, dict]:
     """A layer with weights giving ``channels`` on the size axis of ``shape`` (same other axes)."""
     if len(shape) == 1:
         return "dense", {"out_features": channels}
-    return ("conv1d" if len(shape) == 2 else "conv2d"), {"out_channels": channels, "kernel_size": 1}
+    return {2: "conv1d", 3: "conv2d", 4: "conv3d"}[len(shape)], {"out_channels": channels, "kernel_size": 1}
 
 
 def _through(lt) -> LayerGraph:
