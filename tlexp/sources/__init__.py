@@ -29,7 +29,12 @@ SOURCES: dict[str, str] = {
 
 #: modules that register the layer types only one source needs; the layer registry imports one
 #: when a config names a type it does not know yet (a saved Keras import names keras_relu)
-for _provider in ("tlexp.sources.keras._layers", "tlexp.sources.dl4j._layers", "tlexp.sources.zoo._layers"):
+for _provider in (
+    "tlexp.sources.keras._layers",
+    "tlexp.sources.dl4j._layers",
+    "tlexp.sources.dl4j._zoo",
+    "tlexp.sources.zoo._layers",
+):
     register_provider(_provider)
 
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from tlexp.errors import ConfigError, SourceError
-from tlexp.graph import GraphInput, LayerGraph, Node, build_layer
+from tlexp.graph import GraphInput, LayerGraph, Node, Role, build_layer
 from tlexp.graph._registry import register_layer
 
 __all__ = ["ZOO", "zoo_config", "load_zoo", "yolo2_output_node", "PRETRAINED_FILES"]
@@ -357,7 +357,7 @@ class Yolo2Output(nn.Module):
         return torch.cat([xy, wh, conf, cls], dim=2).reshape(B, ch, H, W)
 
 
-@register_layer("dl4j_yolo2_output", example={"priors": [[1.0, 1.0]]}, example_inputs=((12, 2, 2),))
+@register_layer("dl4j_yolo2_output", role=Role.FIXED, example={"priors": [[1.0, 1.0]]}, example_inputs=((12, 2, 2),))
 def dl4j_yolo2_output(priors: list[list[float]]) -> nn.Module:
     """DL4J's Yolo2OutputLayer at inference: the activated anchor grid (same shape as its input)."""
     return Yolo2Output(priors)
