@@ -340,3 +340,14 @@ def test_missing_updater_state_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="no updaterState.bin"):
         load_dl4j(p, load_optimizer_state=True)
     assert load_dl4j(p) is not None
+
+
+def test_every_loader_returns_inference_mode(tmp_path: Path) -> None:
+    import tlexp
+    from tlexp._resources import resolve_path
+    from tlexp.sources.keras import load_keras
+
+    assert not tlexp.load_model(resolve_path("pkg://models/churn_net")).training
+    assert not load_dl4j(_zip("080", "MLP_2")).training
+    keras_file = Path(__file__).parent / "fixtures" / "keras" / "k3" / "conv1d.h5"
+    assert not load_keras(keras_file).training

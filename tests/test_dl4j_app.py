@@ -86,3 +86,24 @@ def test_run_continues_from_the_dl4j_updater_state(compose_cfg, tmp_path: Path) 
     metrics = train_run(cfg)
     assert "accuracy" in metrics["test"]
     assert (tmp_path / "run" / "model" / "optimizer.safetensors").exists()
+
+
+def test_dl4j_churn_transfer_recipe_end_to_end(compose_cfg, tmp_path: Path) -> None:
+    from tlexp.data import build_datamodule
+    from tlexp.sources.dl4j._write import churn_dl4j_model
+
+    model = churn_dl4j_model(tmp_path / "churn_dl4j.zip")  # a DL4J-layout MultiLayerNetwork zip
+    cfg = compose_cfg("experiment=dl4j_churn_transfer", f"source.path={model}", "trainer.max_epochs=1",
+                      "data.synthetic_rows=3000")
+    from omegaconf import OmegaConf
+
+    data = build_datamodule(OmegaConf.to_container(cfg.data, resolve=True), seed=0)
+    assert data.feature_names == ["CreditScore", "Geography=Germany", "Geography=Spain", "Gender=Female", "Age",
+                                  "Tenure", "Balance", "NumOfProducts", "HasCrCard", "IsActiveMember",
+                                  "EstimatedSalary"]
+    metrics = train_run(cfg)
+    assert metrics["freeze"]["frozen"] == ["normalizer", "layer0", "layer1"]
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert 0.0 <= saved["test"]["accuracy"] <= 1.0
+    g = load_dl4j(model)
+    assert g._nodes[0].name == "normalizer" and [n.name for n in g._nodes][-1] == "layer3"

@@ -192,6 +192,11 @@ class TabularData(SplitData):
     where: Optional[Any] = None
     #: rows of the synthetic churn table when no path is given
     synthetic_rows: int = 10000
+    #: standardize numeric columns with train-split statistics (false: raw values, e.g. for a
+    #: model that carries its own normalizer, like a DL4J file's normalizer.bin)
+    standardize: bool = True
+    #: category order per categorical column (the first is the one dropped): {Gender: [Male, Female]}
+    category_order: Optional[Any] = None
 
 
 @dataclass

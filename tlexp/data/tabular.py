@@ -121,6 +121,8 @@ class TabularDataModule(TlexpDataModule):
         num_workers: int = 0,
         seed: int = 0,
         synthetic_rows: int = 10000,
+        standardize: bool = True,
+        category_order: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         if path is None and type != "churn":
@@ -135,6 +137,8 @@ class TabularDataModule(TlexpDataModule):
         self.max_per_class = max_per_class
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
         self.synthetic_rows = synthetic_rows
+        self.standardize = bool(standardize)
+        self.category_order = {k: [str(v) for v in vals] for k, vals in (category_order or {}).items()}
         self.feature_names: list[str] = []
         self.stats: dict[str, list[float]] = {}
         self._file_hash: str | None = None
@@ -163,6 +167,12 @@ class TabularDataModule(TlexpDataModule):
         # categories and number checks cover the whole table, so a filtered run (data.where) keeps
         # the input width and a malformed file fails whatever rows the filter keeps
         cats = {c: sorted({r[col[c]] for r in rows}) for c in self.categorical}
+        for c, order in self.category_order.items():
+            if c not in cats:
+                raise ConfigError(f"data.category_order: {c!r} is not a categorical column; valid: {choices(cats)}")
+            if sorted(order) != cats[c]:
+                raise ConfigError(f"data.category_order.{c}: {order} must list exactly the values {cats[c]}")
+            cats[c] = list(order)
         skip = set(self.drop) | {self.label}
         numeric = [h for h in header if h not in skip and h not in cats]
         table: dict[str, np.ndarray] = {}
@@ -216,6 +226,8 @@ class TabularDataModule(TlexpDataModule):
         mean = x[train].mean(axis=0)
         std = x[train].std(axis=0)
         std[std == 0] = 1.0
+        if not self.standardize:
+            mean, std = np.zeros_like(mean), np.ones_like(std)
         self.stats = {"mean": mean.tolist(), "std": std.tolist()}
         xs = ((x - mean) / std).astype(np.float32)
         return {
@@ -224,6 +236,12 @@ class TabularDataModule(TlexpDataModule):
         }
 
     def identity(self) -> dict[str, Any]:
+        ident = self._identity()
+        if self.category_order:
+            ident["category_order"] = self.category_order
+        return ident
+
+    def _identity(self) -> dict[str, Any]:
         return {
             "data": self.kind,
             "origin": self._origin,
@@ -236,7 +254,8 @@ class TabularDataModule(TlexpDataModule):
             "val_fraction": self.val_fraction,
             "test_fraction": self.test_fraction,
             "split_seed": self.split_seed,
-            "preprocessing": "one-hot drop-first; standardize with train-split statistics",
+            "preprocessing": "one-hot drop-first; "
+            + ("standardize with train-split statistics" if self.standardize else "raw values"),
         }
 
 

@@ -149,6 +149,7 @@ def load_model(directory: str | os.PathLike[str]) -> LayerGraph:
             )
     graph.load_state_dict(weights)
     graph.meta = dict(config.get("meta") or {})  # type: ignore[attr-defined]
+    graph.eval()  # every loader returns inference mode (dropout off, batch-norm running statistics)
     return graph
 
 

@@ -81,6 +81,7 @@ def load_keras(
         # a config missing a field, or holding a value of the wrong kind: a damaged or foreign file
         raise SourceError(f"source.path: {path}: malformed Keras model config ({type(e).__name__}: {e})") from None
     graph.meta = meta  # type: ignore[attr-defined]
+    graph.eval()  # every loader returns inference mode
     return graph
 
 
