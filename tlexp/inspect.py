@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 
 from tlexp.errors import ConfigError
@@ -20,25 +20,18 @@ __all__ = ["inspect_config"]
 FORMATS = ("table", "json")
 
 
-def _needs_data(cfg: DictConfig) -> bool:
-    src = cfg.source
-    ops = OmegaConf.to_container(cfg.surgery.ops, resolve=True) or []
-    wants_auto = "auto" in json.dumps(ops)
-    no_shape = src.get("type") == "spec" and not src.get("input_shape") and not src.get("inputs")
-    return wants_auto or no_shape
-
-
 def inspect_config(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
     from tlexp._report import layer_table
-    from tlexp.data import build_datamodule
-    from tlexp.train import build_model
+    from tlexp.assemble import build_model, needs_data, plain
+    from tlexp.data import build_datamodule, data_facts
 
     fmt = cfg.inspect.format
     if fmt not in FORMATS:
         raise ConfigError(f"inspect.format: {fmt!r} is not a format; valid: {', '.join(FORMATS)}")
     data = None
-    if _needs_data(cfg):
-        data = build_datamodule(OmegaConf.to_container(cfg.data, resolve=True), seed=cfg.seed)
+    if needs_data(cfg):
+        data_cfg = plain(cfg.data)
+        data = data_facts(data_cfg) or build_datamodule(data_cfg, seed=cfg.seed)
     graph, _ = build_model(cfg, data)
     arch = graph.to_config()
     console = console or Console()

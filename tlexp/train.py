@@ -19,14 +19,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tlexp import finetune as ft
+from tlexp.assemble import build_model, edit_graph, load_graph, plain
 from tlexp.data import TlexpDataModule, build_datamodule
 from tlexp.errors import ConfigError, ShapeError
-from tlexp.freeze import MODES, freeze
-from tlexp.graph import GraphInput, LayerGraph
-from tlexp.sources import load_source
-from tlexp.surgery import apply_ops
+from tlexp.freeze import MODES
+from tlexp.graph import LayerGraph
 
-__all__ = ["run", "prepare", "Prepared"]
+# build_model stays importable from here: assembly itself lives in tlexp.assemble
+__all__ = ["run", "prepare", "Prepared", "build_model"]
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +41,6 @@ _EXPECTED_WARNINGS = (
 )
 
 
-def _container(node: Any) -> Any:
-    if isinstance(node, DictConfig) or OmegaConf.is_config(node):
-        return OmegaConf.to_container(node, resolve=True)
-    return node
-
-
 def validate(cfg: DictConfig) -> None:
     """Checks that need no data or model, done before anything is loaded."""
     if cfg.freeze.mode not in MODES:
@@ -57,12 +51,12 @@ def validate(cfg: DictConfig) -> None:
     parse_bytes(cfg.featurize.max_memory)
     if cfg.featurize.batch_size < 1:
         raise ConfigError(f"featurize.batch_size: {cfg.featurize.batch_size} must be at least 1")
-    ft.validate_finetune(_container(cfg.finetune))
+    ft.validate_finetune(plain(cfg.finetune))
     if cfg.trainer.accelerator not in ACCELERATORS:
         raise ConfigError(f"trainer.accelerator: {cfg.trainer.accelerator!r} is not known; valid: {', '.join(ACCELERATORS)}")
     if cfg.trainer.max_epochs < 1:
         raise ConfigError(f"trainer.max_epochs: {cfg.trainer.max_epochs} must be at least 1")
-    ops = _container(cfg.surgery.ops)
+    ops = plain(cfg.surgery.ops)
     if not isinstance(ops, list):
         raise ConfigError("surgery.ops: expected a list of ops")
     from tlexp.callbacks import check_monitor, resolve_mode
@@ -73,35 +67,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("callbacks: expected a mapping of name: {_target_: …} entries")
 
 
-def _resolve_auto(ops: list[Any], num_classes: int) -> list[Any]:
-    """``auto`` sizes in surgery ops mean the data's number of classes."""
-    out = []
-    for op in ops:
-        if isinstance(op, Mapping):
-            op = {k: (num_classes if v == "auto" and k in ("out_features", "n_out", "num_classes") else v) for k, v in op.items()}
-            if isinstance(op.get("args"), Mapping):
-                op["args"] = _resolve_auto([op["args"]], num_classes)[0]
-        out.append(op)
-    return out
-
-
-def _with_input_shape(graph: LayerGraph, data: TlexpDataModule) -> LayerGraph:
-    """Declare the data's sample shape on a single-input graph saved without one, and check it."""
-    if len(graph.graph_inputs) != 1 or not data.input_shape:
-        return graph
-    gi = graph.graph_inputs[0]
-    want = tuple(data.input_shape)
-    if gi.shape is None:
-        return graph.rebuilt(inputs=[GraphInput(gi.name, want, gi.dtype)])
-    fits = len(gi.shape) == len(want) and all(a is None or a == b for a, b in zip(gi.shape, want))
-    if not fits:
-        raise ShapeError(
-            f"data: samples have shape {list(want)} but the model's input {gi.name!r} takes "
-            f"{list(gi.shape)}; choose a data set or model that fit, or add a surgery op set_input_preprocessor"
-        )
-    return graph
-
-
 class Prepared:
     """The model after source, surgery and freeze, with its data: everything before compute."""
 
@@ -110,49 +75,9 @@ class Prepared:
         self.graph, self.data, self.cut, self.finetune, self.optimizer_state = graph, data, cut, finetune, optimizer_state
 
 
-def load_graph(cfg: DictConfig, data: TlexpDataModule | None = None) -> tuple[LayerGraph, dict[str, Any]]:
-    """The source's model and the fine-tune config (with any overrides the source carries)."""
-    source = _container(cfg.source)
-    if data is not None and source.get("type") == "spec" and not source.get("input_shape") and not source.get("inputs"):
-        source["input_shape"] = list(data.input_shape)
-    graph = load_source(source)
-    finetune = _container(cfg.finetune)
-    overrides = (getattr(graph, "meta", None) or {}).get("finetune_overrides")
-    if overrides:
-        finetune.update(overrides)
-        ft.validate_finetune(finetune)
-    return graph, finetune
-
-
-def edit_graph(cfg: DictConfig, graph: LayerGraph, data: TlexpDataModule | None = None) -> LayerGraph:
-    """surgery then freeze, checked against the data's sample shape and class count."""
-    if data is not None:
-        graph = _with_input_shape(graph, data)
-    ops = _container(cfg.surgery.ops) or []
-    if any(_mentions_auto(op) for op in ops):
-        if data is None:
-            raise ConfigError("surgery.ops: 'auto' sizes need a data set to count classes (set data=…)")
-        ops = _resolve_auto(ops, data.num_classes)
-    graph = apply_ops(graph, ops)
-    freeze(graph, _container(cfg.freeze.up_to), cfg.freeze.mode)
-    return graph
-
-
-def build_model(cfg: DictConfig, data: TlexpDataModule | None = None) -> tuple[LayerGraph, dict[str, Any]]:
-    """source → surgery → freeze, for a run or for tlexp-inspect. Returns (graph, finetune config)."""
-    graph, finetune = load_graph(cfg, data)
-    return edit_graph(cfg, graph, data), finetune
-
-
-def _mentions_auto(op: Any) -> bool:
-    if isinstance(op, Mapping):
-        return any(v == "auto" or _mentions_auto(v) for v in op.values())
-    return False
-
-
 def prepare(cfg: DictConfig) -> Prepared:
     validate(cfg)
-    data_cfg = _container(cfg.data)
+    data_cfg = plain(cfg.data)
     if data_cfg.get("type") == "image_folder":
         # image transforms follow the model (timm's data config): load the model first
         graph, finetune = load_graph(cfg)
@@ -225,7 +150,7 @@ def _callbacks_node(cfg: DictConfig, mode: str) -> dict[str, Any]:
     OmegaConf.set_readonly(copy, False)
     with open_dict(copy):
         copy.train.mode = mode
-    return OmegaConf.to_container(copy.callbacks, resolve=True)  # type: ignore[return-value]
+    return OmegaConf.toplain(copy.callbacks, resolve=True)  # type: ignore[return-value]
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -275,7 +200,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     mode = resolve_mode(cfg.train.monitor, cfg.train.mode)
     module = TransferModule(trainable, prepared.finetune, data.num_classes, class_weights, prepared.optimizer_state,
                             monitor=cfg.train.monitor)
-    trainer_kwargs = {k: v for k, v in _container(cfg.trainer).items() if v is not None}
+    trainer_kwargs = {k: v for k, v in plain(cfg.trainer).items() if v is not None}
     best = BestWeights(cfg.train.monitor, mode, keep=bool(cfg.train.restore_best))
     callbacks = [best, *build_callbacks(_callbacks_node(cfg, mode), trainer_kwargs, logger)]
     trainer = pl.Trainer(**trainer_kwargs, logger=logger, default_root_dir=str(out_dir), callbacks=callbacks)
@@ -303,7 +228,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "test": test,
         "timing": {"featurize_s": round(t_feat, 4), "fit_s": round(fit_s, 4)},
         "featurize": featurize_info,
-        "freeze": {"up_to": _container(cfg.freeze.up_to), "frozen": [n for n in graph.node_names if n in cut],
+        "freeze": {"up_to": plain(cfg.freeze.up_to), "frozen": [n for n in graph.node_names if n in cut],
                    "boundary": graph.boundary(cut) if cut else []},
         "epochs": epochs_run,  # epochs completed (early stopping may end a run before max_epochs)
         "best_epoch": best.best_epoch,

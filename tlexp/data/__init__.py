@@ -10,10 +10,25 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
-from tlexp.data._base import SPLITS, TlexpDataModule
+from typing import TYPE_CHECKING
+
+from tlexp.data._facts import DataFacts, data_facts
 from tlexp.errors import ConfigError, choices
 
-__all__ = ["DATA_MODULES", "SPLITS", "TlexpDataModule", "build_datamodule"]
+if TYPE_CHECKING:
+    from tlexp.data._base import SPLITS, TlexpDataModule
+
+__all__ = ["DATA_MODULES", "SPLITS", "DataFacts", "TlexpDataModule", "build_datamodule", "data_facts"]
+
+
+def __getattr__(name: str) -> Any:
+    # the data modules are LightningDataModules: Lightning is imported when one is first needed,
+    # so that what needs only a data set's facts (tlexp-inspect) starts without it
+    if name in ("SPLITS", "TlexpDataModule"):
+        from tlexp.data import _base
+
+        return getattr(_base, name)
+    raise AttributeError(f"module 'tlexp.data' has no attribute {name!r}")
 
 #: data.type -> "module:Class"; imported on use
 DATA_MODULES: dict[str, str] = {
@@ -27,7 +42,7 @@ DATA_MODULES: dict[str, str] = {
 _PASS_TYPE = {"churn", "csv"}
 
 
-def build_datamodule(cfg: Mapping[str, Any], seed: int, **extra: Any) -> TlexpDataModule:
+def build_datamodule(cfg: Mapping[str, Any], seed: int, **extra: Any) -> "TlexpDataModule":
     """The data module that the ``data`` config node describes (``seed`` orders the batches)."""
     cfg = dict(cfg)
     kind = cfg.pop("type", None)

@@ -9,8 +9,8 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from tlexp.data._base import TlexpDataModule
+from tlexp.data._facts import DIGITS_INPUT_SHAPE, digits_classes
 from tlexp.data._split import cap_per_class, check_fractions, stratified_split
-from tlexp.errors import ConfigError
 
 __all__ = ["DigitsDataModule"]
 
@@ -30,17 +30,14 @@ class DigitsDataModule(TlexpDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
-        classes = list(range(10)) if classes is None else [int(c) for c in classes]
-        bad = [c for c in classes if not 0 <= c <= 9]
-        if bad or len(set(classes)) != len(classes) or len(classes) < 2:
-            raise ConfigError(f"data.classes: {classes} must be at least two distinct digits among 0..9")
+        classes = digits_classes(classes)
         check_fractions(val_fraction, test_fraction)
         self.classes = classes
         self.max_per_class = max_per_class
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
         self.num_classes = len(classes)
         self.class_names = [str(c) for c in classes]
-        self.input_shape = (1, 8, 8)
+        self.input_shape = DIGITS_INPUT_SHAPE
 
     def _build(self) -> dict[str, Dataset]:
         from sklearn.datasets import load_digits

@@ -8,7 +8,7 @@ freeze splits one, and saved/inspect serialize one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,8 +88,12 @@ class LayerGraph(nn.Module):
         nodes: Sequence[Node],
         outputs: Sequence[str],
         frozen: Iterable[str] = (),
+        meta: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        #: what the source knows beyond the layers (timm's data config, the classifier's name,
+        #: a Keras file's training config …); JSON data, saved with the model
+        self.meta: dict[str, Any] = dict(meta or {})
         self.graph_inputs: list[GraphInput] = [i if isinstance(i, GraphInput) else GraphInput(i) for i in inputs]
         self.layers = nn.ModuleDict()
         self._nodes: list[Node] = []
@@ -464,14 +468,20 @@ class LayerGraph(nn.Module):
 
     def rebuilt(self, nodes: Sequence[Node] | None = None, outputs: Sequence[str] | None = None,
                 inputs: Sequence[GraphInput] | None = None) -> LayerGraph:
-        """A new graph with some parts replaced, sharing modules with this one."""
+        """A new graph from parts of this one, its ``meta`` kept: the one way graphs are edited.
+
+        It shares the modules it is given. A node stays frozen when it was frozen here and still
+        holds the same module; a new or re-initialized module starts trainable (freezing fresh
+        random weights is never meant).
+        """
         nodes = self.nodes if nodes is None else list(nodes)
-        names = {n.name for n in nodes}
+        frozen = {n.name for n in nodes if n.name in self.frozen and n.name in self and self.module(n.name) is n.module}
         graph = LayerGraph(
             self.graph_inputs if inputs is None else inputs,
             nodes,
             self.outputs if outputs is None else outputs,
-            frozen=self.frozen & names,
+            frozen=frozen,
+            meta=self.meta,
         )
         return graph.train(self.training)
 

@@ -148,7 +148,7 @@ def load_model(directory: str | os.PathLike[str]) -> LayerGraph:
                 f"the architecture needs {list(expected[k].shape)}"
             )
     graph.load_state_dict(weights)
-    graph.meta = dict(config.get("meta") or {})  # type: ignore[attr-defined]
+    graph.meta = dict(config.get("meta") or {})
     graph.eval()  # every loader returns inference mode (dropout off, batch-norm running statistics)
     return graph
 

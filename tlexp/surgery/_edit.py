@@ -24,22 +24,9 @@ def make_graph(
     outputs: Sequence[str] | None = None,
     inputs: Sequence[GraphInput] | None = None,
 ) -> LayerGraph:
-    """A new graph from edited parts of ``graph``.
-
-    A node stays frozen when it was frozen in ``graph`` and still holds the same module; a new
-    or re-initialized module starts trainable (freezing fresh random weights is never meant).
-    """
-    frozen = {n.name for n in nodes if n.name in graph.frozen and n.name in graph and graph.module(n.name) is n.module}
-    new = LayerGraph(
-        graph.graph_inputs if inputs is None else inputs,
-        nodes,
-        graph.outputs if outputs is None else outputs,
-        frozen=frozen,
-    )
-    new.train(graph.training)
-    if hasattr(graph, "meta"):
-        new.meta = dict(graph.meta)  # type: ignore[attr-defined]
-    return new
+    """A new graph from edited parts of ``graph`` (:meth:`LayerGraph.rebuilt`: meta kept; a node
+    stays frozen only while it holds the same module)."""
+    return graph.rebuilt(nodes, outputs, inputs)
 
 
 def rewire(nodes: Iterable[Node], mapping: Mapping[str, str], skip: Iterable[str] = ()) -> None:

@@ -229,7 +229,7 @@ def load_dl4j(path: str | Path, normalizer: bool = True, load_optimizer_state: b
     except ND4JFormatError as e:
         raise SourceError(f"source.path: {e}") from None
     _assign(built, params, str(path))
-    graph.meta = {  # type: ignore[attr-defined]
+    graph.meta = {
         "source": "dl4j",
         "dl4j_network": kind,
         "dl4j_dtype": str(params.dtype),

@@ -106,7 +106,7 @@ def _prepend(graph: LayerGraph, module) -> LayerGraph:
     for n in graph._nodes:
         nodes.append(Node(n.name, n.module, ["normalizer" if s == inp else s for s in n.inputs]))
     out = LayerGraph(graph.graph_inputs, nodes, graph.outputs)
-    out.meta = dict(getattr(graph, "meta", {}), normalizer=kind_name(module))  # type: ignore[attr-defined]
+    out.meta = dict(getattr(graph, "meta", {}), normalizer=kind_name(module))
     return out
 
 

@@ -293,7 +293,7 @@ def load_zoo(name: str, path: str | Path | None = None, num_classes: int | None 
     shape = tuple(input_size or DEFAULTS[name][0])
     out = LayerGraph([GraphInput("input", shape)], [Node(n.name, n.module, n.inputs) for n in graph._nodes],
                      graph.outputs)
-    out.meta = {"source": "dl4j_zoo", "name": name, "dl4j_num_params": sum(b.n_params for b in built),  # type: ignore[attr-defined]
+    out.meta = {"source": "dl4j_zoo", "name": name, "dl4j_num_params": sum(b.n_params for b in built),
                 "data_config": data_config(name, list(shape))}
     del _assign
     out.eval()
@@ -330,7 +330,7 @@ def from_config(cfg: Any) -> LayerGraph:
                      list(size) if size else None)
     meta = getattr(graph, "meta", None) or {}
     meta.setdefault("data_config", data_config(str(name)))
-    graph.meta = meta  # type: ignore[attr-defined]
+    graph.meta = meta
     return graph
 
 

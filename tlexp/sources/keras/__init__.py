@@ -80,7 +80,7 @@ def load_keras(
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
         # a config missing a field, or holding a value of the wrong kind: a damaged or foreign file
         raise SourceError(f"source.path: {path}: malformed Keras model config ({type(e).__name__}: {e})") from None
-    graph.meta = meta  # type: ignore[attr-defined]
+    graph.meta = meta
     graph.eval()  # every loader returns inference mode
     return graph
 

@@ -95,7 +95,7 @@ def load_zoo(
             f"timm's default is {list(_data_config(model, None, in_chans)['input_size'])}; "
             "models made for one size take it as source.kwargs.img_size"
         ) from None
-    graph.meta = {  # type: ignore[attr-defined]
+    graph.meta = {
         "source": "zoo",
         "model": name,
         "pretrained": bool(pretrained or weights),
@@ -233,5 +233,5 @@ def reset_classifier(graph: LayerGraph, num_classes: int) -> LayerGraph:
         nodes.insert(at, Node(cls, dense, [feat]))
         outputs = [cls if o == feat else o for o in outputs]
     out = graph.rebuilt(nodes, outputs)
-    out.meta = {**meta, "num_classes": num_classes}  # type: ignore[attr-defined]
+    out.meta = {**meta, "num_classes": num_classes}
     return out

@@ -1,0 +1,39 @@
+"""tlexp-inspect starts light: on the default experiment it imports neither Lightning nor timm
+(nor the data modules), and it shows the model a run would build (one assembly, tlexp.assemble)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HEAVY = ("pytorch_lightning", "lightning", "lightning_fabric", "torchmetrics", "timm", "sklearn", "h5py")
+
+
+@pytest.mark.slow
+def test_inspect_on_the_default_experiment_imports_neither_lightning_nor_timm(tmp_path: Path) -> None:
+    code = (
+        "import sys, io, contextlib\n"
+        "sys.argv = ['tlexp-inspect']\n"
+        "from tlexp.cli import inspect_main\n"
+        "out = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out):\n"
+        "    inspect_main()\n"
+        "assert 'flatten' in out.getvalue(), out.getvalue()\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_inspect_and_a_run_assemble_the_model_in_one_place() -> None:
+    import tlexp.inspect
+    import tlexp.train
+    from tlexp import assemble
+
+    assert tlexp.train.build_model is assemble.build_model
+    source = Path(tlexp.inspect.__file__).read_text()
+    assert "tlexp.train" not in source and "from tlexp.assemble import build_model" in source

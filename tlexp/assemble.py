@@ -1,0 +1,115 @@
+"""Model assembly in one place: source → surgery → freeze, with the data's facts when needed.
+
+A run (:mod:`tlexp.train`) and ``tlexp-inspect`` both build their model here, so the layer
+table shows exactly the model a run trains. ``data`` is anything with ``input_shape`` and
+``num_classes`` (a data module, or :class:`tlexp.data.DataFacts`); this module imports neither
+Lightning nor a data module, so inspecting starts fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from omegaconf import DictConfig, OmegaConf
+
+from tlexp.errors import ConfigError, ShapeError
+from tlexp.freeze import freeze
+from tlexp.graph import GraphInput, LayerGraph
+from tlexp.sources import load_source
+from tlexp.surgery import apply_ops
+
+__all__ = ["DataLike", "build_model", "edit_graph", "load_graph", "needs_data", "plain"]
+
+
+class DataLike(Protocol):
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+
+def plain(node: Any) -> Any:
+    """A config node as plain data (interpolations resolved); anything else as it is."""
+    if isinstance(node, DictConfig) or OmegaConf.is_config(node):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+def _spec_without_shape(source: Mapping[str, Any]) -> bool:
+    return source.get("type") == "spec" and not source.get("input_shape") and not source.get("inputs")
+
+
+def _mentions_auto(op: Any) -> bool:
+    if isinstance(op, Mapping):
+        return any(v == "auto" or _mentions_auto(v) for v in op.values())
+    return False
+
+
+def needs_data(cfg: DictConfig) -> bool:
+    """Whether building the model needs the data (an ``auto`` size, a spec without input shape)."""
+    ops = plain(cfg.surgery.ops) or []
+    return any(_mentions_auto(op) for op in ops) or _spec_without_shape(plain(cfg.source))
+
+
+def _resolve_auto(ops: list[Any], num_classes: int) -> list[Any]:
+    """``auto`` sizes in surgery ops mean the data's number of classes."""
+    out = []
+    for op in ops:
+        if isinstance(op, Mapping):
+            op = {k: (num_classes if v == "auto" and k in ("out_features", "n_out", "num_classes") else v) for k, v in op.items()}
+            if isinstance(op.get("args"), Mapping):
+                op["args"] = _resolve_auto([op["args"]], num_classes)[0]
+        out.append(op)
+    return out
+
+
+def _with_input_shape(graph: LayerGraph, data: DataLike) -> LayerGraph:
+    """Declare the data's sample shape on a single-input graph saved without one, and check it."""
+    if len(graph.graph_inputs) != 1 or not data.input_shape:
+        return graph
+    gi = graph.graph_inputs[0]
+    want = tuple(data.input_shape)
+    if gi.shape is None:
+        return graph.rebuilt(inputs=[GraphInput(gi.name, want, gi.dtype)])
+    fits = len(gi.shape) == len(want) and all(a is None or a == b for a, b in zip(gi.shape, want))
+    if not fits:
+        raise ShapeError(
+            f"data: samples have shape {list(want)} but the model's input {gi.name!r} takes "
+            f"{list(gi.shape)}; choose a data set or model that fit, or add a surgery op set_input_preprocessor"
+        )
+    return graph
+
+
+def load_graph(cfg: DictConfig, data: DataLike | None = None) -> tuple[LayerGraph, dict[str, Any]]:
+    """The source's model and the fine-tune config (with any overrides the source carries)."""
+    source = plain(cfg.source)
+    if data is not None and _spec_without_shape(source):
+        source["input_shape"] = list(data.input_shape)
+    graph = load_source(source)
+    finetune = plain(cfg.finetune)
+    overrides = (getattr(graph, "meta", None) or {}).get("finetune_overrides")
+    if overrides:
+        from tlexp import finetune as ft
+
+        finetune.update(overrides)
+        ft.validate_finetune(finetune)
+    return graph, finetune
+
+
+def edit_graph(cfg: DictConfig, graph: LayerGraph, data: DataLike | None = None) -> LayerGraph:
+    """surgery then freeze, checked against the data's sample shape and class count."""
+    if data is not None:
+        graph = _with_input_shape(graph, data)
+    ops = plain(cfg.surgery.ops) or []
+    if any(_mentions_auto(op) for op in ops):
+        if data is None:
+            raise ConfigError("surgery.ops: 'auto' sizes need a data set to count classes (set data=…)")
+        ops = _resolve_auto(ops, data.num_classes)
+    graph = apply_ops(graph, ops)
+    freeze(graph, plain(cfg.freeze.up_to), cfg.freeze.mode)
+    return graph
+
+
+def build_model(cfg: DictConfig, data: DataLike | None = None) -> tuple[LayerGraph, dict[str, Any]]:
+    """source → surgery → freeze. Returns (graph, fine-tune config)."""
+    graph, finetune = load_graph(cfg, data)
+    return edit_graph(cfg, graph, data), finetune
