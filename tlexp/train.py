@@ -150,7 +150,7 @@ def _callbacks_node(cfg: DictConfig, mode: str) -> dict[str, Any]:
     OmegaConf.set_readonly(copy, False)
     with open_dict(copy):
         copy.train.mode = mode
-    return OmegaConf.toplain(copy.callbacks, resolve=True)  # type: ignore[return-value]
+    return OmegaConf.to_container(copy.callbacks, resolve=True)  # type: ignore[return-value]
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
