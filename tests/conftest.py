@@ -50,7 +50,8 @@ def run_cli(args: list[str], cwd: Path, script: str = "tlexp", env: dict[str, st
     if exe is not None:
         cmd = [exe, *args]
     else:
-        func = {"tlexp": "main", "tlexp-inspect": "inspect_main"}[script]
+        func = {"tlexp": "main", "tlexp-inspect": "inspect_main", "tlexp-report": "report_main",
+                "tlexp-cache": "cache_main"}[script]
         cmd = [sys.executable, "-c", f"import sys; sys.argv[0] = {script!r}; from tlexp.cli import {func}; {func}()", *args]
     full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=full_env, timeout=timeout)

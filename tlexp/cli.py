@@ -78,10 +78,25 @@ def _guard(entry: Callable[[], Any]) -> None:
     except TlexpError as e:
         _fail(str(e))
     except Exception as e:  # noqa: BLE001 - only config errors are turned into a line
+        if hasattr(e, "exit_status") and hasattr(e, "sweep_dir"):
+            _sweep_failed(e)
         line = _hydra_error_line(e)
         if line is None:
             raise
         _fail(line)
+
+
+def _sweep_failed(e: Any) -> None:
+    """Some jobs of a gpu_pool sweep failed, the others finished: the report, then the count of
+    failed jobs as the exit status."""
+    from tlexp.sweep.report import print_sweep_report
+
+    try:
+        print_sweep_report(e.sweep_dir)
+    except Exception as report_error:  # noqa: BLE001 - the failure count matters more than the table
+        print(f"tlexp: the sweep report could not be made: {report_error}", file=sys.stderr)
+    print(f"tlexp: error: {e}", file=sys.stderr)
+    sys.exit(e.exit_status)
 
 
 def _default_recipe(argv: list[str]) -> list[str]:
@@ -115,8 +130,20 @@ def _run_app(cfg: DictConfig) -> float | None:
         _cleanup_run_dir(out_dir)
         _fail(str(e))
         return None
-    # returned for sweepers that optimize a value
-    return float(metrics["val"]["accuracy"])
+    # returned for sweepers that optimize a value (hparams_search=optuna)
+    return optimized_value(cfg, metrics)
+
+
+def optimized_value(cfg: DictConfig, metrics: dict[str, Any]) -> float:
+    """The value named by ``optimized_metric`` ("val/accuracy", "val/auroc", …) in a run's metrics."""
+    name = cfg.get("optimized_metric") or ("val/auroc" if metrics.get("num_classes") == 2 else "val/accuracy")
+    node: Any = metrics
+    for part in str(name).split("/"):
+        if not isinstance(node, dict) or part not in node:
+            raise TlexpError(f"optimized_metric: {name!r} is not in the run's metrics; valid: "
+                             + ", ".join(f"{s}/{k}" for s in ("val", "test") for k in metrics.get(s, {})))
+        node = node[part]
+    return float(node)
 
 
 def main() -> None:
@@ -142,3 +169,31 @@ def inspect_main() -> None:
     quiet = ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
     sys.argv = [sys.argv[0], *argv, *quiet]
     _guard(_inspect_app)
+
+
+def report_main(argv: list[str] | None = None) -> None:
+    """``tlexp-report SWEEP_DIR [--metric NAME]``: the sweep's table, report.csv/.md/.png, the best run."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="tlexp-report", description=report_main.__doc__)
+    parser.add_argument("sweep_dir", help="the sweep folder (hydra.sweep.dir), holding one folder per job")
+    parser.add_argument("--metric", default=None,
+                        help="validation/test metric to compare (accuracy, auroc, f1, loss, …); default: "
+                             "auroc when every run has it (two classes), else accuracy")
+    args = parser.parse_args(argv)
+    from tlexp.sweep.report import print_sweep_report
+
+    try:
+        print_sweep_report(args.sweep_dir, args.metric)
+    except TlexpError as e:
+        _fail(str(e))
+
+
+def cache_main(argv: list[str] | None = None) -> None:
+    """``tlexp-cache list`` / ``tlexp-cache prune --older-than 30d --max-size 50GB [--dry-run]``."""
+    from tlexp.featurize._admin import cache_cli
+
+    try:
+        cache_cli(argv)
+    except TlexpError as e:
+        _fail(str(e))

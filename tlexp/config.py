@@ -271,6 +271,9 @@ class TlexpConfig:
     inspect: InspectConfig = field(default_factory=InspectConfig)
     #: print the summary table at the end of a run
     print_table: bool = True
+    #: the value a run returns to a sweeper (hparams_search=optuna): "val/accuracy", "val/auroc", …;
+    #: null: val/auroc for two classes, else val/accuracy
+    optimized_metric: Optional[str] = None
 
 
 def register_configs() -> None:

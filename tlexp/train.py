@@ -162,6 +162,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from tlexp.sources.saved import save_model
 
     t_start = time.perf_counter()
+    started_at = _utc_now()
     out_dir = Path(cfg.paths.output_dir)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     prepared = prepare(cfg)
@@ -179,6 +180,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             prefix, boundary, data, cfg.paths.cache_dir, dtype=cfg.featurize.dtype,
             batch_size=cfg.featurize.batch_size, augment_copies=cfg.featurize.augment_copies,
             overwrite=cfg.featurize.overwrite, device=device, autocast=_autocast_dtype(cfg, device),
+            info={"up_to": _container(cfg.freeze.up_to), "source": _source_name(cfg), "data": data.identity(),
+                  "writer": str(out_dir)},
         )
         t_feat = result.seconds
         featurize_info.update(describe(result))
@@ -224,6 +227,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     optimizer_state = trainer.optimizers[0].state_dict() if prepared.finetune.get("save_optimizer_state", True) and trainer.optimizers else None
     metrics = {
         "name": cfg.name,
+        "status": "completed",
         "val": val,
         "test": test,
         "timing": {"featurize_s": round(t_feat, 4), "fit_s": round(fit_s, 4)},
@@ -243,6 +247,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         meta["data_config"] = source_meta["data_config"]  # how its images are to be prepared
     save_model(graph, out_dir / "model", optimizer_state=optimizer_state, meta=meta)
     metrics["timing"]["total_s"] = round(time.perf_counter() - t_start, 4)
+    metrics["timing"].update(started_at=started_at, finished_at=_utc_now())
     _write_json(out_dir / "metrics.json", metrics)
     log.info("done: val accuracy %.4f, test accuracy %.4f, %s", val["accuracy"], test["accuracy"], metrics["timing"])
     if cfg.get("print_table", True):
@@ -250,6 +255,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
         print_run_table(cfg, metrics, out_dir)
     return metrics
+
+
+def _source_name(cfg: DictConfig) -> str:
+    src = cfg.source
+    return f"{src.get('type', '?')}: {src.get('name') or src.get('path') or ''}".rstrip(": ")
+
+
+def _utc_now() -> str:
+    """ISO 8601, UTC, to the millisecond (metrics.json timing.started_at / finished_at)."""
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:

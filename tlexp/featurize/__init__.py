@@ -17,7 +17,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from filelock import FileLock
 from torch.utils.data import DataLoader, Dataset
 
 from tlexp.data import TlexpDataModule
@@ -35,9 +34,10 @@ from tlexp.featurize._store import (
     remove_stale_temps,
     write_split,
 )
+from tlexp.featurize._index import key_lock, note_entry
 from tlexp.graph import LayerGraph
 
-__all__ = ["FeaturizeResult", "featurize", "FeaturizedDataModule", "SeededBatchSampler", "parse_bytes", "DTYPES"]
+__all__ = ["FeaturizeResult", "featurize", "featurize_key", "featurize_cuts", "FeaturizedDataModule", "SeededBatchSampler", "parse_bytes", "DTYPES"]
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +91,17 @@ def _batches(prefix: LayerGraph, dataset: Dataset, batch_size: int, device: torc
                 progress.advance(task)
 
 
+def featurize_key(prefix: LayerGraph, boundary: Sequence[str], datamodule: TlexpDataModule, dtype: str,
+                  augment_copies: int = 0, autocast: torch.dtype | None = None) -> str:
+    """The cache key of ``prefix``'s outputs over ``datamodule``'s splits."""
+    identity = {**datamodule.identity(), "autocast": str(autocast) if autocast is not None else None}
+    return cache_key(prefix.to_config(), hash_state(prefix), boundary, identity, dtype, augment_copies)
+
+
 def featurize(prefix: LayerGraph, boundary: Sequence[str], datamodule: TlexpDataModule, cache_dir: str | Path,
               dtype: str = "float32", batch_size: int = 256, augment_copies: int = 0,
               overwrite: bool = False, device: torch.device | str = "cpu",
-              autocast: torch.dtype | None = None) -> FeaturizeResult:
+              autocast: torch.dtype | None = None, info: Mapping[str, Any] | None = None) -> FeaturizeResult:
     """Make sure every split's prefix outputs are in the cache, computing the missing ones.
 
     On a GPU the prefix runs channels-last, and under ``autocast`` (the trainer's mixed
@@ -114,15 +121,14 @@ def featurize(prefix: LayerGraph, boundary: Sequence[str], datamodule: TlexpData
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(cache_dir)
-    identity = {**datamodule.identity(), "autocast": str(autocast) if autocast is not None else None}
-    key = cache_key(prefix.to_config(), hash_state(prefix), boundary, identity, dtype, augment_copies)
+    key = featurize_key(prefix, boundary, datamodule, dtype, augment_copies, autocast)
     result = FeaturizeResult(key=key, files={})
     was_training = prefix.training
     prefix.eval().to(device)
     if device.type == "cuda":
         prefix.to(memory_format=torch.channels_last)
     try:
-        with FileLock(str(cache_dir / f"{key}.lock")):
+        with key_lock(cache_dir, key):
             for split in FEATURIZED_SPLITS:
                 augmented = split == "train" and augment_copies > 0
                 copies = augment_copies if augmented else 1
@@ -142,6 +148,8 @@ def featurize(prefix: LayerGraph, boundary: Sequence[str], datamodule: TlexpData
     finally:
         prefix.train(was_training)
     result.seconds = time.perf_counter() - start
+    note_entry(cache_dir, key, {**(info or {}), "boundary": list(boundary), "dtype": dtype},
+               wrote=not result.cache_hit)
     return result
 
 
@@ -201,3 +209,6 @@ def describe(result: FeaturizeResult) -> Mapping[str, Any]:
         "files": {s: str(f.path) for s, f in result.files.items()},
         "bytes": sum(f.nbytes for f in result.files.values()),
     }
+
+
+from tlexp.featurize._multi import featurize_cuts  # noqa: E402  (uses the helpers above)

@@ -1,0 +1,106 @@
+"""One job in a fresh process: ``python -m hydra_plugins.tlexp_gpu_pool._worker``.
+
+Reads the job (its config, Hydra's context and the task function's name) from stdin as the
+launcher wrote it, runs it through Hydra's ``run_job`` (so the job folder, ``.hydra/`` and
+callbacks are exactly a basic launcher's), and writes the outcome to the pipe the launcher
+passed. A failed job's traceback goes to ``error.txt`` in its own folder.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import pickle
+import runpy
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Dict
+
+
+def _resolve_task(ref: Dict[str, Any]) -> Callable[..., Any]:
+    if ref.get("path"):
+        namespace = runpy.run_path(ref["path"], run_name="__tlexp_gpu_pool_main__")
+        obj: Any = namespace
+        parts = ref["qualname"].split(".")
+        obj = namespace[parts[0]]
+        for part in parts[1:]:
+            obj = getattr(obj, part)
+    else:
+        obj = importlib.import_module(ref["module"])
+        for part in ref["qualname"].split("."):
+            obj = getattr(obj, part)
+    # the module attribute is the hydra.main wrapper; the launcher calls the function it wraps
+    return inspect.unwrap(obj)
+
+
+def _set_threads(n: int) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def _error_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def main() -> int:
+    job = pickle.loads(sys.stdin.buffer.read())
+    out = os.fdopen(job["result_fd"], "wb")
+    error_file = Path(job["error_file"])
+    outcome: Dict[str, Any]
+    code = 0
+    try:
+        from hydra.core.singleton import Singleton
+        from hydra.core.utils import JobStatus, run_job, setup_globals
+
+        _set_threads(job["threads"])
+        from omegaconf.basecontainer import BaseContainer
+
+        # resolvers are functions (not sent): keep this process's own, registered on import
+        Singleton.set_state({**job["singleton_state"], "omegaconf_resolvers": BaseContainer._resolvers})
+        setup_globals()
+        task = _resolve_task(job["task"])
+        ret = run_job(hydra_context=job["hydra_context"], task_function=task, config=job["config"],
+                      job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+        if ret.status == JobStatus.COMPLETED:
+            outcome = {"status": "completed", "return_value": ret._return_value}
+        else:
+            e = ret._return_value
+            tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+            error_file.parent.mkdir(parents=True, exist_ok=True)
+            error_file.write_text(tb)
+            sys.stderr.write(tb)
+            outcome = {"status": "failed", "error_line": _error_line(e)}
+            code = 1
+    except SystemExit as e:
+        # a task that exits (a CLI's user error: one line, exit status 2) fails this job only
+        code = e.code if isinstance(e.code, int) else 1
+        # the launcher writes error.txt from the job's last output line (its one-line message)
+        outcome = {"status": "completed", "return_value": None} if code == 0 else {"status": "failed"}
+    except BaseException as e:  # noqa: BLE001 - recorded, then this process ends with status 1
+        tb = traceback.format_exc()
+        error_file.parent.mkdir(parents=True, exist_ok=True)
+        error_file.write_text(tb)
+        sys.stderr.write(tb)
+        outcome = {"status": "failed", "error_line": _error_line(e)}
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        data = pickle.dumps(outcome)
+    except Exception:  # noqa: BLE001 - a return value that cannot be sent back
+        data = pickle.dumps({"status": outcome["status"], "return_value": repr(outcome.get("return_value")),
+                             "error_line": outcome.get("error_line")})
+    out.write(data)
+    out.close()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

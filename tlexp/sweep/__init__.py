@@ -1,0 +1,1 @@
+"""Sweeps: the one-pass featurize plan (a Hydra callback), the sweep report, and the cache admin."""
