@@ -27,7 +27,8 @@ def test_default_experiment_as_a_user_runs_it(tmp_path: Path) -> None:
     assert metrics["name"] == "digits_transfer"
     assert metrics["test"]["accuracy"] > 0.85, metrics["test"]
     assert metrics["featurize"]["cache_hit"] is False and len(metrics["featurize"]["key"]) == 32
-    assert set(metrics["timing"]) == {"featurize_s", "fit_s", "total_s"}
+    assert set(metrics["timing"]) == {"featurize_s", "fit_s", "total_s", "started_at", "finished_at"}
+    assert metrics["status"] == "completed"
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     # the table a person reads
     assert "tlexp run: digits_transfer" in res.stdout and "accuracy" in res.stdout
@@ -93,8 +94,11 @@ def test_sweep_2x2_reuses_the_cache(tmp_path: Path) -> None:
         by_cut.setdefault(m["freeze"]["up_to"], []).append(m)
     assert set(by_cut) == {"pool2", "flatten"}
     for cut, ms in by_cut.items():
-        assert [m["featurize"]["cache_hit"] for m in ms] == [False, True], cut
+        # the sweep's featurize plan computed both cuts before the jobs ran: every job hits
+        assert [m["featurize"]["cache_hit"] for m in ms] == [True, True], cut
         assert ms[0]["featurize"]["key"] == ms[1]["featurize"]["key"]
+    plan = json.loads((sweep / "featurize_plan.json").read_text())
+    assert sorted(c["key"] for g in plan["groups"] for c in g["cuts"]) == sorted(m["featurize"]["key"] for m in (by_cut["pool2"][0], by_cut["flatten"][0]))
     assert by_cut["pool2"][0]["featurize"]["key"] != by_cut["flatten"][0]["featurize"]["key"]
 
 
