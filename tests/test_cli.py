@@ -157,8 +157,16 @@ def test_wheel_carries_configs_and_base_models(tmp_path: Path) -> None:
     wheel = next(tmp_path.glob("tlexp-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     for needed in ("tlexp/conf/config.yaml", "tlexp/conf/experiment/digits_transfer.yaml", "tlexp/conf/__init__.py",
-                   "tlexp/models/digits_cnn/weights.safetensors", "tlexp/models/churn_net/config.json"):
+                   "tlexp/models/digits_cnn/weights.safetensors", "tlexp/models/churn_net/config.json",
+                   "hydra_plugins/tlexp_gpu_pool/launcher.py", "hydra_plugins/tlexp_gpu_pool/_worker.py",
+                   "tlexp/conf/hydra/launcher/ray.yaml", "tlexp/conf/hydra/launcher/slurm.yaml",
+                   "tlexp/conf/hparams_search/optuna.yaml"):
         assert needed in names, needed
+    # hydra_plugins stays a namespace package, shared with other Hydra plugins
+    assert "hydra_plugins/__init__.py" not in names
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "tlexp-report = tlexp.cli:report_main" in scripts and "tlexp-cache = tlexp.cli:cache_main" in scripts
 
 
 def test_a_users_own_config_folder_adds_experiments(tmp_path: Path) -> None:

@@ -149,6 +149,11 @@ def _fmt(v: Any, digits: int = 4) -> str:
         return "yes" if v else "no"
     if isinstance(v, float):
         return f"{v:.{digits}f}"
+    if isinstance(v, str) and len(v) > 8:
+        try:  # a searched value (0.017648992258182564) reads better short; the CSV keeps it whole
+            return f"{float(v):.4g}" if digits <= 4 else v
+        except ValueError:
+            pass
     return str(v)
 
 
@@ -264,8 +269,10 @@ def write_report(rep: SweepReport, out_dir: Path | None = None) -> dict[str, Pat
 def render_table(rep: SweepReport) -> Table:
     header, rows = _table_rows(rep)
     table = Table(title=f"sweep: {rep.sweep_dir.name} ({len(rep.rows)} jobs, {len(rep.failed)} failed)")
+    short = {"featurize_s": "feat s", "fit_s": "fit s", "cache hit": "hit"}
     for h in header:
-        table.add_column(h, justify="right" if h not in ("status",) else "left")
+        name = h.rsplit(".", 1)[-1] if h in rep.swept else short.get(h, h)  # the files keep full names
+        table.add_column(name, justify="left" if h == "status" else "right", overflow="fold")
     for row, r in zip(rows, rep.rows):
         style = "bold green" if r is rep.best else ("red" if r.status != "completed" else None)
         table.add_row(*[_fmt(v) for v in row], style=style)
@@ -275,7 +282,10 @@ def render_table(rep: SweepReport) -> Table:
 def print_sweep_report(sweep_dir: str | Path, metric: str | None = None, console: Console | None = None,
                        write: bool = True) -> SweepReport:
     rep = load_sweep(sweep_dir, metric)
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # a log file or a pipe: room for the columns
+            console = Console(width=140)
     console.print(render_table(rep))
     console.print(_best_line(rep))
     if write:
