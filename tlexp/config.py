@@ -134,10 +134,24 @@ class FinetuneConfig:
     weight_decay: float = 0.0
     #: L2 penalty on weights added to the loss: l2 / 2 * sum ||w||^2
     l2: float = 0.0
+    #: L1 penalty on weights (l1 * sum |w|), and DL4J's bias counterparts l1Bias / l2Bias
+    l1: float = 0.0
+    l1_bias: float = 0.0
+    l2_bias: float = 0.0
+    #: decoupled weight decay on biases (DL4J weightDecayBias); weight_decay covers weights only
+    weight_decay_bias: float = 0.0
+    #: a separate learning rate for biases (DL4J biasUpdater); null: finetune.lr
+    bias_lr: Optional[float] = None
+    #: applied after every step: [{type: max_norm, max: 2.0, apply_to: weights}], types max_norm,
+    #: min_max_norm (min, max, rate), unit_norm, non_negative; apply_to weights | biases | all
+    constraints: list[Any] = field(default_factory=list)
     schedule: str = "none"
     #: null or a mapping (assigned whole on the command line: finetune.schedule_args={gamma: 0.5})
     schedule_args: Optional[Any] = None
+    #: torch's drop probability (0.2: drop 20%)
     dropout: Optional[float] = None
+    #: DL4J's dropOut(x): the probability to *retain* an activation (0.8: drop 20%)
+    dropout_retain: Optional[float] = None
     activation: Optional[str] = None
     apply_to_output: bool = False
     weight_init: Optional[str] = None

@@ -114,6 +114,7 @@ class TransferModule(pl.LightningModule):
         self.manual_backward(loss + ft.regularization_loss(self.model, self.settings))
         ft.normalize_gradients(self.model, self.settings)
         optimizer.step()
+        ft.apply_constraints(self.model, self.settings)
         if self._step_scheduler is not None:
             self._step_scheduler.step()
         self._train_sum = self._train_sum + loss.detach() * len(y)

@@ -21,7 +21,7 @@ apply to weights only (parameters with two or more dimensions), not to biases or
 parameters, as Deeplearning4j's ``l2`` / ``weightDecay`` do.
 """
 
-from tlexp.finetune._grads import normalize_gradients, regularization_loss
+from tlexp.finetune._grads import apply_constraints, normalize_gradients, regularization_loss
 from tlexp.finetune._optim import build_optimizer, load_optimizer_state
 from tlexp.finetune._overrides import apply_graph_overrides
 from tlexp.finetune._schedule import build_scheduler
@@ -47,6 +47,7 @@ __all__ = [
     "build_scheduler",
     "load_optimizer_state",
     "normalize_gradients",
+    "apply_constraints",
     "parse_finetune",
     "regularization_loss",
     "validate_finetune",

@@ -22,7 +22,7 @@ from tlexp.finetune._params import is_weight, rule_for, trainable_params
 from tlexp.finetune._settings import parse
 from tlexp.graph import LayerGraph
 
-__all__ = ["regularization_loss", "normalize_gradients"]
+__all__ = ["regularization_loss", "normalize_gradients", "apply_constraints"]
 
 
 def regularization_loss(graph: LayerGraph, cfg: Any) -> torch.Tensor:
@@ -37,11 +37,23 @@ def regularization_loss(graph: LayerGraph, cfg: Any) -> torch.Tensor:
     for np_ in trainable_params(graph):
         device = device or np_.param.device
         if not is_weight(np_.param):
+            # biases and norm parameters: DL4J's l1Bias / l2Bias
+            term = None
+            if s.l2_bias:
+                term = 0.5 * s.l2_bias * np_.param.pow(2).sum()
+            if s.l1_bias:
+                t1 = s.l1_bias * np_.param.abs().sum()
+                term = t1 if term is None else term + t1
+            if term is not None:
+                total = term if total is None else total + term
             continue
         rule = rule_for(np_.node, s.groups)
         coef = rule.l2 if rule is not None and rule.l2 is not None else s.l2
         if coef:
             term = 0.5 * coef * np_.param.pow(2).sum()
+            total = term if total is None else total + term
+        if s.l1:
+            term = s.l1 * np_.param.abs().sum()
             total = term if total is None else total + term
     if total is None:
         return torch.zeros((), device=device)
@@ -86,3 +98,39 @@ def _scale_to(grads: Iterable[torch.Tensor], target: float, only_down: bool) -> 
     factor = target / norm
     for g in grads:
         g.mul_(factor.to(g.device, g.dtype))
+
+
+@torch.no_grad()
+def apply_constraints(graph: LayerGraph, cfg: Any) -> None:
+    """DL4J's constraints, applied to the trainable parameters after each step.
+
+    Norms are taken per unit as DL4J takes them: a dense weight's per input unit (DL4J's
+    dimension 1 of its [nIn, nOut] matrix: torch's dim 0 of [out, in]), a convolution kernel's
+    per output filter, a bias vector whole.
+    """
+    s = parse(cfg)
+    if not s.constraints:
+        return
+    for np_ in trainable_params(graph):
+        p = np_.param
+        weight = is_weight(p)
+        for c in s.constraints:
+            if (c["apply_to"] == "weights" and not weight) or (c["apply_to"] == "biases" and weight):
+                continue
+            if c["type"] == "non_negative":
+                p.clamp_(min=0.0)
+                continue
+            if p.dim() == 2:
+                norm = p.norm(dim=0, keepdim=True)
+            elif p.dim() > 2:
+                norm = p.flatten(1).norm(dim=1).reshape(-1, *([1] * (p.dim() - 1)))
+            else:
+                norm = p.norm()
+            eps = 1e-6
+            if c["type"] == "unit_norm":
+                p.div_(norm + eps)
+            elif c["type"] == "max_norm":
+                p.mul_(norm.clamp(max=c["max"]) / (norm + eps))
+            else:  # min_max_norm
+                target = norm.clamp(min=c["min"], max=c["max"])
+                p.mul_((c["rate"] * target + (1.0 - c["rate"]) * norm) / (norm + eps))

@@ -81,8 +81,9 @@ def param_groups(graph: LayerGraph, s: Settings, native_decay: bool) -> list[dic
         label = "default" if rule is None else rule.label
         for weights, name in ((True, label), (False, f"{label}/no_decay")):
             if (index, weights) in buckets:
-                decay = wd if weights else 0.0
-                group = {"params": buckets[(index, weights)], "lr": lr, "name": name}
+                decay = wd if weights else s.weight_decay_bias
+                group_lr = lr if weights or s.bias_lr is None else s.bias_lr
+                group = {"params": buckets[(index, weights)], "lr": group_lr, "name": name}
                 group.update({"weight_decay": decay} if native_decay else {"weight_decay": 0.0, WD_KEY: decay})
                 groups.append(group)
     return groups

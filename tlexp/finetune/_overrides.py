@@ -83,13 +83,24 @@ def _override_layers(graph: LayerGraph, s: Settings) -> None:
     head = set() if s.apply_to_output else output_head(graph)
     scope = [n for n in graph.nodes if n.name not in graph.frozen and n.name not in head]
     names = {n.name for n in scope}
+    dropout_set = False
     for node in scope:
         spec = layer_spec(node.module)
         if spec is None:  # a zoo block or a plain module: no spec to keep an override in
             continue
         changes = _changes(graph, node, spec[0], spec[1], s, names)
+        dropout_set = dropout_set or "dropout" in changes or "p" in changes
         if changes:
             _respec(node, spec[0], {**spec[1], **changes})
+    if s.dropout is not None and not dropout_set:
+        import warnings
+
+        warnings.warn(
+            f"finetune.dropout: the override (drop probability {s.dropout:g}) changes no layer: no unfrozen layer "
+            "takes dropout (frozen layers and the output layer are left alone; finetune.apply_to_output=true "
+            "includes the output layer)",
+            stacklevel=3,
+        )
 
 
 def _changes(

@@ -118,6 +118,12 @@ class Settings:
     threshold: float
     seed: int | None
     groups: tuple[GroupRule, ...] = field(default_factory=tuple)
+    l1: float = 0.0
+    l1_bias: float = 0.0
+    l2_bias: float = 0.0
+    weight_decay_bias: float = 0.0
+    bias_lr: float | None = None
+    constraints: tuple[dict[str, Any], ...] = field(default_factory=tuple)
 
     @property
     def base_lr(self) -> float:
@@ -344,6 +350,7 @@ def parse(cfg: Any) -> Settings:
     if isinstance(cfg, Settings):
         return cfg
     c = _plain(cfg)
+    _check_keys(c)
     get = c.get
     optimizer = _optimizer(get("optimizer", "adam"))
     schedule = _name(get("schedule", "none") or "none", "finetune.schedule", SCHEDULES)
@@ -351,6 +358,15 @@ def parse(cfg: Any) -> Settings:
     if optimizer == "nesterov" and momentum == 0.0:
         raise ConfigError("finetune.momentum: 0 with optimizer nesterov; valid: (0, 1) (Nesterov needs momentum)")
     dropout = get("dropout")
+    retain = get("dropout_retain")
+    if retain is not None:
+        if dropout is not None:
+            raise ConfigError(
+                "finetune.dropout_retain: set dropout (torch's drop probability) or dropout_retain (DL4J's "
+                "retain probability), not both"
+            )
+        retain = _number(retain, "finetune.dropout_retain", low=0.0, high=1.0, low_open=True)
+        dropout = 1.0 - retain
     activation = get("activation")
     weight_init = get("weight_init")
     bias_init = get("bias_init")
@@ -379,4 +395,58 @@ def parse(cfg: Any) -> Settings:
         ),
         seed=None if seed is None else _int(seed, "finetune.seed"),
         groups=_groups(get("groups")),
+        l1=_number(get("l1", 0.0), "finetune.l1", low=0.0),
+        l1_bias=_number(get("l1_bias", 0.0), "finetune.l1_bias", low=0.0),
+        l2_bias=_number(get("l2_bias", 0.0), "finetune.l2_bias", low=0.0),
+        weight_decay_bias=_number(get("weight_decay_bias", 0.0), "finetune.weight_decay_bias", low=0.0),
+        bias_lr=None if get("bias_lr") is None else _number(get("bias_lr"), "finetune.bias_lr", low=0.0),
+        constraints=_constraints(get("constraints")),
     )
+
+
+#: constraint type -> its arguments and defaults (None: required)
+CONSTRAINTS: dict[str, dict[str, Any]] = {
+    "max_norm": {"max": None},
+    "min_max_norm": {"min": None, "max": None, "rate": 1.0},
+    "unit_norm": {},
+    "non_negative": {},
+}
+_APPLY_TO = ("weights", "biases", "all")
+
+
+def _constraints(value: Any) -> tuple[dict[str, Any], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"finetune.constraints: {value!r} is not a list like [{{type: max_norm, max: 2.0}}]")
+    out = []
+    for i, entry in enumerate(value):
+        where = f"finetune.constraints[{i}]"
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{where}: {entry!r} is not a mapping like {{type: max_norm, max: 2.0}}")
+        kind = _name(entry.get("type"), f"{where}.type", list(CONSTRAINTS))
+        allowed = {"type", "apply_to", *CONSTRAINTS[kind]}
+        for key in entry:
+            if key not in allowed:
+                raise ConfigError(f"{where}.{key}: unknown key for {kind}; valid: {choices(sorted(allowed))}")
+        c: dict[str, Any] = {"type": kind, "apply_to": _name(entry.get("apply_to", "weights"), f"{where}.apply_to",
+                                                             _APPLY_TO)}
+        for arg, default in CONSTRAINTS[kind].items():
+            v = entry.get(arg, default)
+            if v is None:
+                raise ConfigError(f"{where}.{arg}: {kind} needs {arg}")
+            c[arg] = _number(v, f"{where}.{arg}", low=0.0)
+        if kind == "min_max_norm" and c["min"] > c["max"]:
+            raise ConfigError(f"{where}: min {c['min']} is above max {c['max']}")
+        out.append(c)
+    return tuple(out)
+
+
+def _check_keys(c: Mapping[str, Any]) -> None:
+    """Unknown ``finetune`` keys are refused from Python too (Hydra's schema refuses them from YAML)."""
+    from tlexp.config import FinetuneConfig
+
+    known = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    for key in c:
+        if key not in known:
+            raise ConfigError(f"finetune.{key}: unknown key; valid: {choices(sorted(known))}")
