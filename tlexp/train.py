@@ -180,7 +180,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             prefix, boundary, data, cfg.paths.cache_dir, dtype=cfg.featurize.dtype,
             batch_size=cfg.featurize.batch_size, augment_copies=cfg.featurize.augment_copies,
             overwrite=cfg.featurize.overwrite, device=device, autocast=_autocast_dtype(cfg, device),
-            info={"up_to": _container(cfg.freeze.up_to), "source": _source_name(cfg), "data": data.identity(),
+            info={"up_to": plain(cfg.freeze.up_to), "source": _source_name(cfg), "data": data.identity(),
                   "writer": str(out_dir)},
         )
         t_feat = result.seconds
