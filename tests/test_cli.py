@@ -55,7 +55,7 @@ def test_inspect_json_is_the_architecture(tmp_path: Path) -> None:
         (["surgery.ops=[{op: frobnicate}]"], "surgery.ops[0].op: unknown op 'frobnicate'; valid: add_layer"),
         (["surgery.ops=[{op: add_layer, name: x, type: conv2d, out_channels: 2, kernel_size: 3}]"],
          "surgery.ops[0] (add_layer 'x')"),
-        (["inspect.format=yaml"], "inspect.format: 'yaml' is not a format; valid: table, json"),
+        (["inspect.format=yaml"], "inspect.format: 'yaml' is not a valid choice; valid: table, json"),
     ],
 )
 def test_inspect_bad_input_is_one_line(tmp_path: Path, args: list[str], expect: str) -> None:
@@ -75,8 +75,8 @@ def test_inspect_bad_input_is_one_line(tmp_path: Path, args: list[str], expect: 
         (["trainer.max_epochs=abc"], "trainer.max_epochs"),
         (["finetune.optimizer=adamx"], "finetune.optimizer: unknown value 'adamx'; valid: sgd, nesterov, adam"),
         (["freeze.up_to=conv9"], "freeze.up_to: no layer named 'conv9'"),
-        (["freeze.mode=sometimes"], "freeze.mode: 'sometimes' is not a mode; valid: featurize, in_model"),
-        (["featurize.dtype=int8"], "featurize.dtype: 'int8' is not supported; valid: float32, float16, bfloat16"),
+        (["freeze.mode=sometimes"], "freeze.mode: 'sometimes' is not a valid choice; valid: featurize, in_model"),
+        (["featurize.dtype=int8"], "featurize.dtype: 'int8' is not a valid choice; valid: float32, float16, bfloat16"),
     ],
 )
 def test_run_bad_config_is_one_line_and_leaves_no_run_folder(tmp_path: Path, args: list[str], expect: str) -> None:

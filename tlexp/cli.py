@@ -8,6 +8,7 @@ unreadable file — print one line and exit with status 2, leaving no half-writt
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from collections.abc import Callable
@@ -33,7 +34,7 @@ def _fail(message: str) -> None:
 def _hydra_error_line(e: BaseException) -> str | None:
     """One line for the config errors Hydra and OmegaConf raise at compose time."""
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-    from omegaconf.errors import OmegaConfBaseException
+    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
     if isinstance(e, MissingConfigException):
         opts = getattr(e, "options", None)
@@ -43,8 +44,16 @@ def _hydra_error_line(e: BaseException) -> str | None:
         return first + (f"; valid: {', '.join(opts)}" if opts else "")
     if isinstance(e, (ConfigCompositionException, OverrideParseException)):
         lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-        cause = e.__cause__
+        cause = e.__cause__ or e.__context__
         tail = ""
+        where = re.match(r"In '(experiment/[^']+)'", lines[0])
+        if where and isinstance(cause, ConfigKeyError) and getattr(cause, "full_key", None):
+            # an experiment sets a key that the group option chosen on the command line lacks
+            key = str(cause.full_key)
+            group = key.split(".")[0]
+            return (f"{key}: {where.group(1)} sets it, but the chosen {group} option has no such key "
+                    f"({_valid_keys(cause)}); choose the {group} the experiment is made for, or start "
+                    "from a blank recipe with experiment=none")
         if isinstance(cause, OmegaConfBaseException):
             tail = _omegaconf_line(cause)
         elif len(lines) > 1:
@@ -55,15 +64,23 @@ def _hydra_error_line(e: BaseException) -> str | None:
     return None
 
 
-def _omegaconf_line(e: Any) -> str:
+def _valid_keys(e: Any) -> str:
     import dataclasses
 
+    obj_type = getattr(e, "object_type", None)
+    if obj_type is not None and dataclasses.is_dataclass(obj_type):
+        return "valid keys here: " + ", ".join(f.name for f in dataclasses.fields(obj_type))
+    return "no schema"
+
+
+def _omegaconf_line(e: Any) -> str:
     msg = str(e).strip().splitlines()[0]
     key = getattr(e, "full_key", None)
-    obj_type = getattr(e, "object_type", None)
-    if "not in" in msg and obj_type is not None and dataclasses.is_dataclass(obj_type):
-        valid = ", ".join(f.name for f in dataclasses.fields(obj_type))
-        return f"{key}: no such key; valid keys here: {valid}"
+    bad_choice = re.match(r"Invalid value '(.*)', expected one of \[(.*)\]", msg)
+    if bad_choice and key:  # a closed choice (an Enum in tlexp.config)
+        return f"{key}: {bad_choice.group(1)!r} is not a valid choice; valid: {bad_choice.group(2)}"
+    if "not in" in msg and _valid_keys(e) != "no schema":
+        return f"{key}: no such key; {_valid_keys(e)}"
     if key:
         return f"{key}: {msg}"
     return msg
@@ -146,9 +163,20 @@ def optimized_value(cfg: DictConfig, metrics: dict[str, Any]) -> float:
     return float(node)
 
 
+def _refuse_shadowed(argv: list[str]) -> None:
+    from tlexp._choices import shadowed_choice
+    from tlexp._resources import CONF_DIR
+
+    line = shadowed_choice(argv, Path(CONF_DIR))
+    if line is not None:
+        _fail(line)
+
+
 def main() -> None:
     """``tlexp [overrides]`` / ``tlexp -m key=a,b …``."""
-    sys.argv = [sys.argv[0], *_default_recipe(sys.argv[1:])]
+    argv = _default_recipe(sys.argv[1:])
+    _refuse_shadowed(argv)
+    sys.argv = [sys.argv[0], *argv]
     _guard(_run_app)
 
 
@@ -165,6 +193,7 @@ def _inspect_app(cfg: DictConfig) -> None:
 def inspect_main() -> None:
     """``tlexp-inspect [overrides]``: the layer table (or ``inspect.format=json``)."""
     argv = _default_recipe(sys.argv[1:])
+    _refuse_shadowed(argv)
     # inspecting writes nothing: no run folder, no log file
     quiet = ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
     sys.argv = [sys.argv[0], *argv, *quiet]

@@ -8,13 +8,67 @@ compute. Sources and data sets are polymorphic groups: every option has its own 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
 
-__all__ = ["register_configs", "TlexpConfig"]
+from tlexp.finetune._settings import GRADIENT_NORMALIZATIONS, SCHEDULES
+from tlexp.freeze import MODES
+
+__all__ = [
+    "register_configs",
+    "TlexpConfig",
+    "Choice",
+    "FreezeMode",
+    "CacheDtype",
+    "Schedule",
+    "GradientNormalization",
+    "Loss",
+    "Accelerator",
+    "InspectFormat",
+    "MonitorMode",
+    "plain_choices",
+]
+
+
+# ---- closed choices ---------------------------------------------------------------------------
+
+
+class Choice(str, Enum):
+    """A closed choice: OmegaConf checks it at compose time and lists the valid values; in code
+    it compares, hashes and formats as its plain string (member names equal their values)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
+def _choice(name: str, values: Iterable[str]) -> type[Choice]:
+    return Choice(name, {v: v for v in values})  # type: ignore[return-value]
+
+
+FreezeMode = _choice("FreezeMode", MODES)
+CacheDtype = _choice("CacheDtype", ("float32", "float16", "bfloat16"))
+Schedule = _choice("Schedule", SCHEDULES)
+GradientNormalization = _choice("GradientNormalization", GRADIENT_NORMALIZATIONS)
+Loss = _choice("Loss", ("cross_entropy", "nll"))
+Accelerator = _choice("Accelerator", ("cpu", "gpu", "cuda", "mps", "auto"))
+InspectFormat = _choice("InspectFormat", ("table", "json"))
+MonitorMode = _choice("MonitorMode", ("min", "max", "auto"))
+
+
+def plain_choices(cfg: DictConfig) -> DictConfig:
+    """The composed config with its closed choices as plain strings, for the code past the
+    entry point (h5py attributes, Lightning arguments, JSON files take strings). The choices
+    were checked when the config was composed; interpolations stay as they are."""
+    data = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
+    return OmegaConf.create(data)  # type: ignore[return-value]
 
 
 # ---- source -----------------------------------------------------------------------------------
@@ -95,7 +149,7 @@ class FreezeConfig:
     #: a layer name or index (or a list of names on a graph); null = nothing frozen
     up_to: Any = None
     #: featurize: run the frozen prefix once into the HDF5 cache; in_model: keep it in the model
-    mode: str = "featurize"
+    mode: FreezeMode = FreezeMode.featurize  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -103,7 +157,7 @@ class FeaturizeConfig:
     #: prefix outputs above this many bytes stream from HDF5 instead of living in memory
     max_memory: str = "2GB"
     #: dtype the cache stores (part of the key): float32, float16, bfloat16
-    dtype: str = "float32"
+    dtype: CacheDtype = CacheDtype.float32  # type: ignore[attr-defined]
     batch_size: int = 256
     #: K > 0 stores K randomly augmented passes of the training split; each epoch draws one
     augment_copies: int = 0
@@ -145,7 +199,7 @@ class FinetuneConfig:
     #: applied after every step: [{type: max_norm, max: 2.0, apply_to: weights}], types max_norm,
     #: min_max_norm (min, max, rate), unit_norm, non_negative; apply_to weights | biases | all
     constraints: list[Any] = field(default_factory=list)
-    schedule: str = "none"
+    schedule: Schedule = Schedule.none  # type: ignore[attr-defined]
     #: null or a mapping (assigned whole on the command line: finetune.schedule_args={gamma: 0.5})
     schedule_args: Optional[Any] = None
     #: torch's drop probability (0.2: drop 20%)
@@ -156,12 +210,12 @@ class FinetuneConfig:
     apply_to_output: bool = False
     weight_init: Optional[str] = None
     bias_init: Optional[float] = None
-    gradient_normalization: str = "none"
+    gradient_normalization: GradientNormalization = GradientNormalization.none  # type: ignore[attr-defined]
     gradient_normalization_threshold: float = 1.0
     seed: Optional[int] = None
     groups: list[GroupOverride] = field(default_factory=list)
     #: cross_entropy (probabilities or logits, read off the output layer) or nll
-    loss: str = "cross_entropy"
+    loss: Loss = Loss.cross_entropy  # type: ignore[attr-defined]
     #: weigh the loss by inverse class frequency of the training split
     class_weights: bool = False
     #: keep the optimizer state in model/optimizer.safetensors (DL4J saveUpdater)
@@ -228,7 +282,7 @@ class ImageFolderData(SplitData):
 @dataclass
 class TrainerConfig:
     max_epochs: int = 10
-    accelerator: str = "cpu"
+    accelerator: Accelerator = Accelerator.cpu  # type: ignore[attr-defined]
     devices: Any = 1
     precision: Any = "32-true"
     deterministic: bool = True
@@ -248,7 +302,7 @@ class TrainConfig:
     #: the metric that chooses the epoch: val/loss, val/accuracy, val/auroc (two classes)
     monitor: str = "val/loss"
     #: min, max, or auto (min for a loss, max for a score)
-    mode: str = "auto"
+    mode: MonitorMode = MonitorMode.auto  # type: ignore[attr-defined]
     #: load the best epoch's weights before the test evaluation and before model/ is saved
     restore_best: bool = True
 
@@ -263,7 +317,7 @@ class PathsConfig:
 @dataclass
 class InspectConfig:
     #: table (rich) or json (the architecture JSON)
-    format: str = "table"
+    format: InspectFormat = InspectFormat.table  # type: ignore[attr-defined]
 
 
 @dataclass

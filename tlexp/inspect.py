@@ -25,6 +25,9 @@ def inspect_config(cfg: DictConfig, console: Console | None = None) -> dict[str,
     from tlexp.assemble import build_model, needs_data, plain
     from tlexp.data import build_datamodule, data_facts
 
+    from tlexp.config import plain_choices
+
+    cfg = plain_choices(cfg)
     fmt = cfg.inspect.format
     if fmt not in FORMATS:
         raise ConfigError(f"inspect.format: {fmt!r} is not a format; valid: {', '.join(FORMATS)}")

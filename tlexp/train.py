@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tlexp import finetune as ft
 from tlexp.assemble import build_model, edit_graph, load_graph, plain
+from tlexp.config import plain_choices
 from tlexp.data import TlexpDataModule, build_datamodule
 from tlexp.errors import ConfigError, ShapeError
 from tlexp.freeze import MODES
@@ -76,6 +77,7 @@ class Prepared:
 
 
 def prepare(cfg: DictConfig) -> Prepared:
+    cfg = plain_choices(cfg)
     validate(cfg)
     data_cfg = plain(cfg.data)
     if data_cfg.get("type") == "image_folder":
@@ -157,6 +159,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment; returns the metrics also written to ``metrics.json``."""
     import pytorch_lightning as pl
 
+    cfg = plain_choices(cfg)
     from tlexp.featurize import FeaturizedDataModule, describe, featurize
     from tlexp.module import TransferModule, evaluate
     from tlexp.sources.saved import save_model

@@ -1,0 +1,91 @@
+"""Composing a config as a new user does: errors name the key and the way out (one line, exit 2),
+closed choices are checked at compose time, and a group option chosen on the command line is
+never silently undone by the experiment's values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+import tlexp.config  # noqa: F401  (registers the schemas)
+from tests.conftest import run_cli
+from tlexp._choices import shadowed_choice
+from tlexp._resources import CONF_DIR
+from tlexp.cli import _hydra_error_line
+
+
+def _compose_error(overrides: list[str]) -> str:
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        with pytest.raises(Exception) as info:
+            compose("config", overrides=overrides)
+    line = _hydra_error_line(info.value)
+    assert line is not None and "\n" not in line
+    return line
+
+
+def test_a_data_set_without_the_experiments_keys_names_the_key_and_experiment_none():
+    line = _compose_error(["data=csv", "data.path=t.csv", "data.label=y"])
+    assert line.startswith("data.classes: experiment/digits_transfer sets it")
+    assert "experiment=none" in line and "valid keys here: type" in line
+
+
+def test_a_misspelled_key_names_it_and_the_valid_keys():
+    line = _compose_error(["finetune.lrr=3"])
+    assert "finetune.lrr: no such key; valid keys here: optimizer, lr," in line
+
+
+@pytest.mark.parametrize(("override", "valid"), [
+    ("freeze.mode=bogus", "[featurize, in_model]"),
+    ("finetune.schedule=cosin", "cosine"),
+    ("trainer.accelerator=tpu", "[cpu, gpu, cuda, mps, auto]"),
+    ("finetune.loss=mse", "[cross_entropy, nll]"),
+])
+def test_a_bad_closed_choice_fails_at_compose_time_listing_the_valid_values(override, valid):
+    line = _compose_error([override])
+    key, value = override.split("=")
+    assert f"{key}: {value!r} is not a valid choice; valid: " in line and valid.strip("[]") in line
+
+
+def _shadow(*argv: str) -> str | None:
+    return shadowed_choice(list(argv), Path(CONF_DIR))
+
+
+@pytest.mark.parametrize(("argv", "key"), [
+    (["finetune=nesterov"], "finetune.lr"),
+    (["freeze=none"], "freeze.up_to"),
+    (["experiment=churn_transfer", "finetune=default"], "finetune.lr"),
+])
+def test_a_group_choice_the_experiment_would_undo_is_refused_naming_the_keys(argv, key):
+    line = _shadow(*argv)
+    assert line is not None and f"sets {key}" in line and "experiment=none" in line and f"{key}=" in line
+
+
+@pytest.mark.parametrize("argv", [
+    ["freeze=in_model"],  # the experiment sets only freeze.up_to, which in_model leaves to it
+    ["finetune=nesterov", "finetune.lr=0.1"],  # the command line sets the key too: it wins
+    ["experiment=none", "finetune=nesterov"],
+    ["experiment=digits_transfer", "finetune=default"],  # the experiment's own choice
+])
+def test_group_choices_the_experiment_does_not_undo_are_allowed(argv):
+    assert _shadow(*argv) is None
+
+
+def test_freeze_in_model_on_the_command_line_is_what_runs():
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["freeze=in_model"])
+    assert cfg.freeze.mode == "in_model" and cfg.freeze.up_to == "flatten"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("args", "expect"), [
+    (["data=csv", "data.path=t.csv", "data.label=y"], "data.classes: experiment/digits_transfer sets it"),
+    (["finetune=nesterov"], "finetune=nesterov: experiment digits_transfer sets finetune.lr"),
+])
+def test_the_cli_prints_one_line_and_exits_2(tmp_path, args, expect):
+    res = run_cli(args, cwd=tmp_path)
+    assert res.returncode == 2
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("tlexp: error: " + expect), res.stderr
+    assert list(tmp_path.iterdir()) == []
