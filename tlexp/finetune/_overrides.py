@@ -29,8 +29,7 @@ as it was. Without ``seed`` the global stream is used, like any torch init.
 from __future__ import annotations
 
 import contextlib
-import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -39,6 +38,7 @@ from torch import nn
 from tlexp.finetune._params import check_group_patterns, is_weight
 from tlexp.finetune._settings import Settings, parse
 from tlexp.graph import LayerGraph, Node, build_layer, get_layer_type, layer_spec, set_spec
+from tlexp.graph._weight_init import WEIGHT_INITS
 
 __all__ = ["apply_graph_overrides", "output_head", "reinit_modules"]
 
@@ -209,23 +209,6 @@ def _init_module(module: nn.Module, s: Settings) -> None:
                 reset()
     for name, p in module.named_parameters():
         if scheme not in (None, "default") and is_weight(p):
-            _INITS[scheme](p)
+            WEIGHT_INITS[scheme](p)  # type: ignore[misc]
         elif s.bias_init is not None and name.rsplit(".", 1)[-1].startswith("bias"):
             p.fill_(s.bias_init)
-
-
-def _fan_in(p: torch.Tensor) -> int:
-    return p.shape[1] * math.prod(p.shape[2:])
-
-
-_INITS: dict[str, Callable[[torch.Tensor], Any]] = {
-    "xavier_uniform": nn.init.xavier_uniform_,
-    "xavier_normal": nn.init.xavier_normal_,
-    "kaiming_uniform": lambda p: nn.init.kaiming_uniform_(p, nonlinearity="relu"),
-    "kaiming_normal": lambda p: nn.init.kaiming_normal_(p, nonlinearity="relu"),
-    # Deeplearning4j's NORMAL and UNIFORM scale by fan-in: N(0, 1/sqrt(fan_in)), U(+-1/sqrt(fan_in))
-    "normal": lambda p: nn.init.normal_(p, 0.0, 1.0 / math.sqrt(_fan_in(p))),
-    "uniform": lambda p: nn.init.uniform_(p, -1.0 / math.sqrt(_fan_in(p)), 1.0 / math.sqrt(_fan_in(p))),
-    "zeros": nn.init.zeros_,
-    "ones": nn.init.ones_,
-}

@@ -16,6 +16,7 @@ from typing import Any
 
 from tlexp.errors import ConfigError, choices
 from tlexp.graph import ACTIVATIONS
+from tlexp.graph._weight_init import WEIGHT_INITS as _WEIGHT_INIT_TABLE
 
 __all__ = [
     "OPTIMIZERS",
@@ -60,17 +61,8 @@ GRADIENT_NORMALIZATIONS = (
     "clip_l2_per_param_type",
 )
 
-WEIGHT_INITS = (
-    "default",
-    "xavier_uniform",
-    "xavier_normal",
-    "kaiming_uniform",
-    "kaiming_normal",
-    "normal",
-    "uniform",
-    "zeros",
-    "ones",
-)
+#: the schemes of the one weight-init table (tlexp.graph._weight_init)
+WEIGHT_INITS = tuple(_WEIGHT_INIT_TABLE)
 
 #: keys a ``finetune.groups`` entry may set (None values count as unset)
 GROUP_KEYS = ("pattern", "lr", "lr_scale", "weight_decay", "l2")

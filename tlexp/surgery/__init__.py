@@ -55,12 +55,12 @@ Every op checks its arguments before it changes anything; after each op the edit
 on example inputs of the declared input shapes, so an impossible edit is a ShapeError naming
 the op, the layer and the shapes. The input graph is never changed: the result shares the
 modules no op touched. New and re-initialized modules carry ``tlexp_reinit = True`` (fine-tune
-applies its weight/bias init to them), and ``tlexp_weight_init`` when an op named a scheme.
+applies its weight/bias init to them), and ``tlexp_weight_init`` when an op named a scheme (one weight-init table: tlexp.graph._weight_init).
 Frozen nodes stay frozen if they keep their module; re-initialized ones start trainable.
 """
 
 from tlexp.surgery import _layer_ops, _resize, _vertex_ops  # noqa: F401  (register the built-in ops)
-from tlexp.surgery._init import WEIGHT_INITS, apply_weight_init
+from tlexp.graph._weight_init import WEIGHT_INITS, apply_weight_init
 from tlexp.surgery._registry import OpContext, OpSpec, apply_ops, get_op, list_ops, register_op
 
 __all__ = [

@@ -29,7 +29,7 @@ from tlexp.graph import (
     rebuild_layer,
 )
 from tlexp.surgery._edit import copy_nodes, make_graph
-from tlexp.surgery._init import WEIGHT_INITS, apply_weight_init
+from tlexp.graph._weight_init import WEIGHT_INITS, apply_weight_init
 from tlexp.surgery._registry import OpContext, mark_new, register_op
 
 __all__ = ["resizable_next", "can_replace_n_out", "can_replace_n_in"]

@@ -1,6 +1,7 @@
-"""Weight-init schemes an op may name for the layers it re-initializes (DL4J's WeightInit).
+"""The one weight-init table (DL4J's WeightInit): the schemes a surgery op may name for the
+layers it re-initializes and ``finetune.weight_init`` applies to new layers.
 
-The names and their meaning are those of ``finetune.weight_init`` (one vocabulary for users).
+One vocabulary, one definition: surgery and fine-tuning both read :data:`WEIGHT_INITS`.
 Only weight matrices and kernels (parameters with two or more axes) are set; biases and norm
 scales keep their construction values (``finetune.bias_init`` sets biases). The scheme's name
 stays on the module as ``tlexp_weight_init`` so the fine-tune init can tell it was chosen.
@@ -14,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["WEIGHT_INITS", "apply_weight_init"]
+__all__ = ["WEIGHT_INITS", "apply_weight_init", "init_weights"]
 
 
 def _fan_in(w: torch.Tensor) -> int:
@@ -45,11 +46,18 @@ WEIGHT_INITS: dict[str, Callable[[torch.Tensor], object] | None] = {
 
 @torch.no_grad()
 def apply_weight_init(module: nn.Module, scheme: str) -> nn.Module:
-    """Initialize the weights of ``module`` with ``scheme`` (a key of WEIGHT_INITS)."""
+    """Initialize the weights of ``module`` with ``scheme`` (a key of WEIGHT_INITS) and note the
+    scheme on it (``tlexp_weight_init``: fine-tuning's init then keeps it)."""
+    init_weights(module, scheme)
+    module.tlexp_weight_init = scheme  # type: ignore[assignment]
+    return module
+
+
+@torch.no_grad()
+def init_weights(module: nn.Module, scheme: str) -> None:
+    """Set the weight matrices and kernels (parameters with two or more axes) by ``scheme``."""
     fn = WEIGHT_INITS[scheme]
     if fn is not None:
         for p in module.parameters():
             if p.dim() >= 2:
                 fn(p)
-    module.tlexp_weight_init = scheme  # type: ignore[assignment]
-    return module
