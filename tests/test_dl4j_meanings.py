@@ -83,3 +83,42 @@ def test_constraints_after_a_step() -> None:
     assert float(norms[norms > 0].min()) >= 3.0 - 1e-4
     with pytest.raises(ConfigError, match="max_norm needs max"):
         ft.parse_finetune({"constraints": [{"type": "max_norm"}]})
+
+
+# ---- DL4J's surgery idioms ---------------------------------------------------------------------
+
+
+def _vgg_tail() -> LayerGraph:
+    nodes = [
+        Node("fc2", build_layer("dense", {"in_features": 4, "out_features": 5, "activation": "relu"}), ["x"]),
+        Node("predictions", build_layer("dense", {"in_features": 5, "out_features": 2}), ["fc2"]),
+        Node("probs", build_layer("activation", {"name": "softmax"}), ["predictions"]),
+    ]
+    return LayerGraph([GraphInput("x", (4,))], nodes, ["probs", "predictions"])
+
+
+def test_remove_vertex_keep_connections_then_add_layer_restores_consumers_and_outputs() -> None:
+    from tlexp.surgery import apply_ops
+
+    g = apply_ops(_vgg_tail(), [
+        {"op": "remove_vertex_keep_connections", "name": "predictions"},
+        {"op": "add_layer", "name": "predictions", "type": "dense", "out_features": 3, "inputs": ["fc2"]},
+    ])
+    assert g.outputs == ["probs", "predictions"]
+    assert g.node("probs").inputs == ["predictions"] and g.node("predictions").inputs == ["fc2"]
+    assert g(torch.rand(2, 4))[0].shape == (2, 3)
+
+
+def test_add_inputs_and_a_layer_with_several_inputs_needs_a_merge() -> None:
+    from tlexp.surgery import apply_ops
+
+    g = apply_ops(_vgg_tail(), [{"op": "add_inputs", "inputs": ["aux"], "shapes": [[5]]}])
+    assert g.inputs == ["x", "aux"]
+    with pytest.raises(ConfigError, match="without a merge.*concat"):
+        apply_ops(g, [{"op": "add_layer", "name": "both", "type": "dense", "out_features": 2,
+                       "inputs": ["fc2", "aux"]}, {"op": "set_outputs", "outputs": ["both"]}])
+    g2 = apply_ops(g, [{"op": "add_vertex", "name": "cat", "type": "concat", "inputs": ["fc2", "aux"]},
+                       {"op": "add_layer", "name": "both", "type": "dense", "out_features": 2, "inputs": ["cat"]},
+                       {"op": "set_outputs", "outputs": ["both"]}])
+    assert g2.node("both").inputs == ["cat"]
+    assert g2(torch.rand(2, 4), torch.rand(2, 5)).shape == (2, 2)

@@ -87,9 +87,9 @@ def test_builtin_ops_are_registered():
 
 
 def test_unknown_op_lists_valid_ops():
-    with pytest.raises(ConfigError, match=r"^surgery\.ops\[1\]\.op: unknown op 'remove_output'; valid: add_layer, add_vertex"):
+    with pytest.raises(ConfigError, match=r"^surgery\.ops\[1\]\.op: unknown op 'remove_output'; valid: add_inputs, add_layer, add_vertex"):
         apply_ops(conv_chain(), [{"op": "remove_output_layer"}, {"op": "remove_output"}])
-    with pytest.raises(ConfigError, match=r"surgery\.ops\[0\]\.op: missing; valid ops: add_layer"):
+    with pytest.raises(ConfigError, match=r"surgery\.ops\[0\]\.op: missing; valid ops: add_inputs, add_layer"):
         apply_ops(conv_chain(), [{"layer": "fc1"}])
     with pytest.raises(ConfigError, match=r"surgery\.ops: expected a list of ops"):
         apply_ops(conv_chain(), {"op": "remove_output_layer"})  # type: ignore[arg-type]
@@ -279,8 +279,12 @@ def test_add_layer_errors():
         apply_ops(g, [{"op": "add_layer", "name": "x", "type": "dense", "args": {"units": 2}}])
     with pytest.raises(ConfigError, match=r"surgery\.ops\[0\]\.out_features: 'auto' is not an int"):
         apply_ops(g, [{"op": "add_layer", "name": "x", "type": "dense", "out_features": "auto"}])
-    with pytest.raises(ConfigError, match=r"surgery\.ops\[0\]\.inputs: add_layer takes 'after'.*use add_vertex"):
+    # DL4J's addLayer(name, layer, inputs...): a layer on named inputs must still reach an output
+    with pytest.raises(ConfigError, match=r"surgery\.ops\[0\] \(add_layer 'x'\): node 'x' does not lead to any output"):
         apply_ops(g, [{"op": "add_layer", "name": "x", "type": "dense", "out_features": 2, "inputs": ["fc1"]}])
+    with pytest.raises(ConfigError, match=r"surgery\.ops\[0\]\.inputs: give 'after' or 'inputs', not both"):
+        apply_ops(g, [{"op": "add_layer", "name": "x", "type": "dense", "out_features": 2, "inputs": ["fc1"],
+                       "after": "fc1"}])
     with pytest.raises(ConfigError, match=r"surgery\.ops\[0\]\.after: the model has 2 outputs \(o1, o2\)"):
         apply_ops(skip_graph(seed=2), [{"op": "add_layer", "name": "x", "type": "identity"}])
 

@@ -68,17 +68,22 @@ def remove_layers_from_output(graph: LayerGraph, ctx: OpContext, *, n: int) -> L
 
 @register_op("add_layer", layer_args=True)
 def add_layer(
-    graph: LayerGraph, ctx: OpContext, *, name: str, type: str, after: str | int | None = None, args: dict[str, Any]
+    graph: LayerGraph, ctx: OpContext, *, name: str, type: str, after: str | int | None = None,
+    inputs: list[str | int] | str | None = None, args: dict[str, Any]
 ) -> LayerGraph:
     """Add a layer at the output (it becomes the output) or right after the node ``after``.
 
     Inserted after a node, the new layer takes that node's output and every consumer of that
-    node (and the graph outputs naming it) takes the new layer's output instead.
+    node (and the graph outputs naming it) takes the new layer's output instead. With
+    ``inputs`` (DL4J's ``addLayer(name, layer, inputs…)``) it takes those; re-adding a name a
+    ``remove_vertex_keep_connections`` just removed gives it back that node's consumers and
+    output slots (DL4J's ``removeVertexKeepConnections("x").addLayer("x", …, src)``).
     """
-    if "inputs" in args:
-        raise ctx.error(ctx.arg_fields.get("inputs", "inputs"),
-                        "add_layer takes 'after' (the node it follows); to add a node with named inputs use add_vertex")
     check_new_name(graph, ctx, name)
+    if inputs is not None:
+        if after is not None:
+            raise ctx.error("inputs", "give 'after' or 'inputs', not both")
+        return _add_with_inputs(graph, ctx, name, type, inputs, args)
     if after is None:
         if len(graph.outputs) != 1:
             raise ctx.error("after", f"the model has {len(graph.outputs)} outputs ({choices(graph.outputs)}); "
@@ -96,6 +101,44 @@ def add_layer(
     pos = graph.index(src) + 1 if src in graph else 0
     nodes.insert(pos, new)
     return make_graph(graph, nodes, [name if o == src else o for o in graph.outputs])
+
+
+def _add_with_inputs(graph: LayerGraph, ctx: OpContext, name: str, type: str, inputs: Any,
+                     args: dict[str, Any]) -> LayerGraph:
+    from tlexp.graph import Role, get_layer_type
+
+    refs = [inputs] if isinstance(inputs, (str, int)) else list(inputs)
+    if not refs:
+        raise ctx.error("inputs", "name at least one input")
+    srcs = [ctx.resolve(graph, r, f"inputs[{j}]", allow_inputs=True) for j, r in enumerate(refs)]
+    lt = get_layer_type(type, f"{ctx.field}.type")
+    if len(srcs) > 1 and lt.role not in (Role.CONCAT, Role.ELEMENTWISE):
+        raise ctx.error("inputs", f"layer {name!r} ({type}) is given {len(srcs)} inputs ({choices(srcs)}) without a "
+                                  "merge; DL4J merges them itself, here add a concat vertex first "
+                                  "({op: add_vertex, type: concat, inputs: [...]}) and give the layer that")
+    module = ctx.build(type, args, ctx.input_shapes(srcs))
+    nodes = copy_nodes(graph)
+    nodes.append(Node(name, module, srcs))
+    outputs = list(graph.outputs)
+    meta = dict(getattr(graph, "meta", None) or {})
+    kept = dict(meta.get("removed_keep_connections") or {})
+    record = kept.pop(name, None)
+    if record is not None and srcs == [record["input"]]:
+        back = set(record["consumers"])
+        for n in nodes:
+            if n.name in back:
+                n.inputs = [name if i == record["input"] else i for i in n.inputs]
+        for i in record["outputs"]:
+            if i < len(outputs) and outputs[i] == record["input"]:
+                outputs[i] = name
+        # consumers come after the re-added layer in topological order
+        nodes = [n for n in nodes if n.name != name]
+        pos = max([j for j, n in enumerate(nodes) if n.name in srcs] + [-1]) + 1
+        nodes.insert(pos, Node(name, module, srcs))
+    out = make_graph(graph, nodes, outputs)
+    meta["removed_keep_connections"] = kept
+    out.meta = meta  # type: ignore[attr-defined]
+    return out
 
 
 @register_op("replace_layer", layer_args=True)

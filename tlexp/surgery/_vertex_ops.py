@@ -60,7 +60,33 @@ def remove_vertex_keep_connections(graph: LayerGraph, ctx: OpContext, *, name: s
                                 "at least one layer must produce each output")
     nodes = [n for n in copy_nodes(graph) if n.name != target]
     rewire(nodes, {target: src})
-    return make_graph(graph, nodes, [src if o == target else o for o in graph.outputs])
+    out = make_graph(graph, nodes, [src if o == target else o for o in graph.outputs])
+    # remembered so that re-adding the name (DL4J's removeVertexKeepConnections("x").addLayer("x",
+    # …, src)) gives the new layer back the removed one's consumers and output slots
+    meta = dict(getattr(out, "meta", None) or {})
+    kept = dict(meta.get("removed_keep_connections") or {})
+    kept[target] = {"input": src, "consumers": list(users),
+                    "outputs": [i for i, o in enumerate(graph.outputs) if o == target]}
+    meta["removed_keep_connections"] = kept
+    out.meta = meta  # type: ignore[attr-defined]
+    return out
+
+
+@register_op("add_inputs")
+def add_inputs(graph: LayerGraph, ctx: OpContext, *, inputs: list[str] | str,
+               shapes: list[list[int]] | None = None) -> LayerGraph:
+    """New graph inputs (DL4J ``addInputs``); ``shapes``: one per-sample shape per input."""
+    from tlexp.graph import GraphInput
+
+    names = [inputs] if isinstance(inputs, str) else list(inputs)
+    if not names:
+        raise ctx.error("inputs", "name at least one new input")
+    if shapes is not None and len(shapes) != len(names):
+        raise ctx.error("shapes", f"{len(shapes)} shapes for {len(names)} inputs; give one per input")
+    for n in names:
+        check_new_name(graph, ctx, n, "inputs")
+    new = [GraphInput(n, tuple(shapes[i]) if shapes is not None else None) for i, n in enumerate(names)]
+    return make_graph(graph, copy_nodes(graph), inputs=[*graph.graph_inputs, *new])
 
 
 @register_op("remove_vertex_and_connections")
