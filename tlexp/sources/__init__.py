@@ -31,6 +31,7 @@ SOURCES: dict[str, str] = {
 #: when a config names a type it does not know yet (a saved Keras import names keras_relu)
 for _provider in (
     "tlexp.sources.keras._layers",
+    "tlexp.sources.keras._layers_more",
     "tlexp.sources.dl4j._layers",
     "tlexp.sources.dl4j._zoo",
     "tlexp.sources.zoo._layers",

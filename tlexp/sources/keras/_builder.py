@@ -37,6 +37,8 @@ class T:
     layout: str = CL
     #: position in a node that returns a tuple (Bidirectional with merge_mode=None)
     index: int | None = None
+    #: the (N, T) step mask Keras carries with this tensor (Embedding mask_zero, Masking)
+    mask: T | None = None
 
 
 @dataclass
@@ -112,7 +114,7 @@ class Builder:
     def plain(self, t: T) -> T:
         """A tensor that is a whole node's output (a getitem node for a tuple element)."""
         if t.index is None:
-            return t
+            return T(t.ref, t.rank, t.layout) if t.mask is not None else t
         key = ("item", t.ref, t.index)
         if key not in self._cache:
             ref = self._add(f"{t.ref}/{t.index}", Op("getitem", {"index": [t.index]}), [T(t.ref, t.rank, t.layout)])
@@ -125,6 +127,8 @@ class Builder:
         """``t`` in the layout ``want`` (a permute node, shared by every consumer, if needed)."""
         if t.rank < 2 or t.layout == want:
             return t
+        if t.mask is not None:
+            t = T(t.ref, t.rank, t.layout, t.index)
         key = ("layout", t.ref, t.index, want)
         if key not in self._cache:
             dims = to_cf_dims(t.rank) if want == CF else to_cl_dims(t.rank)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,8 @@ class KLayer:
     cfg: dict[str, Any]
     weights: list[np.ndarray]
     version: int
+    #: constants among the call's positional arguments (Keras 3 op layers: ``not_equal(x, 0)``)
+    consts: list[Any] = field(default_factory=list)
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.cfg.get(key, default)
@@ -63,8 +65,28 @@ def supported_classes() -> list[str]:
     return sorted(CONVERTERS)
 
 
+#: layers that pass a step mask on unchanged (Keras: supports_masking with the default compute_mask)
+MASK_PASS = {
+    "Dense", "Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout", "Activation", "ReLU",
+    "LeakyReLU", "PReLU", "ELU", "BatchNormalization", "LayerNormalization", "GroupNormalization", "Rescaling",
+    "Normalization", "ActivityRegularization", "TimeDistributed", "Identity", "UnitNormalization",
+}
+#: merging layers: the output mask is the steps unmasked in every masked input
+MASK_MERGE = {"Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate"}
+
+
 def convert_layer(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
-    return CONVERTERS[k.cls](ctx, k, ins)
+    outs = CONVERTERS[k.cls](ctx, k, ins)
+    masks = list({t.mask.ref: t.mask for t in ins if t.mask is not None}.values())
+    if not masks or any(o.mask is not None for o in outs) or isinstance(ctx, Chain):
+        return outs
+    if k.cls in MASK_PASS or (k.cls in MASK_MERGE and len(masks) == 1):
+        mask = masks[0]
+    elif k.cls in MASK_MERGE:
+        mask = ctx.add(f"{k.name}/mask", Op("mask_and", {}), masks, 1, CL)
+    else:
+        return outs  # Keras drops the mask at a layer that does not support masking
+    return [T(o.ref, o.rank, o.layout, o.index, mask) if o.rank >= 2 else o for o in outs]
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -258,15 +280,52 @@ def _rescaling(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
 @converter("Embedding")
 def _embedding(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
     (w,) = k.expect(1)
-    if k.get("mask_zero"):
-        warnings.warn(
-            f"keras layer {k.name!r}: mask_zero=True is not imported; later layers do not skip id 0, so outputs "
-            "differ from Keras's where the input holds padding ids",
-            stacklevel=2,
-        )
     x = ins[0]
     op = Op("embedding", {"num_embeddings": int(w.shape[0]), "embedding_dim": int(w.shape[1])}, {"weight": w})
-    return [ctx.add(k.name, op, [x], x.rank + 1, CL)]
+    out = ctx.add(k.name, op, [x], x.rank + 1, CL)
+    if k.get("mask_zero") and k.version < 3:
+        # id 0 is padding: the mask goes with the output to every layer that consumes it (Keras 3
+        # files write the mask's computation and its uses out, see _model._call)
+        mask = ctx.add(f"{k.name}/mask", Op("step_mask", {"kind": "ids"}), [x], x.rank, CL)
+        out = T(out.ref, out.rank, out.layout, out.index, mask)
+    return [out]
+
+
+@converter("Masking")
+def _masking(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+    x = ctx.layout(ins[0], CL)
+    mask = ctx.add(f"{k.name}/mask", Op("step_mask", {"kind": "features", "value": float(k.get("mask_value", 0.0))}),
+                   [x], x.rank - 1, CL)
+    out = ctx.add(k.name, Op("apply_mask", {}), [x, mask], x.rank, CL)
+    return [T(out.ref, out.rank, CL, None, mask)]
+
+
+# ---- Keras 3 operations written as layers (the masks' computations) ---------------------------
+
+_OPS = {"NotEqual": "not_equal", "Equal": "equal", "Any": "any", "All": "all", "LogicalOr": "logical_or",
+        "LogicalAnd": "logical_and", "LogicalNot": "logical_not"}
+
+
+@converter(*_OPS)
+def _keras_op(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+    name = _OPS[k.cls]
+    x = ins[0]
+    xs = [ctx.layout(t, x.layout) for t in ins]
+    args: dict[str, Any] = {"name": name}
+    rank = x.rank
+    if name in ("not_equal", "equal"):
+        if len(ins) == 1:
+            if len(k.consts) != 1 or not isinstance(k.consts[0], (int, float)):
+                raise SourceError(f"keras layer {k.name!r} ({k.cls}): compares with {k.consts!r}; only a number is supported")
+            args["value"] = float(k.consts[0])
+    elif name in ("any", "all"):
+        axis = k.get("axis")
+        if not isinstance(axis, int):
+            raise SourceError(f"keras layer {k.name!r} ({k.cls}): axis {axis!r} is not supported; one axis")
+        args["dim"] = _keras_dim(x, axis)
+        args["keepdims"] = bool(k.get("keepdims", False))
+        rank = x.rank if args["keepdims"] else x.rank - 1
+    return [ctx.add(k.name, Op("keras_op", args), xs, rank, x.layout if rank >= 2 else CL)]
 
 
 # ---- activations as layers --------------------------------------------------------------------
@@ -555,6 +614,13 @@ def _pool(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
            "GlobalMaxPool1D", "GlobalMaxPool2D", "GlobalMaxPool3D")
 def _global_pool(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
     kind = "max" if "Max" in k.cls else "avg"
+    mask = ins[0].mask
+    if mask is not None and kind == "avg" and k.cls.endswith("1D") and not k.get("keepdims"):
+        # the mean over the unmasked steps only
+        if k.get("data_format") == "channels_first":
+            raise SourceError(f"keras layer {k.name!r}: a masked channels_first GlobalAveragePooling1D is not supported")
+        x = ctx.layout(ins[0], CL)
+        return [ctx.add(k.name, Op("masked_mean", {}), [x, mask], 1, CL)]
     x, lay = _spatial(ctx, k, ins[0])
     keep = bool(k.get("keepdims", False))
     return [ctx.add(k.name, Op(f"global_{kind}_pool", {"keepdims": keep}), [x], x.rank if keep else 1, lay)]
@@ -743,8 +809,6 @@ def _gru_to_torch(a: np.ndarray, units: int) -> np.ndarray:
 
 def _rnn_settings(k: KLayer, cfg: dict[str, Any]) -> dict[str, Any]:
     sub = KLayer(k.name, k.cls, cfg, [], k.version)
-    if cfg.get("return_state"):
-        raise SourceError(f"keras layer {k.name!r}: return_state=True is not supported")
     if cfg.get("time_major"):
         raise SourceError(f"keras layer {k.name!r}: time_major=True is not supported; inputs are (batch, time, features)")
     if cfg.get("stateful"):
@@ -757,6 +821,8 @@ def _rnn_settings(k: KLayer, cfg: dict[str, Any]) -> dict[str, Any]:
         "return_sequences": bool(cfg.get("return_sequences", False)),
         "go_backwards": bool(cfg.get("go_backwards", False)),
         "reset_after": bool(cfg.get("reset_after", True)),
+        "return_state": bool(cfg.get("return_state", False)),
+        "zero_output_for_mask": bool(cfg.get("zero_output_for_mask", False)),
     }
 
 
@@ -788,9 +854,11 @@ def _torch_rnn_state(cell: str, w: list[np.ndarray], units: int, use_bias: bool,
 
 
 def _rnn_op(cell: str, s: dict[str, Any], input_size: int, fwd: list[np.ndarray], bwd: list[np.ndarray] | None,
-            merge_mode: str) -> Op:
+            merge_mode: str, masked: bool = False, initial_states: int = 0) -> Op:
     bidirectional = bwd is not None
-    if _torch_native(cell, s) and (not bidirectional or merge_mode == "concat"):
+    plain = {key: v for key, v in s.items() if key not in ("return_state", "zero_output_for_mask")}
+    extended = masked or initial_states or s["return_state"]
+    if not extended and _torch_native(cell, s) and (not bidirectional or merge_mode == "concat"):
         state = _torch_rnn_state(cell, fwd, s["units"], s["use_bias"], "")
         if bwd is not None:
             state.update(_torch_rnn_state(cell, bwd, s["units"], s["use_bias"], "_reverse"))
@@ -803,8 +871,29 @@ def _rnn_op(cell: str, s: dict[str, Any], input_size: int, fwd: list[np.ndarray]
         state.update({"backward_kernel": bwd[0], "backward_recurrent_kernel": bwd[1]})
         if s["use_bias"]:
             state["backward_bias"] = bwd[2]
-    return Op("keras_rnn", {"cell": cell, "input_size": input_size, **s, "bidirectional": bidirectional,
+    if extended:
+        return Op("keras_recurrent", {"cell": cell, "input_size": input_size, **s, "bidirectional": bidirectional,
+                                      "merge_mode": merge_mode, "masked": masked, "initial_states": initial_states},
+                  state)
+    return Op("keras_rnn", {"cell": cell, "input_size": input_size, **plain, "bidirectional": bidirectional,
                             "merge_mode": merge_mode}, state)
+
+
+def _rnn_outputs(ctx: Ctx, k: KLayer, cell: str, s: dict[str, Any], x: T, inits: list[T], op: Op,
+                 n_seq: int) -> list[T]:
+    """Add the recurrent node (sequence, mask, initial states in) and list its output tensors."""
+    ins = [x] + ([x.mask] if x.mask is not None else []) + [ctx.layout(t, CL) for t in inits]
+    rank = 2 if s["return_sequences"] else 1
+    n_states = (2 if cell == "lstm" else 1) * (2 if n_seq == 2 or op.args.get("bidirectional") else 1)
+    out = ctx.add(k.name, op, ins, rank, CL)
+    if not s["return_state"] and n_seq == 1:
+        outs = [out]
+    else:
+        outs = [T(out.ref, rank, CL, i) for i in range(n_seq)]
+        outs += [T(out.ref, 1, CL, n_seq + i) for i in range(n_states if s["return_state"] else 0)]
+    if x.mask is not None and s["return_sequences"]:
+        outs = [T(o.ref, o.rank, o.layout, o.index, x.mask) if o.rank == 2 else o for o in outs]
+    return outs
 
 
 @converter("SimpleRNN", "LSTM", "GRU")
@@ -813,8 +902,9 @@ def _rnn(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
     s = _rnn_settings(k, k.cfg)
     w = k.expect(3 if s["use_bias"] else 2)
     x = ctx.layout(ins[0], CL)
-    op = _rnn_op(cell, s, int(w[0].shape[0]), list(w), None, "concat")
-    return [ctx.add(k.name, op, [x], 2 if s["return_sequences"] else 1, CL)]
+    x = T(x.ref, x.rank, x.layout, x.index, ins[0].mask)
+    op = _rnn_op(cell, s, int(w[0].shape[0]), list(w), None, "concat", ins[0].mask is not None, len(ins) - 1)
+    return _rnn_outputs(ctx, k, cell, s, x, ins[1:], op, 1)
 
 
 @converter("Bidirectional")
@@ -827,17 +917,17 @@ def _bidirectional(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
     back = k.get("backward_layer")
     if back and int(back["config"]["units"]) != s["units"]:
         raise SourceError(f"keras layer {k.name!r} (Bidirectional): a backward layer of another size is not supported")
+    # Keras outputs zeros at masked steps of both directions' sequences before merging them
+    s["zero_output_for_mask"] = s["return_sequences"]
     per = 3 if s["use_bias"] else 2
     w = k.expect(2 * per)
     merge = k.get("merge_mode", "concat")
     merge = "none" if merge is None else str(merge)
     x = ctx.layout(ins[0], CL)
-    op = _rnn_op(_RNN_CELLS[cls], s, int(w[0].shape[0]), list(w[:per]), list(w[per:]), merge)
-    rank = 2 if s["return_sequences"] else 1
-    out = ctx.add(k.name, op, [x], rank, CL)
-    if merge == "none":
-        return [T(out.ref, rank, CL, 0), T(out.ref, rank, CL, 1)]
-    return [out]
+    x = T(x.ref, x.rank, x.layout, x.index, ins[0].mask)
+    op = _rnn_op(_RNN_CELLS[cls], s, int(w[0].shape[0]), list(w[:per]), list(w[per:]), merge,
+                 ins[0].mask is not None, len(ins) - 1)
+    return _rnn_outputs(ctx, k, _RNN_CELLS[cls], s, x, ins[1:], op, 2 if merge == "none" else 1)
 
 
 @converter("TimeDistributed")

@@ -16,7 +16,7 @@ from torch import nn
 
 from tlexp.graph._layers import Conv, _act, _Pool
 from tlexp.graph import Role, register_layer
-from tlexp.sources.keras._layers import Crop, ZeroPad
+from tlexp.sources.keras._layers import Crop, KerasActivationName, KerasRNN, ZeroPad, _rnn_out
 
 IntOrTuple = int | tuple[int, ...]
 Padding = str | int | tuple[int, ...]
@@ -309,3 +309,226 @@ def resize(height: int, width: int, interpolation: Literal["nearest", "bilinear"
            antialias: bool = False) -> nn.Module:
     """Resize (C, H, W) to height x width (half-pixel centres, as TF and Keras resize)."""
     return Resize(height, width, interpolation, antialias)
+
+
+# ---- recurrent layers with masks, returned states and initial states ----------------------------
+
+
+class KerasRecurrent(KerasRNN):
+    """KerasRNN that also takes a step mask and initial states, and can return its final states.
+
+    Inputs: the sequence, then the (N, T) mask when ``masked``, then ``initial_states`` state
+    tensors (forward direction first). Keras's rules for a masked step: the states keep their
+    previous values, the output repeats the previous output (zeros with ``zero_output_for_mask``),
+    so the last output is the last unmasked step's.
+    """
+
+    def __init__(self, *args, masked: bool, initial_states: int, return_state: bool, zero_output_for_mask: bool,
+                 **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.masked, self.initial_states = masked, initial_states
+        self.return_state, self.zero_output_for_mask = return_state, zero_output_for_mask
+
+    def _loop(self, x: torch.Tensor, prefix: str, backwards: bool, mask: torch.Tensor | None,
+              init: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        kernel = getattr(self, prefix + "kernel")
+        rec = getattr(self, prefix + "recurrent_kernel")
+        bias = getattr(self, prefix + "bias") if self.use_bias else None
+        if backwards:
+            x = x.flip(1)
+            mask = mask.flip(1) if mask is not None else None
+        n, steps, u = x.shape[0], x.shape[1], self.units
+        rec_bias: torch.Tensor | None = None
+        if bias is not None and self.reset_after:
+            xw, rec_bias = x @ kernel + bias[0], bias[1]
+        else:
+            xw = x @ kernel + (bias if bias is not None else 0)
+        h = init[0] if init else x.new_zeros(n, u)
+        c = init[1] if len(init) > 1 else x.new_zeros(n, u)
+        prev = x.new_zeros(n, u)
+        outs = []
+        for t in range(steps):
+            xt = xw[:, t]
+            c_new = c
+            if self.cell == "simple":
+                h_new = self.act(xt + h @ rec)
+            elif self.cell == "lstm":
+                i, f, g, o = (xt + h @ rec).split(u, dim=-1)
+                c_new = self.rec_act(f) * c + self.rec_act(i) * self.act(g)
+                h_new = self.rec_act(o) * self.act(c_new)
+            else:
+                xz, xr, xh = xt.split(u, dim=-1)
+                if self.reset_after:
+                    hr = h @ rec
+                    if rec_bias is not None:
+                        hr = hr + rec_bias
+                    rz, rr, rh = hr.split(u, dim=-1)
+                    zg, r = self.rec_act(xz + rz), self.rec_act(xr + rr)
+                    hh = self.act(xh + r * rh)
+                else:
+                    zg = self.rec_act(xz + h @ rec[:, :u])
+                    r = self.rec_act(xr + h @ rec[:, u:2 * u])
+                    hh = self.act(xh + (r * h) @ rec[:, 2 * u:])
+                h_new = zg * h + (1 - zg) * hh
+            out = h_new
+            if mask is not None:
+                m = mask[:, t, None]
+                h_new, c_new = torch.where(m, h_new, h), torch.where(m, c_new, c)
+                out = torch.where(m, out, torch.zeros_like(out) if self.zero_output_for_mask else prev)
+            h, c, prev = h_new, c_new, out
+            outs.append(out)
+        y = torch.stack(outs, dim=1) if self.return_sequences else prev
+        return y, ([h, c] if self.cell == "lstm" else [h])
+
+    def forward(self, x: torch.Tensor, *extra: torch.Tensor):  # type: ignore[override]
+        mask = extra[0].bool() if self.masked else None
+        init = list(extra[1:] if self.masked else extra)
+        per = len(init) // 2 if self.bidirectional else len(init)
+        y, states = self._loop(x, "", self.go_backwards, mask, init[:per])
+        if not self.bidirectional:
+            return (y, *states) if self.return_state else y
+        y_rev, states_rev = self._loop(x, "backward_", not self.go_backwards, mask, init[per:])
+        if self.return_sequences:
+            y_rev = y_rev.flip(1)
+        merged: tuple[torch.Tensor, ...]
+        if self.merge_mode == "concat":
+            merged = (torch.cat([y, y_rev], dim=-1),)
+        elif self.merge_mode == "sum":
+            merged = (y + y_rev,)
+        elif self.merge_mode == "mul":
+            merged = (y * y_rev,)
+        elif self.merge_mode == "ave":
+            merged = ((y + y_rev) / 2,)
+        else:
+            merged = (y, y_rev)
+        if self.return_state:
+            return (*merged, *states, *states_rev)
+        return merged if len(merged) > 1 else merged[0]
+
+
+@register_layer(
+    "keras_recurrent",
+    role=Role.WEIGHTS,
+    n_in="input_size",
+    n_out="units",
+    size_axis=-1,
+    out_size=_rnn_out,
+    infer=lambda s: {"input_size": s[0][-1]},
+    example={"cell": "lstm", "units": 3, "masked": True, "return_state": True},
+    example_inputs=((5, 4), (5,)),
+)
+def keras_recurrent(
+    cell: Literal["simple", "lstm", "gru"],
+    input_size: int,
+    units: int,
+    activation: KerasActivationName = "tanh",
+    recurrent_activation: KerasActivationName = "sigmoid",
+    use_bias: bool = True,
+    return_sequences: bool = False,
+    go_backwards: bool = False,
+    reset_after: bool = True,
+    bidirectional: bool = False,
+    merge_mode: Literal["concat", "sum", "mul", "ave", "none"] = "concat",
+    masked: bool = False,
+    initial_states: int = 0,
+    return_state: bool = False,
+    zero_output_for_mask: bool = False,
+) -> nn.Module:
+    """Keras SimpleRNN/LSTM/GRU (and Bidirectional) taking a step mask and initial states, and
+    returning its final states (inputs: sequence, mask if ``masked``, then the initial states)."""
+    return KerasRecurrent(cell, input_size, units, activation, recurrent_activation, use_bias, return_sequences,
+                          go_backwards, reset_after, bidirectional, merge_mode, masked=masked,
+                          initial_states=initial_states, return_state=return_state,
+                          zero_output_for_mask=zero_output_for_mask)
+
+
+# ---- masks --------------------------------------------------------------------------------------
+
+
+class StepMask(nn.Module):
+    """The (N, T) step mask Keras derives: ids != 0 (mask_zero) or any feature != mask_value."""
+
+    def __init__(self, kind: str, value: float) -> None:
+        super().__init__()
+        self.kind, self.value = kind, value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "ids":
+            return x != 0
+        return (x != self.value).any(dim=-1)
+
+
+@register_layer("step_mask", role=Role.FIXED, example={"kind": "features"}, example_inputs=((5, 4),))
+def step_mask(kind: Literal["ids", "features"] = "features", value: float = 0.0) -> nn.Module:
+    """A boolean (T,) mask per sample: ids != 0, or any feature of a step != value."""
+    return StepMask(kind, value)
+
+
+class ApplyMask(nn.Module):
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return x * mask.unsqueeze(-1).to(x.dtype)
+
+
+@register_layer("apply_mask", role=Role.FIXED, example_inputs=((5, 4), (5,)))
+def apply_mask() -> nn.Module:
+    """Zeros the masked steps of (T, F) (Keras's Masking layer output)."""
+    return ApplyMask()
+
+
+class MaskAnd(nn.Module):
+    def forward(self, *masks: torch.Tensor) -> torch.Tensor:
+        out = masks[0].bool()
+        for m in masks[1:]:
+            out = out & m.bool()
+        return out
+
+
+@register_layer("mask_and", role=Role.FIXED, example_inputs=((5,), (5,)))
+def mask_and() -> nn.Module:
+    """Steps unmasked in every input mask."""
+    return MaskAnd()
+
+
+class MaskedMean(nn.Module):
+    """GlobalAveragePooling1D with a mask: the mean over the unmasked steps of (T, F)."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        m = mask.unsqueeze(-1).to(x.dtype)
+        return (x * m).sum(dim=1) / m.sum(dim=1)
+
+
+@register_layer("masked_mean", role=Role.FIXED, example_inputs=((5, 4), (5,)))
+def masked_mean() -> nn.Module:
+    """The mean over the unmasked steps of (T, F)."""
+    return MaskedMean()
+
+
+class KerasOp(nn.Module):
+    """One of the few Keras 3 operations its files write as layers when computing masks."""
+
+    def __init__(self, name: str, value: float | None, dim: int, keepdims: bool) -> None:
+        super().__init__()
+        self.name, self.value, self.dim, self.keepdims = name, value, dim, keepdims
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        x = xs[0]
+        if self.name in ("not_equal", "equal"):
+            other = xs[1] if len(xs) > 1 else torch.tensor(self.value if self.value is not None else 0.0, dtype=x.dtype)
+            return x != other if self.name == "not_equal" else x == other
+        if self.name == "any":
+            return x.bool().any(dim=self.dim, keepdim=self.keepdims)
+        if self.name == "all":
+            return x.bool().all(dim=self.dim, keepdim=self.keepdims)
+        if self.name == "logical_not":
+            return ~x.bool()
+        out = x.bool()
+        for y in xs[1:]:
+            out = out | y.bool() if self.name == "logical_or" else out & y.bool()
+        return out
+
+
+@register_layer("keras_op", role=Role.FIXED, example={"name": "not_equal", "value": 0.0}, example_inputs=((5, 4),))
+def keras_op(name: Literal["not_equal", "equal", "any", "all", "logical_or", "logical_and", "logical_not"],
+             value: float | None = None, dim: int = -1, keepdims: bool = False) -> nn.Module:
+    """A comparison or logical reduction from Keras 3's mask computations (x != value, any over dim, ...)."""
+    return KerasOp(name, value, dim, keepdims)

@@ -169,7 +169,8 @@ def _make_input(ctx: _Ctx, name: str, declared: list[int | None] | None, dtype: 
 # ---- layers -----------------------------------------------------------------------------------
 
 
-def _call(ctx: _Ctx, lc: dict[str, Any], prefix: str, wpath: tuple[str, ...], ins: list[T], call: int) -> list[T]:
+def _call(ctx: _Ctx, lc: dict[str, Any], prefix: str, wpath: tuple[str, ...], ins: list[T], call: int,
+          masks: list[T] | None = None, consts: list[Any] | None = None) -> list[T]:
     name = layer_name(lc)
     cls = str(lc.get("class_name"))
     node_name = f"{prefix}{name}" + (f":{call}" if call else "")
@@ -187,7 +188,18 @@ def _call(ctx: _Ctx, lc: dict[str, Any], prefix: str, wpath: tuple[str, ...], in
             f"{', '.join(supported_classes())}"
         )
     weights = ctx.kf.weights.get((*wpath, name), [])
-    k = KLayer(node_name, cls, lc.get("config") or {}, weights, ctx.kf.keras_version)
+    k = KLayer(node_name, cls, lc.get("config") or {}, weights, ctx.kf.keras_version, list(consts or []))
+    if ctx.kf.keras_version >= 3:
+        # Keras 3 writes every mask a layer gets as its call's ``mask`` argument (and the ops
+        # computing it as layers): those are the masks, nothing is carried implicitly
+        ins = [T(t.ref, t.rank, t.layout, t.index) for t in ins]
+        if masks:
+            targets = range(len(ins)) if len(masks) == len(ins) else [0]
+            ins = [T(t.ref, t.rank, t.layout, t.index, masks[i]) if i in targets else t
+                   for i, t in enumerate(ins)] if len(masks) == len(ins) else \
+                [T(ins[0].ref, ins[0].rank, ins[0].layout, ins[0].index, masks[0]), *ins[1:]]
+        outs = convert_layer(ctx.b, k, ins)
+        return [T(t.ref, t.rank, t.layout, t.index) for t in outs]
     return convert_layer(ctx.b, k, ins)
 
 
@@ -228,8 +240,38 @@ def _refs(node: Any) -> list[Ref]:
             for item in v:
                 walk(item)
 
-    walk(node["args"] if isinstance(node, dict) and "args" in node else node)
+    if isinstance(node, dict) and "args" in node:
+        walk(node["args"])
+        # an RNN's initial states come as a keyword (Keras 2 lists them among the inputs)
+        walk((node.get("kwargs") or {}).get("initial_state"))
+    else:
+        walk(node)
     return refs
+
+
+def _mask_refs(node: Any) -> list[Ref]:
+    """The tensors a Keras 3 call passes as ``mask=`` (one, or one per input)."""
+    if not isinstance(node, dict):
+        return []
+    refs: list[Ref] = []
+
+    def walk(v: Any) -> None:
+        if isinstance(v, dict) and v.get("class_name") == "__keras_tensor__":
+            h = v["config"]["keras_history"]
+            refs.append((str(h[0]), int(h[1]), int(h[2])))
+        elif isinstance(v, (list, tuple)):
+            for item in v:
+                walk(item)
+
+    walk((node.get("kwargs") or {}).get("mask"))
+    return refs
+
+
+def _consts(node: Any) -> list[Any]:
+    """The positional arguments of a Keras 3 call that are not tensors (an op's constants)."""
+    if not isinstance(node, dict):
+        return []
+    return [a for a in node.get("args") or [] if not isinstance(a, (dict, list))]
 
 
 def _k2_skips_first_call(lc: dict[str, Any]) -> bool:
@@ -271,19 +313,19 @@ def _functional(ctx: _Ctx, cfg: dict[str, Any], prefix: str, wpath: tuple[str, .
         else:
             tensors[ref] = ins[i]
     pending = [
-        (lc, call, fix(_refs(node)))
+        (lc, call, fix(_refs(node)), fix(_mask_refs(node)), _consts(node))
         for lc in layers
         if lc.get("class_name") != "InputLayer"
         for call, node in enumerate(lc.get("inbound_nodes") or [])
     ]
     while pending:
-        ready = next((p for p in pending if all(r in tensors for r in p[2])), None)
+        ready = next((p for p in pending if all(r in tensors for r in p[2] + p[3])), None)
         if ready is None:
-            missing = sorted({r[0] for p in pending for r in p[2] if r not in tensors})
+            missing = sorted({r[0] for p in pending for r in p[2] + p[3] if r not in tensors})
             raise SourceError(f"keras model {prefix or 'top'!r}: layers wait for tensors nothing produces: {choices(missing)}")
         pending.remove(ready)
-        lc, call, refs = ready
-        outs = _call(ctx, lc, prefix, wpath, [tensors[r] for r in refs], call)
+        lc, call, refs, mrefs, consts = ready
+        outs = _call(ctx, lc, prefix, wpath, [tensors[r] for r in refs], call, [tensors[r] for r in mrefs], consts)
         for j, t in enumerate(outs):
             tensors[(layer_name(lc), call, j)] = t
     missing_out = [r for r in out_refs if r not in tensors]
