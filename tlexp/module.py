@@ -75,9 +75,15 @@ class TransferModule(pl.LightningModule):
         class_weights: torch.Tensor | None = None,
         optimizer_state: Mapping[str, Any] | None = None,
         monitor: str = "val/loss",
+        training_terms: Any = None,
     ) -> None:
         super().__init__()
         self.model = model
+        # a source's own training terms (Keras regularizers and constraints, when enforced):
+        # ``penalty(model)`` joins the loss, ``after_step(model)`` follows each optimizer step
+        self.training_terms = training_terms
+        if training_terms is not None:
+            training_terms.attach(model)
         self.finetune = dict(finetune)
         if self.finetune.get("loss", "cross_entropy") not in LOSSES:
             raise ConfigError(f"finetune.loss: {self.finetune.get('loss')!r} is not supported; valid: {', '.join(LOSSES)}")
@@ -111,10 +117,13 @@ class TransferModule(pl.LightningModule):
         logp, y = self._logp(batch)
         loss = F.nll_loss(logp, y, weight=self.class_weights)
         optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss + ft.regularization_loss(self.model, self.settings))
+        extra = self.training_terms.penalty(self.model) if self.training_terms is not None else 0.0
+        self.manual_backward(loss + ft.regularization_loss(self.model, self.settings) + extra)
         ft.normalize_gradients(self.model, self.settings)
         optimizer.step()
         ft.apply_constraints(self.model, self.settings)
+        if self.training_terms is not None:
+            self.training_terms.after_step(self.model)
         if self._step_scheduler is not None:
             self._step_scheduler.step()
         self._train_sum = self._train_sum + loss.detach() * len(y)

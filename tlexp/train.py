@@ -204,8 +204,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     check_monitor(cfg.train.monitor, data.num_classes)
     mode = resolve_mode(cfg.train.monitor, cfg.train.mode)
+    terms = (getattr(prepared.graph, "meta", None) or {}).get("training_terms")
     module = TransferModule(trainable, prepared.finetune, data.num_classes, class_weights, prepared.optimizer_state,
-                            monitor=cfg.train.monitor)
+                            monitor=cfg.train.monitor, training_terms=terms)
     trainer_kwargs = {k: v for k, v in plain(cfg.trainer).items() if v is not None}
     best = BestWeights(cfg.train.monitor, mode, keep=bool(cfg.train.restore_best))
     callbacks = [best, *build_callbacks(_callbacks_node(cfg, mode), trainer_kwargs, logger)]

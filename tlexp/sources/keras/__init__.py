@@ -29,6 +29,7 @@ from tlexp.sources.keras._convert import supported_classes
 from tlexp.sources.keras._model import LAYOUTS
 from tlexp.sources.keras._model import build_graph as _build_graph
 from tlexp.sources.keras._read import read_keras
+from tlexp.sources.keras._terms import KerasTerms
 from tlexp.sources.keras._training import map_training_config
 
 __all__ = ["load_keras", "from_config", "supported_classes", "LAYOUTS"]
@@ -80,6 +81,22 @@ def load_keras(
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
         # a config missing a field, or holding a value of the wrong kind: a damaged or foreign file
         raise SourceError(f"source.path: {path}: malformed Keras model config ({type(e).__name__}: {e})") from None
+    terms, labels, unsupported = graph.__dict__.pop("keras_terms", ([], [], []))
+    if enforce_training_config:
+        if unsupported:
+            raise ConfigError(
+                "source.enforce_training_config: regularizers/constraints tlexp cannot apply: "
+                f"{'; '.join(unsupported)} (supported: L1, L2, L1L2 on kernels, biases, embeddings and "
+                "outputs; MaxNorm, NonNeg, UnitNorm, MinMaxNorm on kernels and biases)"
+            )
+        if terms:
+            meta["training_terms"] = KerasTerms(terms)
+    elif labels or unsupported:
+        warnings.warn(
+            f"{Path(path).name}: Keras regularizers/constraints are not applied (set source.enforce_training_config=true "
+            f"to apply them): {'; '.join(labels + unsupported)}",
+            stacklevel=2,
+        )
     graph.meta = meta
     graph.eval()  # every loader returns inference mode
     return graph

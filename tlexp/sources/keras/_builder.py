@@ -84,6 +84,11 @@ class Builder:
         self.values: dict[str, Any] = {}
         self._names: set[str] = set()
         self._cache: dict[tuple[Any, ...], T] = {}
+        #: regularizers and constraints as training terms (see _terms), their labels, and the
+        #: ones tlexp cannot apply
+        self.terms: list[dict[str, Any]] = []
+        self.term_labels: list[str] = []
+        self.unsupported_terms: list[str] = []
 
     # ---- names and values -------------------------------------------------------------------
 

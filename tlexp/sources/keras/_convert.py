@@ -19,6 +19,7 @@ from tlexp.errors import SourceError, choices
 from tlexp.sources.keras import _layers_more  # noqa: F401  (registers the layer types below need)
 from tlexp.sources.keras._builder import CF, CL, Builder, Chain, Op, T, to_cl_dims
 from tlexp.sources.keras._layers import KERAS_ACTIVATIONS
+from tlexp.sources.keras._terms import parse_constraint, parse_regularizer
 
 __all__ = ["KLayer", "CONVERTERS", "supported_classes", "convert_layer"]
 
@@ -75,8 +76,65 @@ MASK_PASS = {
 MASK_MERGE = {"Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate"}
 
 
+#: class -> Keras weight -> (torch parameter, Keras kernel axes in torch's order, or None for a vector)
+def _weight_map(k: KLayer, module: Any) -> dict[str, tuple[str, tuple[int, ...] | None]]:
+    if k.cls == "Dense":
+        return {"kernel": ("weight", (1, 0)), "bias": ("bias", None)}
+    if k.cls == "Embedding":
+        return {"embeddings": ("weight", (0, 1))}
+    if k.cls.startswith(("Conv", "Convolution", "Deconvolution")):
+        dims = int(k.cls.replace("Transpose", "").rstrip("D")[-1])
+        bias = "bias" if hasattr(module, "crops") else "conv.bias"
+        return {"kernel": ("conv.weight", _KERNEL_PERM[dims]), "bias": (bias, None)}
+    return {}
+
+
+def _record_terms(ctx: Builder, k: KLayer) -> None:
+    """Regularizers and constraints of ``k`` as training terms of its node (see _terms)."""
+    found = [(key, v) for key, v in k.cfg.items() if v and key.endswith(("_regularizer", "_constraint"))]
+    if not found:
+        return
+    node = next((n for n in reversed(ctx.nodes) if n.name == k.name), None)
+    wmap = _weight_map(k, node.module) if node is not None else {}
+    for key, v in found:
+        what = key.rsplit("_", 1)[0]
+        label = f"{k.name}: {key} {v.get('class_name') if isinstance(v, dict) else v}"
+        if key == "activity_regularizer":
+            reg = parse_regularizer(v)
+            if reg is None or node is None:
+                ctx.unsupported_terms.append(label)
+            else:
+                ctx.terms.append({"node": k.name, "output": True, **reg})
+                ctx.term_labels.append(label)
+            continue
+        if what not in wmap:
+            ctx.unsupported_terms.append(label)
+            continue
+        param, perm = wmap[what]
+        if key.endswith("_regularizer"):
+            reg = parse_regularizer(v)
+            if reg is None:
+                ctx.unsupported_terms.append(label)
+                continue
+            ctx.terms.append({"node": k.name, "param": param, **reg})
+        else:
+            con = parse_constraint(v)
+            if con is None:
+                ctx.unsupported_terms.append(label)
+                continue
+            axes = con.pop("axis", None)
+            if axes is not None:
+                rank = len(perm) if perm is not None else 1
+                keras_axes = [a if a >= 0 else rank + a for a in axes]
+                con["dims"] = sorted(perm.index(a) if perm is not None else a for a in keras_axes)
+            ctx.terms.append({"node": k.name, "param": param, **con})
+        ctx.term_labels.append(label)
+
+
 def convert_layer(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
     outs = CONVERTERS[k.cls](ctx, k, ins)
+    if isinstance(ctx, Builder):
+        _record_terms(ctx, k)
     masks = list({t.mask.ref: t.mask for t in ins if t.mask is not None}.values())
     if not masks or any(o.mask is not None for o in outs) or isinstance(ctx, Chain):
         return outs
@@ -326,6 +384,24 @@ def _keras_op(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
         args["keepdims"] = bool(k.get("keepdims", False))
         rank = x.rank if args["keepdims"] else x.rank - 1
     return [ctx.add(k.name, Op("keras_op", args), xs, rank, x.layout if rank >= 2 else CL)]
+
+
+# ---- layers of keras.applications models ------------------------------------------------------
+
+
+@converter("LayerScale")
+def _layer_scale(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+    (gamma,) = k.expect(1)
+    x = ins[0]
+    op = Op("channel_scale", {"channels": int(gamma.shape[-1]), "dim": _keras_dim(x, -1)}, {"gamma": gamma.reshape(-1)})
+    return [ctx.add(k.name, op, [x], x.rank, x.layout)]
+
+
+@converter("StochasticDepth")
+def _stochastic_depth(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+    x = ins[0]
+    op = Op("stochastic_depth", {"rate": float(k.get("drop_path_rate", 0.0))})
+    return [ctx.add(k.name, op, [x], x.rank, x.layout)]
 
 
 # ---- activations as layers --------------------------------------------------------------------

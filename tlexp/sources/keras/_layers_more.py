@@ -532,3 +532,47 @@ def keras_op(name: Literal["not_equal", "equal", "any", "all", "logical_or", "lo
              value: float | None = None, dim: int = -1, keepdims: bool = False) -> nn.Module:
     """A comparison or logical reduction from Keras 3's mask computations (x != value, any over dim, ...)."""
     return KerasOp(name, value, dim, keepdims)
+
+
+# ---- Keras applications' own layers -------------------------------------------------------------
+
+
+class ChannelScale(nn.Module):
+    """x * gamma, gamma on dimension ``dim`` (ConvNeXt's LayerScale)."""
+
+    def __init__(self, channels: int, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.gamma = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = [1] * x.dim()
+        shape[self.dim] = -1
+        return x * self.gamma.view(shape)
+
+
+@register_layer("channel_scale", role=Role.FIXED, example={"channels": 4}, example_inputs=((4, 3),))
+def channel_scale(channels: int, dim: int = 1) -> nn.Module:
+    """Multiply each channel (dimension ``dim``, batch is 0) by a learned factor."""
+    return ChannelScale(channels, dim)
+
+
+class StochasticDepth(nn.Module):
+    """Drops the whole residual branch per sample with probability ``rate`` while training."""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.rate <= 0:
+            return x
+        keep = 1 - self.rate
+        mask = torch.floor(keep + torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), device=x.device, dtype=x.dtype))
+        return x / keep * mask
+
+
+@register_layer("stochastic_depth", role=Role.PASS)
+def stochastic_depth(rate: float = 0.0) -> nn.Module:
+    """Per-sample branch dropout while training (ConvNeXt's StochasticDepth); identity in inference."""
+    return StochasticDepth(rate)

@@ -361,4 +361,6 @@ def build_graph(kf: KerasFile, input_layout: str = "channels_first",
     outputs = [_output(ctx, t) for t in outs]
     if not ctx.b.nodes:
         raise SourceError(f"source.path: {kf.path}: the Keras model has no layers")
-    return LayerGraph(ctx.b.inputs, ctx.b.nodes, outputs)
+    graph = LayerGraph(ctx.b.inputs, ctx.b.nodes, outputs)
+    graph.keras_terms = (ctx.b.terms, ctx.b.term_labels, ctx.b.unsupported_terms)  # type: ignore[attr-defined]
+    return graph
