@@ -414,7 +414,7 @@ class KerasRecurrent(KerasRNN):
     size_axis=-1,
     out_size=_rnn_out,
     infer=lambda s: {"input_size": s[0][-1]},
-    example={"cell": "lstm", "units": 3, "masked": True, "return_state": True},
+    example={"cell": "lstm", "units": 3, "masked": True, "go_backwards": True},
     example_inputs=((5, 4), (5,)),
 )
 def keras_recurrent(
