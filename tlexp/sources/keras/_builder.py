@@ -22,7 +22,7 @@ from torch import nn
 from tlexp.errors import SourceError, TlexpError
 from tlexp.graph import GraphInput, Node, build_layer
 
-__all__ = ["T", "Op", "Builder", "Chain", "CL", "CF"]
+__all__ = ["T", "Op", "Builder", "Chain", "CL", "CF", "MetaUnsupported", "run_example"]
 
 CL = "cl"  # Keras's order: channels (features) last
 CF = "cf"  # torch's order: channels right after the batch axis
@@ -65,7 +65,8 @@ def load_state(module: nn.Module, state: dict[str, np.ndarray], where: str) -> N
     for key, value in state.items():
         if key not in current:
             raise RuntimeError(f"{where}: converter produced unknown state key {key!r}")
-        tensor = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+        arr = np.asarray(value, dtype=np.float32)
+        tensor = torch.from_numpy(np.ascontiguousarray(arr) if arr.ndim else arr.copy())  # (keeps a scalar 0-d)
         if tuple(tensor.shape) != tuple(current[key].shape):
             raise SourceError(
                 f"weights: {where}: the file's array for {key} has shape {list(value.shape)} (torch layout), the "
@@ -75,10 +76,37 @@ def load_state(module: nn.Module, state: dict[str, np.ndarray], where: str) -> N
     module.load_state_dict(new)
 
 
-class Builder:
-    """Collects nodes in topological order and keeps one example value per tensor."""
+class MetaUnsupported(Exception):
+    """A layer that cannot run on meta tensors: the build starts again with real example values."""
 
-    def __init__(self) -> None:
+
+def run_example(module: nn.Module, args: list[Any], meta: bool) -> Any:
+    """``module(*args)`` in inference mode; with ``meta``, on shapes only (weights as meta tensors),
+    which costs nothing however large the images are."""
+    module.eval()
+    try:
+        with torch.no_grad():
+            if not meta:
+                return module(*args)
+            state = {k: v.to("meta") for k, v in module.named_parameters(remove_duplicate=False)}
+            state.update({k: v.to("meta") for k, v in module.named_buffers(remove_duplicate=False)})
+            try:
+                return torch.func.functional_call(module, state, tuple(args), strict=False)
+            except NotImplementedError as e:
+                raise MetaUnsupported(str(e)) from None
+    finally:
+        module.train()
+
+
+class Builder:
+    """Collects nodes in topological order and keeps one example value per tensor.
+
+    The example values are meta tensors (shapes, no data) unless a layer cannot run on those,
+    see :class:`MetaUnsupported`.
+    """
+
+    def __init__(self, meta: bool = True) -> None:
+        self.meta = meta
         self.inputs: list[GraphInput] = []
         self.nodes: list[Node] = []
         self.values: dict[str, Any] = {}
@@ -152,17 +180,14 @@ class Builder:
         name = self.unique(name)
         module = build(op, name)
         args = [self.value(t) for t in inputs]
-        module.eval()
         try:
-            with torch.no_grad():
-                out = module(*args)
+            out = run_example(module, args, self.meta)
         except (RuntimeError, ValueError, IndexError, TypeError) as e:
             shapes = ", ".join(str(list(a.shape[1:])) for a in args)
             msg = str(e).strip().split("\n")[0]
             raise SourceError(
                 f"keras layer {name!r}: does not accept its input (shape {shapes}, torch layout): {msg}"
             ) from None
-        module.train()
         self.values[name] = out
         self.nodes.append(Node(name, module, [t.ref for t in inputs]))
         return name
@@ -184,9 +209,10 @@ class Chain:
     list instead of adding graph nodes.
     """
 
-    def __init__(self, example: torch.Tensor) -> None:
+    def __init__(self, example: torch.Tensor, meta: bool = False) -> None:
         self.ops: list[Op] = []
         self._value = example
+        self.meta = meta
 
     def value(self, t: T) -> Any:
         return self._value
@@ -210,10 +236,8 @@ class Chain:
         if len(inputs) != 1:
             raise SourceError(f"keras layer {name!r}: TimeDistributed wraps single-input layers only")
         module = build(op, name)
-        module.eval()
         try:
-            with torch.no_grad():
-                self._value = module(self._value)
+            self._value = run_example(module, [self._value], self.meta)
         except (RuntimeError, ValueError, IndexError, TypeError) as e:
             raise SourceError(f"keras layer {name!r}: does not accept its per-step input: {str(e).splitlines()[0]}") from None
         self.ops.append(op)

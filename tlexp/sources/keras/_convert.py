@@ -35,6 +35,8 @@ class KLayer:
     version: int
     #: constants among the call's positional arguments (Keras 3 op layers: ``not_equal(x, 0)``)
     consts: list[Any] = field(default_factory=list)
+    #: the call's keyword arguments: constants, and tensors (T) such as an attention mask
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.cfg.get(key, default)
@@ -341,9 +343,8 @@ def _embedding(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
     x = ins[0]
     op = Op("embedding", {"num_embeddings": int(w.shape[0]), "embedding_dim": int(w.shape[1])}, {"weight": w})
     out = ctx.add(k.name, op, [x], x.rank + 1, CL)
-    if k.get("mask_zero") and k.version < 3:
-        # id 0 is padding: the mask goes with the output to every layer that consumes it (Keras 3
-        # files write the mask's computation and its uses out, see _model._call)
+    if k.get("mask_zero"):
+        # id 0 is padding: the mask goes with the output to every layer that consumes it
         mask = ctx.add(f"{k.name}/mask", Op("step_mask", {"kind": "ids"}), [x], x.rank, CL)
         out = T(out.ref, out.rank, out.layout, out.index, mask)
     return [out]
@@ -402,6 +403,83 @@ def _stochastic_depth(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
     x = ins[0]
     op = Op("stochastic_depth", {"rate": float(k.get("drop_path_rate", 0.0))})
     return [ctx.add(k.name, op, [x], x.rank, x.layout)]
+
+
+# ---- attention ----------------------------------------------------------------------------------
+
+
+def _attention_inputs(ctx: Ctx, k: KLayer, ins: list[T], names: tuple[str, ...]) -> tuple[list[T], list[str]]:
+    """query and value (positional, or a list), then the optional tensors the call passed."""
+    if len(ins) < 2:
+        raise SourceError(f"keras layer {k.name!r} ({k.cls}): needs a query and a value tensor")
+    query, value = ins[0], ins[1]
+    extra: dict[str, T] = {}
+    if len(ins) > 2:
+        extra["key"] = ins[2]
+    elif isinstance(k.kwargs.get("key"), T):
+        extra["key"] = k.kwargs["key"]
+    for name in names:
+        if isinstance(k.kwargs.get(name), T):
+            extra[name] = k.kwargs[name]
+    # masks carried with the inputs (Keras 3 passes them as ``mask=[query_mask, value_mask]``)
+    if query.mask is not None and "query_mask" in names:
+        extra.setdefault("query_mask", query.mask)
+    if value.mask is not None and "value_mask" in names:
+        extra.setdefault("value_mask", value.mask)
+    order = [n for n in ("key", *names) if n in extra]
+    tensors = [ctx.layout(query, CL), ctx.layout(value, CL)]
+    tensors += [ctx.layout(extra[n], CL) if n == "key" else extra[n] for n in order]
+    return tensors, order
+
+
+@converter("MultiHeadAttention")
+def _mha(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+    use_bias = bool(k.get("use_bias", True))
+    w = k.expect(8 if use_bias else 4)
+    if use_bias:
+        qk, qb, kk, kb, vk, vb, ok, ob = w
+    else:
+        qk, kk, vk, ok = w
+    if k.kwargs.get("return_attention_scores"):
+        raise SourceError(f"keras layer {k.name!r} (MultiHeadAttention): return_attention_scores=True is not supported")
+    if qk.ndim != 3 or ok.ndim != 3:
+        raise SourceError(f"keras layer {k.name!r} (MultiHeadAttention): only a last-axis output projection is supported")
+    tensors, order = _attention_inputs(ctx, k, ins, ("attention_mask", "query_mask", "value_mask", "key_mask"))
+    rank = tensors[0].rank
+    axes = k.get("attention_axes")
+    axes = list(range(1, rank)) if axes is None else [a if a >= 0 else rank + 1 + a for a in
+                                                      (axes if isinstance(axes, (list, tuple)) else [axes])]
+    if rank != 2 and any(n.endswith("mask") for n in order):
+        raise SourceError(f"keras layer {k.name!r} (MultiHeadAttention): masks on inputs of rank {rank + 1} are not supported")
+    state = {"query_kernel": qk, "key_kernel": kk, "value_kernel": vk, "output_kernel": ok}
+    if use_bias:
+        state.update(query_bias=qb, key_bias=kb, value_bias=vb, output_bias=ob)
+    op = Op("keras_multi_head_attention", {
+        "num_heads": int(qk.shape[1]), "key_dim": int(qk.shape[2]), "value_dim": int(vk.shape[2]),
+        "query_in": int(qk.shape[0]), "key_in": int(kk.shape[0]), "value_in": int(vk.shape[0]),
+        "output_dim": int(ok.shape[2]), "use_bias": use_bias, "dropout": float(k.get("dropout", 0.0)),
+        "causal": bool(k.kwargs.get("use_causal_mask", False)), "inputs": order, "attention_dims": sorted(axes),
+    }, state)
+    return [ctx.add(k.name, op, tensors, rank, CL)]
+
+
+@converter("Attention", "AdditiveAttention")
+def _attention(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+    if k.kwargs.get("return_attention_scores"):
+        raise SourceError(f"keras layer {k.name!r} ({k.cls}): return_attention_scores=True is not supported")
+    tensors, order = _attention_inputs(ctx, k, ins, ("query_mask", "value_mask"))
+    use_scale = bool(k.get("use_scale", k.cls == "AdditiveAttention"))
+    kind = "additive" if k.cls == "AdditiveAttention" else str(k.get("score_mode", "dot"))
+    w = list(k.expect(int(use_scale) + int(kind == "concat")))
+    state = {}
+    if use_scale:
+        state["scale"] = w.pop(0)
+    if kind == "concat":
+        state["concat_weight"] = w.pop(0)
+    dim = int(ctx.shape(tensors[0])[-1])
+    op = Op("keras_attention", {"kind": kind, "dim": dim, "use_scale": use_scale, "dropout": float(k.get("dropout", 0.0)),
+                                "causal": bool(k.kwargs.get("use_causal_mask", False)), "inputs": order}, state)
+    return [ctx.add(k.name, op, tensors, tensors[0].rank, CL)]
 
 
 # ---- activations as layers --------------------------------------------------------------------
@@ -1014,7 +1092,7 @@ def _time_distributed(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
         raise SourceError(f"keras layer {k.name!r} (TimeDistributed): wrapping {cls!r} is not supported")
     x = ctx.layout(ins[0], CL)
     example = ctx.value(ctx.plain(x))
-    chain = Chain(example.reshape(-1, *example.shape[2:]))
+    chain = Chain(example.reshape(-1, *example.shape[2:]), meta=getattr(ctx, "meta", False))
     sub = KLayer(str(inner["config"].get("name", cls)), cls, inner["config"], k.weights, k.version)
     out = convert_layer(chain, sub, [T("step", x.rank - 1, CL)])
     if len(out) != 1:

@@ -8,6 +8,7 @@ imported model saves, reloads and rebuilds like any other.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -576,3 +577,162 @@ class StochasticDepth(nn.Module):
 def stochastic_depth(rate: float = 0.0) -> nn.Module:
     """Per-sample branch dropout while training (ConvNeXt's StochasticDepth); identity in inference."""
     return StochasticDepth(rate)
+
+
+# ---- attention ----------------------------------------------------------------------------------
+
+
+def _masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Keras's Softmax with a mask: masked scores at -1e9, masked probabilities then zeroed."""
+    if mask is None:
+        return torch.softmax(scores, dim=-1)
+    scores = torch.where(mask, scores, torch.full_like(scores, -1e9))
+    return torch.where(mask, torch.softmax(scores, dim=-1), torch.zeros_like(scores))
+
+
+class KerasMultiHeadAttention(nn.Module):
+    """Keras's MultiHeadAttention: per-head projections (Keras's EinsumDense kernels kept as
+    (in, heads, dim)), scaled dot products over the attention axes, masks combined as Keras does
+    (query/value/key masks, ``attention_mask``, causal), and the output projection.
+
+    Inputs: query, value, then the optional key, attention_mask, query_mask, value_mask,
+    key_mask in that order, as ``inputs`` lists them.
+    """
+
+    def __init__(self, num_heads: int, key_dim: int, value_dim: int, query_in: int, key_in: int, value_in: int,
+                 output_dim: int, use_bias: bool, dropout: float, causal: bool, inputs: list[str],
+                 attention_dims: list[int]) -> None:
+        super().__init__()
+        self.heads, self.key_dim, self.causal, self.inputs = num_heads, key_dim, causal, list(inputs)
+        self.attention_dims = list(attention_dims)
+        self.query_kernel = nn.Parameter(torch.empty(query_in, num_heads, key_dim))
+        self.key_kernel = nn.Parameter(torch.empty(key_in, num_heads, key_dim))
+        self.value_kernel = nn.Parameter(torch.empty(value_in, num_heads, value_dim))
+        self.output_kernel = nn.Parameter(torch.empty(num_heads, value_dim, output_dim))
+        for p in (self.query_kernel, self.key_kernel, self.value_kernel, self.output_kernel):
+            nn.init.xavier_uniform_(p.view(p.shape[0], -1))
+        if use_bias:
+            self.query_bias = nn.Parameter(torch.zeros(num_heads, key_dim))
+            self.key_bias = nn.Parameter(torch.zeros(num_heads, key_dim))
+            self.value_bias = nn.Parameter(torch.zeros(num_heads, value_dim))
+            self.output_bias = nn.Parameter(torch.zeros(output_dim))
+        else:
+            self.query_bias = self.key_bias = self.value_bias = self.output_bias = None
+        self.drop = nn.Dropout(dropout)
+
+    def _flat(self, x: torch.Tensor) -> tuple[torch.Tensor, list[int], list[int]]:
+        """(N, ..., C) -> (N * batch-like, positions, C), and how to undo it."""
+        r = x.dim() - 1
+        att = self.attention_dims
+        other = [d for d in range(1, r) if d not in att]
+        perm = [0, *other, *att, r]
+        y = x.permute(perm)
+        lead = list(y.shape[:1 + len(other)])
+        return y.reshape(-1, math.prod(y.shape[1 + len(other):r]), x.shape[-1]), perm, lead
+
+    def forward(self, query: torch.Tensor, value: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
+        got = dict(zip(self.inputs, extra))
+        key = got.get("key", value)
+        q, perm, lead = self._flat(query)
+        k, _, _ = self._flat(key)
+        v, _, _ = self._flat(value)
+        qp = torch.einsum("btc,chd->bthd", q, self.query_kernel)
+        kp = torch.einsum("bsc,chd->bshd", k, self.key_kernel)
+        vp = torch.einsum("bsc,chd->bshd", v, self.value_kernel)
+        if self.query_bias is not None:
+            qp, kp, vp = qp + self.query_bias, kp + self.key_bias, vp + self.value_bias
+        qp = qp * (1.0 / math.sqrt(self.key_dim))
+        scores = torch.einsum("bshd,bthd->bhts", kp, qp)
+        mask = None
+        if "query_mask" in got:
+            mask = got["query_mask"].bool()[:, :, None]
+        for name in ("value_mask", "key_mask"):
+            if name in got:
+                m = got[name].bool()[:, None, :]
+                mask = m if mask is None else mask & m
+        if self.causal:
+            t, s = scores.shape[-2], scores.shape[-1]
+            c = torch.ones(t, s, dtype=torch.bool, device=scores.device).tril()[None]
+            mask = c if mask is None else mask & c
+        if "attention_mask" in got:
+            a = got["attention_mask"].bool()
+            mask = a if mask is None else mask & a
+        m = mask[:, None] if mask is not None else None
+        if self.drop.p == 0 and query.dim() == 3 and m is not None:
+            # Keras's fused path (no dropout, sequences): a fully masked row attends uniformly
+            probs = torch.softmax(torch.where(m, scores, torch.full_like(scores, -1e9)), dim=-1)
+        else:
+            probs = self.drop(_masked_softmax(scores, m))
+        out = torch.einsum("bhts,bshd->bthd", probs, vp)
+        out = torch.einsum("bthd,hdo->bto", out, self.output_kernel)
+        if self.output_bias is not None:
+            out = out + self.output_bias
+        # back to the query's own shape (positions and batch-like axes restored)
+        sizes = [query.shape[p] for p in perm[1:-1]]
+        out = out.reshape(*lead[:1], *sizes, out.shape[-1])
+        inv = [perm.index(i) for i in range(len(perm))]
+        return out.permute(inv)
+
+
+_MHA_INPUTS = ("key", "attention_mask", "query_mask", "value_mask", "key_mask")
+
+
+@register_layer("keras_multi_head_attention", role=Role.FIXED,
+                example={"num_heads": 2, "key_dim": 3, "value_dim": 3, "query_in": 4, "key_in": 4, "value_in": 4,
+                         "output_dim": 4},
+                example_inputs=((5, 4), (6, 4)))
+def keras_multi_head_attention(num_heads: int, key_dim: int, value_dim: int, query_in: int, key_in: int,
+                               value_in: int, output_dim: int, use_bias: bool = True, dropout: float = 0.0,
+                               causal: bool = False, inputs: list[str] | None = None,
+                               attention_dims: list[int] | None = None) -> nn.Module:
+    """Keras MultiHeadAttention (inputs: query, value, then any of key, attention_mask,
+    query_mask, value_mask, key_mask as ``inputs`` names them; attention over ``attention_dims``)."""
+    names = list(inputs or [])
+    bad = [n for n in names if n not in _MHA_INPUTS]
+    if bad:
+        raise ValueError(f"unknown inputs {bad}; valid: {', '.join(_MHA_INPUTS)}")
+    return KerasMultiHeadAttention(num_heads, key_dim, value_dim, query_in, key_in, value_in, output_dim, use_bias,
+                                   dropout, causal, names, list(attention_dims or [1]))
+
+
+class KerasDotAttention(nn.Module):
+    """Keras's Attention (dot or concat scores) and AdditiveAttention layers."""
+
+    def __init__(self, kind: str, dim: int, use_scale: bool, dropout: float, causal: bool, inputs: list[str]) -> None:
+        super().__init__()
+        self.kind, self.causal, self.inputs = kind, causal, list(inputs)
+        self.scale = nn.Parameter(torch.ones(dim if kind == "additive" else ())) if use_scale else None
+        self.concat_weight = nn.Parameter(torch.ones(())) if kind == "concat" else None
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, query: torch.Tensor, value: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
+        got = dict(zip(self.inputs, extra))
+        key = got.get("key", value)
+        if self.kind == "dot":
+            scores = query @ key.transpose(1, 2)
+            if self.scale is not None:
+                scores = scores * self.scale
+        elif self.kind == "concat":
+            s = query[:, :, None] + key[:, None]
+            scores = self.concat_weight * torch.tanh(s * self.scale if self.scale is not None else s).sum(-1)
+        else:
+            t = torch.tanh(query[:, :, None] + key[:, None])
+            scores = (t * self.scale).sum(-1) if self.scale is not None else t.sum(-1)
+        if "value_mask" in got:
+            scores = scores - 1e9 * (~got["value_mask"].bool())[:, None].to(scores.dtype)
+        if self.causal:
+            t, s = scores.shape[-2], scores.shape[-1]
+            c = torch.ones(t, s, dtype=torch.bool, device=scores.device).tril()
+            scores = scores - 1e9 * (~c)[None].to(scores.dtype)
+        out = self.drop(torch.softmax(scores, dim=-1)) @ value
+        if "query_mask" in got:
+            out = out * got["query_mask"][..., None].to(out.dtype)
+        return out
+
+
+@register_layer("keras_attention", role=Role.FIXED, example={"dim": 4}, example_inputs=((5, 4), (6, 4)))
+def keras_attention(kind: Literal["dot", "concat", "additive"] = "dot", dim: int = 1, use_scale: bool = False,
+                    dropout: float = 0.0, causal: bool = False, inputs: list[str] | None = None) -> nn.Module:
+    """Keras Attention / AdditiveAttention over (T, dim) queries and (S, dim) values (then any of
+    key, query_mask, value_mask as ``inputs`` names them)."""
+    return KerasDotAttention(kind, dim, use_scale, dropout, causal, list(inputs or []))

@@ -16,7 +16,7 @@ import torch
 
 from tlexp.errors import ConfigError, SourceError, choices
 from tlexp.graph import GraphInput, LayerGraph
-from tlexp.sources.keras._builder import CF, CL, Builder, Op, T
+from tlexp.sources.keras._builder import CF, CL, Builder, MetaUnsupported, Op, T
 from tlexp.sources.keras._convert import CONVERTERS, KLayer, convert_layer, supported_classes
 from tlexp.sources.keras._read import KerasFile, is_model, layer_name, model_layers
 
@@ -28,11 +28,11 @@ Ref = tuple[str, int, int]
 
 
 class _Ctx:
-    def __init__(self, kf: KerasFile, layout: str, input_shapes: list[list[int]] | None) -> None:
+    def __init__(self, kf: KerasFile, layout: str, input_shapes: list[list[int]] | None, meta: bool = True) -> None:
         self.kf = kf
         self.layout = layout
         self.input_shapes = input_shapes
-        self.b = Builder()
+        self.b = Builder(meta)
         self.n_inputs = 0
         #: the model's spatial layers compute channels-first (Theano-era and some Keras 2 models)
         self.channels_first = _channels_first_model(kf.model_config)
@@ -160,8 +160,11 @@ def _make_input(ctx: _Ctx, name: str, declared: list[int | None] | None, dtype: 
     is_int = bool(dtype) and str(dtype).startswith(("int", "uint"))
     gi = GraphInput(name, tuple(torch_shape), "int64" if is_int else "float32")
     fill = [(32 if rank == 3 else 8) if d is None else int(d) for d in torch_shape]
-    g = torch.Generator().manual_seed(0)
-    example = torch.randint(0, 2, (2, *fill), generator=g) if is_int else torch.rand((2, *fill), generator=g)
+    if ctx.b.meta:
+        example = torch.empty((2, *fill), dtype=torch.int64 if is_int else torch.float32, device="meta")
+    else:
+        g = torch.Generator().manual_seed(0)
+        example = torch.randint(0, 2, (2, *fill), generator=g) if is_int else torch.rand((2, *fill), generator=g)
     ctx.b.add_input(gi, example)
     return T(name, rank, CF if cf else CL)
 
@@ -170,7 +173,8 @@ def _make_input(ctx: _Ctx, name: str, declared: list[int | None] | None, dtype: 
 
 
 def _call(ctx: _Ctx, lc: dict[str, Any], prefix: str, wpath: tuple[str, ...], ins: list[T], call: int,
-          masks: list[T] | None = None, consts: list[Any] | None = None) -> list[T]:
+          masks: list[T | None] | None = None, consts: list[Any] | None = None,
+          kwargs: dict[str, Any] | None = None) -> list[T]:
     name = layer_name(lc)
     cls = str(lc.get("class_name"))
     node_name = f"{prefix}{name}" + (f":{call}" if call else "")
@@ -188,18 +192,15 @@ def _call(ctx: _Ctx, lc: dict[str, Any], prefix: str, wpath: tuple[str, ...], in
             f"{', '.join(supported_classes())}"
         )
     weights = ctx.kf.weights.get((*wpath, name), [])
-    k = KLayer(node_name, cls, lc.get("config") or {}, weights, ctx.kf.keras_version, list(consts or []))
-    if ctx.kf.keras_version >= 3:
-        # Keras 3 writes every mask a layer gets as its call's ``mask`` argument (and the ops
-        # computing it as layers): those are the masks, nothing is carried implicitly
-        ins = [T(t.ref, t.rank, t.layout, t.index) for t in ins]
-        if masks:
-            targets = range(len(ins)) if len(masks) == len(ins) else [0]
-            ins = [T(t.ref, t.rank, t.layout, t.index, masks[i]) if i in targets else t
-                   for i, t in enumerate(ins)] if len(masks) == len(ins) else \
-                [T(ins[0].ref, ins[0].rank, ins[0].layout, ins[0].index, masks[0]), *ins[1:]]
-        outs = convert_layer(ctx.b, k, ins)
-        return [T(t.ref, t.rank, t.layout, t.index) for t in outs]
+    k = KLayer(node_name, cls, lc.get("config") or {}, weights, ctx.kf.keras_version, list(consts or []),
+               dict(kwargs or {}))
+    if masks:
+        # Keras 3 writes the masks a layer's ``call(mask=...)`` takes (and the ops computing them)
+        # into the file: those replace the ones carried along (which layers such as
+        # MultiHeadAttention read from their inputs, as Keras does)
+        if len(masks) == 1:
+            masks = masks + [None] * (len(ins) - 1)
+        ins = [T(t.ref, t.rank, t.layout, t.index, m) for t, m in zip(ins, masks)] + ins[len(masks):]
     return convert_layer(ctx.b, k, ins)
 
 
@@ -249,22 +250,43 @@ def _refs(node: Any) -> list[Ref]:
     return refs
 
 
-def _mask_refs(node: Any) -> list[Ref]:
-    """The tensors a Keras 3 call passes as ``mask=`` (one, or one per input)."""
+def _mask_refs(node: Any) -> list[Ref | None]:
+    """The tensors a Keras 3 call passes as ``mask=``: one, or one per input (None where none)."""
     if not isinstance(node, dict):
         return []
-    refs: list[Ref] = []
 
-    def walk(v: Any) -> None:
+    def ref(v: Any) -> Ref | None:
         if isinstance(v, dict) and v.get("class_name") == "__keras_tensor__":
             h = v["config"]["keras_history"]
-            refs.append((str(h[0]), int(h[1]), int(h[2])))
-        elif isinstance(v, (list, tuple)):
-            for item in v:
-                walk(item)
+            return (str(h[0]), int(h[1]), int(h[2]))
+        return None
 
-    walk((node.get("kwargs") or {}).get("mask"))
-    return refs
+    m = (node.get("kwargs") or {}).get("mask")
+    if isinstance(m, (list, tuple)):
+        refs = [ref(v) for v in m]
+        return refs if any(r is not None for r in refs) else []
+    r = ref(m)
+    return [r] if r is not None else []
+
+
+#: keyword arguments of a Keras 3 call that hold tensors a converter reads (attention layers)
+_TENSOR_KWARGS = ("key", "attention_mask", "query_mask", "value_mask", "key_mask")
+
+
+def _kw_refs(node: Any) -> dict[str, Ref]:
+    out: dict[str, Ref] = {}
+    kwargs = node.get("kwargs") if isinstance(node, dict) else None
+    for name in _TENSOR_KWARGS:
+        v = (kwargs or {}).get(name)
+        if isinstance(v, dict) and v.get("class_name") == "__keras_tensor__":
+            h = v["config"]["keras_history"]
+            out[name] = (str(h[0]), int(h[1]), int(h[2]))
+    return out
+
+
+def _kw_consts(node: Any) -> dict[str, Any]:
+    kwargs = node.get("kwargs") if isinstance(node, dict) else None
+    return {k: v for k, v in (kwargs or {}).items() if not isinstance(v, (dict, list))}
 
 
 def _consts(node: Any) -> list[Any]:
@@ -313,19 +335,23 @@ def _functional(ctx: _Ctx, cfg: dict[str, Any], prefix: str, wpath: tuple[str, .
         else:
             tensors[ref] = ins[i]
     pending = [
-        (lc, call, fix(_refs(node)), fix(_mask_refs(node)), _consts(node))
+        (lc, call, fix(_refs(node)), [None if r is None else fix([r])[0] for r in _mask_refs(node)], _consts(node),
+         {k: fix([r])[0] for k, r in _kw_refs(node).items()}, _kw_consts(node))
         for lc in layers
         if lc.get("class_name") != "InputLayer"
         for call, node in enumerate(lc.get("inbound_nodes") or [])
     ]
     while pending:
-        ready = next((p for p in pending if all(r in tensors for r in p[2] + p[3])), None)
+        ready = next((p for p in pending if all(r in tensors for r in p[2] + [m for m in p[3] if m] + list(p[5].values()))), None)
         if ready is None:
-            missing = sorted({r[0] for p in pending for r in p[2] + p[3] if r not in tensors})
+            missing = sorted({r[0] for p in pending for r in p[2] + [m for m in p[3] if m] + list(p[5].values()) if r not in tensors})
             raise SourceError(f"keras model {prefix or 'top'!r}: layers wait for tensors nothing produces: {choices(missing)}")
         pending.remove(ready)
-        lc, call, refs, mrefs, consts = ready
-        outs = _call(ctx, lc, prefix, wpath, [tensors[r] for r in refs], call, [tensors[r] for r in mrefs], consts)
+        lc, call, refs, mrefs, consts, kwrefs, kwconsts = ready
+        kwargs = {**kwconsts, **{k: tensors[r] for k, r in kwrefs.items()}}
+        outs = _call(ctx, lc, prefix, wpath, [tensors[r] for r in refs], call,
+                     [None if r is None else tensors[r] for r in mrefs], consts,
+                     kwargs)
         for j, t in enumerate(outs):
             tensors[(layer_name(lc), call, j)] = t
     missing_out = [r for r in out_refs if r not in tensors]
@@ -356,8 +382,13 @@ def build_graph(kf: KerasFile, input_layout: str = "channels_first",
                 input_shapes: Sequence[Sequence[int]] | None = None) -> LayerGraph:
     if input_layout not in LAYOUTS:
         raise ConfigError(f"source.input_layout: {input_layout!r} is not a layout; valid: {', '.join(LAYOUTS)}")
-    ctx = _Ctx(kf, input_layout, [list(s) for s in input_shapes] if input_shapes is not None else None)
-    outs = _model(ctx, kf.model_config, "", (), None)
+    shapes = [list(s) for s in input_shapes] if input_shapes is not None else None
+    ctx = _Ctx(kf, input_layout, shapes)
+    try:
+        outs = _model(ctx, kf.model_config, "", (), None)
+    except MetaUnsupported:
+        ctx = _Ctx(kf, input_layout, shapes, meta=False)  # a layer needs real values to trace
+        outs = _model(ctx, kf.model_config, "", (), None)
     outputs = [_output(ctx, t) for t in outs]
     if not ctx.b.nodes:
         raise SourceError(f"source.path: {kf.path}: the Keras model has no layers")

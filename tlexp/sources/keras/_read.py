@@ -161,12 +161,24 @@ def _vars(g: h5py.Group) -> list[np.ndarray]:
     return [np.asarray(v[k]) for k in sorted(v.keys(), key=int)]
 
 
+_CHILD_ORDER = {
+    "Bidirectional": ("forward_layer", "backward_layer"),
+    "MultiHeadAttention": ("query_dense", "key_dense", "value_dense", "output_dense"),
+}
+
+
 def _collect(g: h5py.Group, class_name: str) -> list[np.ndarray]:
     arrays = _vars(g)
     children = [k for k in g.keys() if k != "vars"]
-    if class_name == "Bidirectional":
-        children = [k for k in ("forward_layer", "backward_layer") if k in g]
-    for k in sorted(children) if class_name != "Bidirectional" else children:
+    ordered = _CHILD_ORDER.get(class_name)
+    if ordered is not None:
+        # Keras lists these layers' weights in this order (the legacy HDF5 layout keeps it); the
+        # .weights.h5 groups are sorted by name
+        rest = [] if class_name == "Bidirectional" else sorted(k for k in children if k not in ordered)
+        children = [k for k in ordered if k in g] + rest
+    else:
+        children = sorted(children)
+    for k in children:
         sub = g[k]
         if isinstance(sub, h5py.Group):
             arrays += _collect(sub, "")
