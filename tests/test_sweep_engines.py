@@ -52,6 +52,8 @@ def test_optuna_search_of_three_trials_on_gpu_pool(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     jobs = _jobs(sweep)
     assert len(jobs) == 3
+    # the pool's summary keeps every batch the sweeper launched
+    assert len(json.loads((sweep / "gpu_pool.json").read_text())["jobs"]) == 3
     cuts = [m["freeze"]["up_to"] for m in jobs]
     assert set(cuts) <= {"pool2", "flatten"}
     result = (sweep / "optimization_results.yaml").read_text()
@@ -61,3 +63,24 @@ def test_optuna_search_of_three_trials_on_gpu_pool(tmp_path: Path) -> None:
     # the value optimized is the runs' val/accuracy, and the best is the best of them
     assert best.best_value == pytest.approx(max(m["val"]["accuracy"] for m in jobs))
     assert set(best.best_params) == {"freeze.up_to", "finetune.lr"}
+
+
+@pytest.mark.parametrize(("launcher", "target", "keys"), [
+    ("slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
+     {"partition", "timeout_min", "gpus_per_node", "mem_gb", "cpus_per_task"}),
+    ("ray", "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher", {"ray"}),
+    ("gpu_pool", "hydra_plugins.tlexp_gpu_pool.launcher.GpuPoolLauncher", {"slots", "jobs_per_gpu", "devices"}),
+])
+def test_launcher_configs_compose(launcher: str, target: str, keys: set[str]) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from tlexp._resources import CONF_DIR
+
+    pytest.importorskip(target.rsplit(".", 2)[0])
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    node = cfg.hydra.launcher
+    assert node._target_ == target
+    assert keys <= set(node)
+    if launcher == "ray":
+        assert node.ray.remote.max_calls == 1  # a fresh worker per job

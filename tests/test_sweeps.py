@@ -283,3 +283,16 @@ def test_tlexp_cache_command_line(tmp_path: Path) -> None:
     assert res.returncode == 0 and "layer2" in res.stdout and "resnet18" in res.stdout
     bad = run_cli(["--cache-dir", str(cache), "prune", "--older-than", "soon"], cwd=tmp_path, script="tlexp-cache")
     assert bad.returncode == 2 and "--older-than" in bad.stderr and len(scan(cache)) == 1
+
+
+def test_gpu_pool_slots_follow_the_visible_devices(monkeypatch) -> None:
+    from hydra_plugins.tlexp_gpu_pool.launcher import GpuPoolLauncher
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert [s.device for s in GpuPoolLauncher(jobs_per_gpu=2).make_slots()] == ["2", "3", "2", "3"]
+    assert len(GpuPoolLauncher(jobs_per_gpu=2, slots=3).make_slots()) == 3  # slots caps the GPU slots
+    assert [s.device for s in GpuPoolLauncher(devices=[0, 1, 2, 3]).make_slots()] == ["0", "1", "2", "3"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert [s.device for s in GpuPoolLauncher(slots=2).make_slots()] == [None, None]  # CPU slots
+    with pytest.raises(ValueError, match="jobs_per_gpu"):
+        GpuPoolLauncher(jobs_per_gpu=0)

@@ -157,10 +157,12 @@ class GpuPoolLauncher(Launcher):
         log.info("gpu_pool: %d job(s) over %d slot(s) (%s)", len(job_overrides), len(slots), where)
 
         jobs = [self._make_job(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
+        # a sweeper that launches in batches (Optuna) calls launch again: keep the earlier batches' jobs
+        earlier = _earlier_jobs(sweep_dir / SUMMARY, {j.num for j in jobs})
         summary: Dict[str, Any] = {
             "launcher": "gpu_pool", "slots": len(slots), "jobs_per_gpu": self.jobs_per_gpu,
             "devices": sorted({s.device for s in slots if s.device is not None}), "threads_per_job": threads,
-            "started_at": now_iso(), "jobs": [j.record for j in jobs],
+            "started_at": now_iso(), "jobs": [*earlier, *(j.record for j in jobs)],
         }
         pending = list(jobs)
         running: List[Job] = []
@@ -196,7 +198,8 @@ class GpuPoolLauncher(Launcher):
                 signal.signal(signal.SIGTERM, previous_term)
 
         failed = [j for j in jobs if j.record["status"] != "completed"]
-        summary.update(finished_at=now_iso(), completed=len(jobs) - len(failed), failed=len(failed))
+        done = [j for j in summary["jobs"] if j.get("status") == "completed"]
+        summary.update(finished_at=now_iso(), completed=len(done), failed=len(summary["jobs"]) - len(done))
         self._write_summary(sweep_dir, summary)
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         error = None
@@ -350,6 +353,14 @@ class GpuPoolLauncher(Launcher):
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(summary, indent=2, default=str))
         os.replace(tmp, path)
+
+
+def _earlier_jobs(path: Path, now: set) -> List[Dict[str, Any]]:
+    try:
+        jobs = json.loads(path.read_text()).get("jobs", [])
+    except (OSError, ValueError):
+        return []
+    return [j for j in jobs if isinstance(j, dict) and j.get("num") not in now]
 
 
 def _jsonable(value: Any) -> Any:
