@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -178,3 +179,86 @@ def test_augment_copies_store_k_passes_and_random_augment_is_refused(tmp_path: P
     assert res.files["train"].copies == 3 and res.files["train"].rows == 3 * len(dm.dataset("train"))
     loader = FeaturizedDataModule(res, batch_size=8, seed=0).train_dataloader()
     assert sum(len(y) for _, y in loader) == len(dm.dataset("train"))
+
+
+def _flip_bytes(path: Path, dataset: str) -> None:
+    with h5py.File(path, "r") as f:
+        offset = f[dataset].id.get_chunk_info(0).byte_offset
+    with open(path, "r+b") as fh:
+        fh.seek(offset + 40)
+        b = fh.read(8)
+        fh.seek(offset + 40)
+        fh.write(bytes(x ^ 0xFF for x in b))
+
+
+def _rewrite(path: Path, name: str, shape, data=None, dtype="float32") -> None:
+    with h5py.File(path, "r+") as f:
+        chunks = (1, *shape[1:])
+        del f[name]
+        ds = f.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks)
+        ds.attrs["sha256"] = "0" * 64
+        if data is not None:
+            ds[...] = data
+            ds.attrs["sha256"] = hashlib.sha256(ds[...].tobytes()).hexdigest()  # a consistent forgery
+
+
+def _assert_rebuilt_equal_to_prefix(res, path: Path, caplog) -> None:
+    assert res.hits["val"] is False, "a damaged cache file was used"
+    assert sum("failed verification" in r.message for r in caplog.records) == 1
+    prefix = _model().eval().split({"conv", "flat"})[0]
+    with h5py.File(path) as f, torch.no_grad():
+        assert torch.allclose(torch.from_numpy(f["f0"][...]), prefix(_data().dataset("val").tensors[0]), atol=1e-6)
+
+
+def test_flipped_bytes_fail_the_checksum_and_are_rebuilt(tmp_path: Path, caplog) -> None:
+    res, _ = _featurize(tmp_path)
+    path = res.files["val"].path
+    with h5py.File(path) as f:
+        assert f["f0"].attrs["sha256"] and f["y"].attrs["sha256"]
+    _flip_bytes(path, "f0")
+    again, _ = _featurize(tmp_path)
+    _assert_rebuilt_equal_to_prefix(again, path, caplog)
+    assert "checksum" in caplog.text
+
+
+def test_wrong_shape_absurd_shape_and_bad_labels_are_rebuilt_before_any_read(tmp_path: Path, caplog) -> None:
+    res, _ = _featurize(tmp_path)
+    path, rows = res.files["val"].path, res.files["val"].n
+    # metadata matches, the feature dataset has another width
+    _rewrite(path, "f0", (rows, 7), data=torch.zeros(rows, 7).numpy())
+    again, _ = _featurize(tmp_path)
+    _assert_rebuilt_equal_to_prefix(again, path, caplog)
+    caplog.clear()
+    # a declared (rows, 1e6, 1e6) dataset: about 4 EB if it were read; never allocated
+    _rewrite(path, "f0", (rows, 10**6, 10**6))
+    from tlexp.featurize._store import check_split
+
+    why: list[str] = []
+    assert check_split(path, res.key, "val", ["flat"], rows, 1, "float32", reasons=why) is None
+    assert "stores" in why[0]  # caught by the bytes stored even without the expected shape
+    third, _ = _featurize(tmp_path)
+    _assert_rebuilt_equal_to_prefix(third, path, caplog)
+    caplog.clear()
+    # labels outside the class count (3 classes here)
+    _rewrite(path, "y", (rows,), data=torch.full((rows,), 99).numpy(), dtype="int64")
+    fourth, _ = _featurize(tmp_path)
+    _assert_rebuilt_equal_to_prefix(fourth, path, caplog)
+    assert "labels range" in caplog.text
+
+
+def test_leftovers_of_dead_writers_are_removed_live_ones_kept(tmp_path: Path) -> None:
+    from tlexp._tempfiles import temp_path
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    target = tmp_path / "abc-train.h5"
+    mine = temp_path(target)
+    theirs = mine.with_name(mine.name.replace(f"~{os.getpid()}~", f"~{dead.pid}~"))
+    legacy = tmp_path / f".abc-val.h5.{dead.pid}.0123abcd.tmp"
+    for p in (mine, theirs, legacy):
+        p.write_bytes(b"partial")
+    (tmp_path / "oldkey.lock").write_text("")
+    res, _ = _featurize(tmp_path)
+    assert mine.exists() and not theirs.exists() and not legacy.exists()
+    assert not (tmp_path / "oldkey.lock").exists()
+    assert all(f.path.exists() for f in res.files.values())

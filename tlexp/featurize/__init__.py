@@ -98,6 +98,20 @@ def featurize_key(prefix: LayerGraph, boundary: Sequence[str], datamodule: Tlexp
     return cache_key(prefix.to_config(), hash_state(prefix), boundary, identity, dtype, augment_copies)
 
 
+def _expected_shapes(prefix: LayerGraph, datamodule: TlexpDataModule, device: torch.device,
+                     autocast: torch.dtype | None) -> list[tuple[int, ...]] | None:
+    """The per-sample shapes of the prefix outputs, from one training sample: what a cache
+    file must declare before any of it is read."""
+    dataset = datamodule.dataset("train")
+    if len(dataset) == 0:  # type: ignore[arg-type]
+        return None
+    *xs, _ = dataset[0]
+    xs = [torch.as_tensor(x).unsqueeze(0).to(device) for x in xs]
+    with torch.inference_mode(), torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+        out = _as_tuple(prefix(*xs))
+    return [tuple(int(v) for v in o.shape[1:]) for o in out]
+
+
 def featurize(prefix: LayerGraph, boundary: Sequence[str], datamodule: TlexpDataModule, cache_dir: str | Path,
               dtype: str = "float32", batch_size: int = 256, augment_copies: int = 0,
               overwrite: bool = False, device: torch.device | str = "cpu",
@@ -128,6 +142,7 @@ def featurize(prefix: LayerGraph, boundary: Sequence[str], datamodule: TlexpData
     if device.type == "cuda":
         prefix.to(memory_format=torch.channels_last)
     try:
+        shapes = _expected_shapes(prefix, datamodule, device, autocast)
         with key_lock(cache_dir, key):
             for split in FEATURIZED_SPLITS:
                 augmented = split == "train" and augment_copies > 0
@@ -135,10 +150,13 @@ def featurize(prefix: LayerGraph, boundary: Sequence[str], datamodule: TlexpData
                 dataset = datamodule.augmented_dataset(split) if augmented else datamodule.dataset(split)
                 n = len(dataset)  # type: ignore[arg-type]
                 path = cache_dir / f"{key}-{split}.h5"
-                found = None if overwrite else check_split(path, key, split, boundary, n, copies, dtype)
+                why: list[str] = []
+                found = None if overwrite else check_split(path, key, split, boundary, n, copies, dtype, shapes=shapes,
+                                                           num_classes=datamodule.num_classes, reasons=why)
                 if found is None:
-                    if path.exists():
-                        log.warning("featurize: %s does not match its key or shapes; rebuilding it", path)
+                    if path.exists() and not overwrite:
+                        log.warning("featurize: cache file %s failed verification (%s); rebuilding it",
+                                    path, why[0] if why else "does not match")
                     found = write_split(path, key, split, boundary, n, copies, dtype,
                                         _batches(prefix, dataset, batch_size, device, copies, split, autocast))
                     result.hits[split] = False
