@@ -22,6 +22,21 @@ def _one_error_line(res) -> str:
     return lines[0]
 
 
+def _no_run_or_marked_failed(run_dir: Path, line: str | None = None) -> None:
+    """An error at compose time makes no folder; a later one leaves .hydra/, tlexp.log with the
+    error and metrics.json with status failed, and nothing that looks like a finished run."""
+    if not run_dir.exists():
+        return
+    assert {p.name for p in run_dir.iterdir()} == {".hydra", "tlexp.log", "metrics.json"}, list(run_dir.iterdir())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "test" not in metrics
+    assert metrics["timing"]["started_at"] <= metrics["timing"]["finished_at"]
+    if line is not None:
+        message = line.removeprefix("tlexp: error: ")
+        assert metrics["error"] == message
+        assert message in (run_dir / "tlexp.log").read_text()
+
+
 # ---- tlexp-inspect ---------------------------------------------------------------------------
 
 
@@ -79,11 +94,11 @@ def test_inspect_bad_input_is_one_line(tmp_path: Path, args: list[str], expect: 
         (["featurize.dtype=int8"], "featurize.dtype: 'int8' is not a valid choice; valid: float32, float16, bfloat16"),
     ],
 )
-def test_run_bad_config_is_one_line_and_leaves_no_run_folder(tmp_path: Path, args: list[str], expect: str) -> None:
+def test_run_bad_config_is_one_line_and_leaves_no_run_or_a_failed_one(tmp_path: Path, args: list[str], expect: str) -> None:
     run_dir = tmp_path / "run"
     line = _one_error_line(run_cli([*args, f"hydra.run.dir={run_dir}", f"paths.cache_dir={tmp_path / 'cache'}"], cwd=tmp_path))
     assert expect in line
-    assert not run_dir.exists()
+    _no_run_or_marked_failed(run_dir, line)
     assert not list((tmp_path / "cache").glob("*.h5")) if (tmp_path / "cache").exists() else True
 
 
@@ -115,8 +130,9 @@ def test_run_bad_csv_is_one_line(tmp_path: Path, mutate, expect: str) -> None:
     run_dir = tmp_path / "run"
     res = run_cli(["experiment=churn_transfer", f"data.path={path}", f"hydra.run.dir={run_dir}",
                    f"paths.cache_dir={tmp_path / 'cache'}"], cwd=tmp_path)
-    assert expect in _one_error_line(res)
-    assert not run_dir.exists()
+    line = _one_error_line(res)
+    assert expect in line
+    _no_run_or_marked_failed(run_dir, line)
 
 
 def test_run_unreadable_model_folder_is_one_line(tmp_path: Path) -> None:
@@ -127,8 +143,9 @@ def test_run_unreadable_model_folder_is_one_line(tmp_path: Path) -> None:
     (model / "weights.safetensors").write_bytes((shipped / "weights.safetensors").read_bytes()[:200])
     run_dir = tmp_path / "run"
     res = run_cli(["experiment=churn_transfer", f"source.path={model}", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
-    assert "truncated or damaged" in _one_error_line(res)
-    assert not run_dir.exists()
+    line = _one_error_line(res)
+    assert "truncated or damaged" in line
+    _no_run_or_marked_failed(run_dir, line)
 
 
 def test_run_truncated_cache_file_is_one_line(tmp_path: Path) -> None:
@@ -139,8 +156,9 @@ def test_run_truncated_cache_file_is_one_line(tmp_path: Path) -> None:
     victim = sorted(cache.glob("*-train.h5"))[0]
     victim.write_bytes(victim.read_bytes()[:64])
     res = run_cli([*common, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
-    assert "unreadable or truncated" in _one_error_line(res)
-    assert not (tmp_path / "run").exists()
+    line = _one_error_line(res)
+    assert "unreadable or truncated" in line
+    _no_run_or_marked_failed(tmp_path / "run", line)
 
 
 # ---- packaging ---------------------------------------------------------------------------------
@@ -188,5 +206,7 @@ def test_a_users_own_config_folder_adds_experiments(tmp_path: Path) -> None:
 def test_missing_logger_package_is_one_line_before_any_compute(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     res = run_cli(["logger=tensorboard", f"hydra.run.dir={run_dir}", f"paths.cache_dir={tmp_path / 'cache'}"], cwd=tmp_path)
-    assert "logger: cannot create pytorch_lightning.loggers.TensorBoardLogger (Neither `tensorboard`" in _one_error_line(res)
-    assert not run_dir.exists() and not list((tmp_path / "cache").glob("*.h5"))
+    line = _one_error_line(res)
+    assert "logger: cannot create pytorch_lightning.loggers.TensorBoardLogger (Neither `tensorboard`" in line
+    _no_run_or_marked_failed(run_dir, line)
+    assert not list((tmp_path / "cache").glob("*.h5"))

@@ -2,7 +2,8 @@
 
 Both are Hydra apps over the package's ``conf/``; a user adds their own config folder with
 ``--config-dir``. User errors — a bad override, an unknown option, a wrong layer name, an
-unreadable file — print one line and exit with status 2, leaving no half-written run folder.
+unreadable file — print one line and exit with status 2. A run that fails after its folder was
+made leaves it marked failed (``.hydra/``, ``tlexp.log``, ``metrics.json`` with ``status: failed``).
 """
 
 from __future__ import annotations
@@ -33,8 +34,11 @@ def _fail(message: str) -> None:
 
 def _hydra_error_line(e: BaseException) -> str | None:
     """One line for the config errors Hydra and OmegaConf raise at compose time."""
-    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException, SearchPathException
     from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+    if isinstance(e, SearchPathException):
+        return str(e).strip().splitlines()[0] + "; --config-dir must name an existing folder of configs"
 
     if isinstance(e, MissingConfigException):
         opts = getattr(e, "options", None)
@@ -116,35 +120,31 @@ def _sweep_failed(e: Any) -> None:
     sys.exit(e.exit_status)
 
 
+#: mapping-valued keys that an override may clear with ``{}`` (OmegaConf merges a ``{}``
+#: override into the existing mapping, which would keep an experiment's filter)
+_CLEARABLE = ("data.where",)
+
+
 def _default_recipe(argv: list[str]) -> list[str]:
     """Choosing another model (source=…) without naming an experiment starts from a blank
     recipe: the default experiment's surgery and freeze belong to the shipped digits model."""
+    argv = [f"{a.split('=', 1)[0]}=null" if a.split("=", 1)[0] in _CLEARABLE and a.split("=", 1)[-1].strip() == "{}" else a
+            for a in argv]
     names = {a.split("=", 1)[0].lstrip("+~") for a in argv if "=" in a and not a.startswith("-")}
     if "source" in names and "experiment" not in names:
         return [*argv, "experiment=none"]
     return argv
 
 
-def _cleanup_run_dir(out_dir: Path) -> None:
-    """Remove a run folder that holds nothing but what Hydra wrote before the error."""
-    if not out_dir.is_dir():
-        return
-    left = {p.name for p in out_dir.iterdir()} - {".hydra", "tlexp.log"}
-    if not left:
-        shutil.rmtree(out_dir, ignore_errors=True)
-
-
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def _run_app(cfg: DictConfig) -> float | None:
-    from hydra.core.hydra_config import HydraConfig
-
     from tlexp.train import run
 
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
+        # a failed run's folder keeps .hydra/, tlexp.log with the error and metrics.json with
+        # status: failed (run() writes them), so a sweep's report can say which runs failed
         metrics = run(cfg)
     except TlexpError as e:
-        _cleanup_run_dir(out_dir)
         _fail(str(e))
         return None
     # returned for sweepers that optimize a value (hparams_search=optuna)

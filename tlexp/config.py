@@ -265,6 +265,10 @@ class TabularData(SplitData):
     standardize: bool = True
     #: category order per categorical column (the first is the one dropped): {Gender: [Male, Female]}
     category_order: Optional[Any] = None
+    #: drop rows with an empty or NaN value (in a numeric column or the label)
+    dropna: bool = False
+    #: fill empty or NaN numeric values with this number
+    fillna: Optional[float] = None
 
 
 @dataclass

@@ -42,8 +42,37 @@ _EXPECTED_WARNINGS = (
 )
 
 
+def _container(node: Any) -> Any:
+    return plain(node)
+
+
+def check_required(cfg: DictConfig) -> None:
+    """A required value left unset (``???`` in a config) is named, not passed on as a string."""
+    missing = [k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra.")]
+    if missing:
+        key = missing[0]
+        raise ConfigError(f"{key}: a value is required and none is set; add {key}=… to the command line or your experiment"
+                          + (f" (also unset: {', '.join(missing[1:4])})" if len(missing) > 1 else ""))
+
+
+def _check_accelerator(acc: str) -> None:
+    if acc in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator: {acc!r} but this machine has no usable CUDA GPU (torch {torch.__version__}, "
+            f"CUDA build {torch.version.cuda or 'none'}); use trainer=cpu"
+        )
+    if acc == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("trainer.accelerator: 'mps' but Apple's MPS backend is not available here; use trainer=cpu")
+
+
 def validate(cfg: DictConfig) -> None:
     """Checks that need no data or model, done before anything is loaded."""
+    check_required(cfg)
+    for key in ("batch_size", "num_workers"):
+        value = cfg.data.get(key)
+        least = 1 if key == "batch_size" else 0
+        if value is not None and value < least:
+            raise ConfigError(f"data.{key}: {value} must be at least {least}")
     if cfg.freeze.mode not in MODES:
         raise ConfigError(f"freeze.mode: {cfg.freeze.mode!r} is not a mode; valid: {', '.join(MODES)}")
     from tlexp.featurize._store import check_dtype, parse_bytes
@@ -57,6 +86,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.accelerator: {cfg.trainer.accelerator!r} is not known; valid: {', '.join(ACCELERATORS)}")
     if cfg.trainer.max_epochs < 1:
         raise ConfigError(f"trainer.max_epochs: {cfg.trainer.max_epochs} must be at least 1")
+    _check_accelerator(cfg.trainer.accelerator)
     ops = plain(cfg.surgery.ops)
     if not isinstance(ops, list):
         raise ConfigError("surgery.ops: expected a list of ops")
@@ -110,6 +140,9 @@ def prepare(cfg: DictConfig) -> Prepared:
 
             optimizer_state = load_optimizer_state(cfg.source.path)
     ft.apply_graph_overrides(graph, finetune)
+    if not any(p.requires_grad for p in graph.parameters()):
+        frozen = f"freeze.up_to={_container(cfg.freeze.up_to)!r} freezes every layer" if graph.frozen else "the model has no parameters"
+        raise ConfigError(f"freeze.up_to: nothing is left to train ({frozen}); freeze up to an earlier layer")
     return Prepared(graph, data, set(graph.frozen), finetune, optimizer_state)
 
 
@@ -156,7 +189,96 @@ def _callbacks_node(cfg: DictConfig, mode: str) -> dict[str, Any]:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run one experiment; returns the metrics also written to ``metrics.json``."""
+    """Run one experiment; returns the metrics also written to ``metrics.json``.
+
+    A run that fails (a user error or anything else) leaves its folder marked: ``.hydra/``,
+    ``tlexp.log`` with the error, and ``metrics.json`` with ``status: failed`` and the error;
+    whatever else this run had created there (Lightning's logs, a checkpoint, a model) is removed,
+    so a failed run never looks like a finished one.
+    """
+    out_dir = Path(cfg.paths.output_dir)
+    started_at = _utc_now()
+    before = {p.name for p in out_dir.iterdir()} if out_dir.is_dir() else set()
+    from tlexp._tempfiles import remove_stale
+
+    remove_stale(out_dir)  # what an earlier, killed run in this folder left half-written
+    try:
+        metrics = _run(cfg, out_dir)
+    except BaseException as e:
+        _record_failure(cfg, out_dir, started_at, before, e)
+        raise
+    metrics = write_metrics(out_dir, metrics, status="completed", started_at=started_at)
+    log.info("done: val accuracy %.4f, test accuracy %.4f, %s", metrics["val"]["accuracy"], metrics["test"]["accuracy"],
+             metrics["timing"])
+    if cfg.get("print_table", True):
+        from tlexp._report import print_run_table
+
+        print_run_table(cfg, metrics, out_dir)
+    return metrics
+
+
+def _error_line(e: BaseException) -> str:
+    from tlexp.errors import TlexpError
+
+    if isinstance(e, TlexpError):
+        return str(e)
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted"
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+def _record_failure(cfg: DictConfig, out_dir: Path, started_at: str, before: set[str], e: BaseException) -> None:
+    """Mark the run folder failed: the error in tlexp.log and metrics.json, nothing that looks done."""
+    import shutil
+
+    from tlexp.errors import TlexpError
+
+    line = _error_line(e)
+    if isinstance(e, (TlexpError, KeyboardInterrupt)):
+        log.error("error: %s", line)
+    else:
+        log.exception("error: %s", line)
+    try:
+        keep = {".hydra", "tlexp.log", "metrics.json"}
+        cache = Path(str(cfg.paths.cache_dir)).resolve() if cfg.paths.get("cache_dir") else None
+        if out_dir.is_dir():
+            for p in out_dir.iterdir():
+                if p.name in keep or p.name in before or (cache is not None and p.resolve() == cache):
+                    continue
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+        write_metrics(out_dir, {"name": cfg.get("name"), "error": line}, status="failed", started_at=started_at)
+    except OSError as err:  # the folder itself may be what failed (read-only, full disk)
+        log.error("could not mark the run failed in %s: %s", out_dir, err)
+
+
+def write_metrics(out_dir: Path, metrics: Mapping[str, Any], status: str, started_at: str) -> dict[str, Any]:
+    """The one place ``metrics.json`` is written: adds ``status`` and ``timing.started_at`` /
+    ``timing.finished_at`` (ISO 8601 UTC), replaces non-finite numbers by null (strict JSON)."""
+    out = dict(metrics)
+    out["status"] = status
+    out["timing"] = {**dict(out.get("timing") or {}), "started_at": started_at, "finished_at": _utc_now()}
+    out = _finite(out)
+    _write_json(out_dir / "metrics.json", out)
+    return out
+
+
+def _finite(v: Any) -> Any:
+    import math
+
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, Mapping):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
+
+
+def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     import pytorch_lightning as pl
 
     cfg = plain_choices(cfg)
@@ -165,8 +287,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from tlexp.sources.saved import save_model
 
     t_start = time.perf_counter()
-    started_at = _utc_now()
-    out_dir = Path(cfg.paths.output_dir)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     prepared = prepare(cfg)
     logger = _logger(cfg)  # before any compute: a logger that cannot be made is a config error
@@ -251,13 +371,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         meta["data_config"] = source_meta["data_config"]  # how its images are to be prepared
     save_model(graph, out_dir / "model", optimizer_state=optimizer_state, meta=meta)
     metrics["timing"]["total_s"] = round(time.perf_counter() - t_start, 4)
-    metrics["timing"].update(started_at=started_at, finished_at=_utc_now())
-    _write_json(out_dir / "metrics.json", metrics)
-    log.info("done: val accuracy %.4f, test accuracy %.4f, %s", val["accuracy"], test["accuracy"], metrics["timing"])
-    if cfg.get("print_table", True):
-        from tlexp._report import print_run_table
-
-        print_run_table(cfg, metrics, out_dir)
     return metrics
 
 
@@ -274,7 +387,9 @@ def _utc_now() -> str:
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    from tlexp._tempfiles import temp_path
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp = temp_path(path)
+    tmp.write_text(json.dumps(data, indent=2, default=str, allow_nan=False))
     os.replace(tmp, path)

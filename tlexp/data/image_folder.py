@@ -59,8 +59,11 @@ class _Images(Dataset):
         from PIL import Image
 
         path, y = self.samples[i]
-        with open(path, "rb") as f:
-            img = Image.open(f).convert(self.mode)
+        try:
+            with open(path, "rb") as f:
+                img = Image.open(f).convert(self.mode)
+        except (OSError, SyntaxError, ValueError) as e:  # changed or damaged since the folder was scanned
+            raise SourceError(f"data.path: {path} cannot be read as an image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
         return self.transform(img), y
 
 
@@ -99,7 +102,22 @@ def _samples(directory: Path, classes: Sequence[str], field: str, allow_empty: b
         found = make_dataset(str(directory), {c: i for i, c in enumerate(classes)}, IMG_EXTENSIONS, allow_empty=allow_empty)
     except FileNotFoundError as e:
         raise SourceError(f"{field}: {str(directory)!r}: {str(e).splitlines()[0]} ({', '.join(IMG_EXTENSIONS)})") from None
-    return sorted(found)
+    found = sorted(found)
+    for path, _ in found:
+        _check_image(path, field)
+    return found
+
+
+def _check_image(path: str, field: str) -> None:
+    """The file's header names an image format PIL reads (cheap: no pixels are decoded)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.size  # noqa: B018
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SourceError(f"{field}: {path} is not an image PIL can read ({why}); remove it or move it out of the folder") from None
 
 
 def _carve(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray] | None:

@@ -96,6 +96,8 @@ def read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
         raise SourceError(f"data.path: {path} is not a readable CSV file ({e})") from None
     if not header:
         raise SourceError(f"data.path: {path} is empty (no header row)")
+    if not rows:
+        raise SourceError(f"data.path: {path} has a header but no data rows")
     for n, r in enumerate(rows, start=2):
         if len(r) != len(header):
             raise SourceError(f"data.path: {path} line {n} has {len(r)} fields, the header has {len(header)}")
@@ -123,6 +125,8 @@ class TabularDataModule(TlexpDataModule):
         synthetic_rows: int = 10000,
         standardize: bool = True,
         category_order: Mapping[str, Sequence[str]] | None = None,
+        dropna: bool = False,
+        fillna: float | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         if path is None and type != "churn":
@@ -139,6 +143,13 @@ class TabularDataModule(TlexpDataModule):
         self.synthetic_rows = synthetic_rows
         self.standardize = bool(standardize)
         self.category_order = {k: [str(v) for v in vals] for k, vals in (category_order or {}).items()}
+        self.dropna = bool(dropna)
+        if fillna is not None:
+            try:
+                fillna = float(fillna)
+            except (TypeError, ValueError):
+                raise ConfigError(f"data.fillna: {fillna!r} is not a number; write e.g. data.fillna=0") from None
+        self.fillna = fillna
         self.feature_names: list[str] = []
         self.stats: dict[str, list[float]] = {}
         self._file_hash: str | None = None
@@ -163,9 +174,13 @@ class TabularDataModule(TlexpDataModule):
         for fld, names in (("data.drop", self.drop), ("data.categorical", self.categorical), ("data.where", list(self.where))):
             for name in names:
                 if name not in col:
-                    raise ConfigError(f"{fld}: column {name!r} is not in {origin}; columns: {choices(header)}")
+                    hint = " (data.where=null clears the experiment's filter)" if fld == "data.where" else ""
+                    raise ConfigError(f"{fld}: column {name!r} is not in {origin}{hint}; columns: {choices(header)}")
         # categories and number checks cover the whole table, so a filtered run (data.where) keeps
         # the input width and a malformed file fails whatever rows the filter keeps
+        skip = set(self.drop) | {self.label}
+        numeric = [h for h in header if h not in skip and h not in self.categorical]
+        rows = self._missing_values(rows, col, numeric, origin)
         cats = {c: sorted({r[col[c]] for r in rows}) for c in self.categorical}
         for c, order in self.category_order.items():
             if c not in cats:
@@ -173,13 +188,11 @@ class TabularDataModule(TlexpDataModule):
             if sorted(order) != cats[c]:
                 raise ConfigError(f"data.category_order.{c}: {order} must list exactly the values {cats[c]}")
             cats[c] = list(order)
-        skip = set(self.drop) | {self.label}
-        numeric = [h for h in header if h not in skip and h not in cats]
         table: dict[str, np.ndarray] = {}
         for h in numeric:
             values = [r[col[h]] for r in rows]
             try:
-                table[h] = np.array([float(v) for v in values], dtype=np.float32)
+                table[h] = np.array([self.fillna if _is_missing(v) else float(v) for v in values], dtype=np.float32)
             except ValueError:
                 bad = next(i for i, v in enumerate(values) if not _is_number(v))
                 raise SourceError(
@@ -190,7 +203,7 @@ class TabularDataModule(TlexpDataModule):
         for c, values in self.where.items():
             keep &= np.array([r[col[c]] in values for r in rows])
         if not keep.any():
-            raise ConfigError(f"data.where: no row matches {self.where}")
+            raise ConfigError(f"data.where: no row of {origin} matches {self.where}; data.where=null keeps every row")
         rows = [r for r, k in zip(rows, keep) if k]
         labels_raw = [r[col[self.label]] for r in rows]
         classes = sorted(set(labels_raw), key=_label_order)
@@ -218,6 +231,31 @@ class TabularDataModule(TlexpDataModule):
         self.input_shape = (len(names),)
         self._origin = origin
         return np.stack(features, axis=1), y
+
+    def _missing_values(self, rows: list[list[str]], col: Mapping[str, int], numeric: Sequence[str],
+                        origin: str) -> list[list[str]]:
+        """Rows with an empty or NaN value: named, or dropped (data.dropna), or filled (data.fillna)."""
+        checked = [*numeric, self.label]
+        holes = [i for i, r in enumerate(rows) if any(_is_missing(r[col[h]]) for h in checked)]
+        if not holes:
+            return rows
+        if self.dropna:
+            drop = set(holes)
+            kept = [r for i, r in enumerate(rows) if i not in drop]
+            if not kept:
+                raise SourceError(f"data.dropna: every row of {origin} has a missing value")
+            return kept
+        if self.fillna is not None:  # numbers are filled; a missing label still cannot be
+            holes = [i for i in holes if _is_missing(rows[i][col[self.label]])]
+            if not holes:
+                return rows
+        first = rows[holes[0]]
+        h = next(h for h in checked if _is_missing(first[col[h]]))
+        raise SourceError(
+            f"data.path: column {h!r} has a missing value {first[col[h]]!r} in data row {holes[0] + 1} of {origin} "
+            f"({len(holes)} row(s) have one); set data.dropna=true to drop those rows"
+            + ("" if h == self.label else " or data.fillna=VALUE to fill them")
+        )
 
     def _build(self) -> dict[str, Dataset]:
         x, y = self._encoded
@@ -254,9 +292,17 @@ class TabularDataModule(TlexpDataModule):
             "val_fraction": self.val_fraction,
             "test_fraction": self.test_fraction,
             "split_seed": self.split_seed,
+            "dropna": self.dropna,
+            "fillna": self.fillna,
             "preprocessing": "one-hot drop-first; "
             + ("standardize with train-split statistics" if self.standardize else "raw values"),
         }
+
+
+def _is_missing(v: str) -> bool:
+    """An empty cell or a NaN (``nan``, ``NaN``, ``NA``, ``null`` …)."""
+    t = v.strip().lower()
+    return t in ("", "nan", "na", "n/a", "null", "none", "-nan")
 
 
 def _is_number(v: str) -> bool:

@@ -98,6 +98,22 @@ def featurize_key(prefix: LayerGraph, boundary: Sequence[str], datamodule: Tlexp
     return cache_key(prefix.to_config(), hash_state(prefix), boundary, identity, dtype, augment_copies)
 
 
+def _check_writable(cache_dir: Path) -> None:
+    """The cache folder exists (or can be made) and takes files: said before any compute."""
+    import tempfile
+
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=cache_dir):
+            pass
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        raise ConfigError(
+            f"paths.cache_dir: cannot write the feature cache in {str(cache_dir)!r} ({why}); "
+            "set paths.cache_dir (or TLEXP_CACHE) to a writable folder"
+        ) from None
+
+
 def _expected_shapes(prefix: LayerGraph, datamodule: TlexpDataModule, device: torch.device,
                      autocast: torch.dtype | None) -> list[tuple[int, ...]] | None:
     """The per-sample shapes of the prefix outputs, from one training sample: what a cache
@@ -133,7 +149,7 @@ def featurize(prefix: LayerGraph, boundary: Sequence[str], datamodule: TlexpData
     device = torch.device(device)
     start = time.perf_counter()
     cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    _check_writable(cache_dir)
     remove_stale_temps(cache_dir)
     key = featurize_key(prefix, boundary, datamodule, dtype, augment_copies, autocast)
     result = FeaturizeResult(key=key, files={})
