@@ -28,7 +28,7 @@ def test_default_experiment_as_a_user_runs_it(tmp_path: Path) -> None:
     assert metrics["test"]["accuracy"] > 0.85, metrics["test"]
     assert metrics["featurize"]["cache_hit"] is False and len(metrics["featurize"]["key"]) == 32
     assert set(metrics["timing"]) == {"featurize_s", "fit_s", "total_s", "started_at", "finished_at"}
-    assert metrics["status"] == "completed"
+    assert metrics["status"] == "completed" and metrics["timing"]["started_at"] < metrics["timing"]["finished_at"]
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     # the table a person reads
     assert "tlexp run: digits_transfer" in res.stdout and "accuracy" in res.stdout

@@ -300,9 +300,9 @@ class TabularDataModule(TlexpDataModule):
 
 
 def _is_missing(v: str) -> bool:
-    """An empty cell or a NaN (``nan``, ``NaN``, ``NA``, ``null`` …)."""
+    """An empty cell or a NaN (``nan``, ``NaN``, ``NA``, ``null``, ``None``)."""
     t = v.strip().lower()
-    return t in ("", "nan", "na", "n/a", "null", "none", "-nan")
+    return t in ("", "nan", "-nan", "na", "null", "none")
 
 
 def _is_number(v: str) -> bool:
