@@ -12,6 +12,8 @@ an input that does not fit is reported at the Keras layer that causes it.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -193,9 +195,33 @@ class Builder:
         return name
 
 
+_INIT_FUNCTIONS = ("uniform_", "normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_",
+                   "trunc_normal_", "orthogonal_", "zeros_", "ones_", "constant_")
+
+
+@contextlib.contextmanager
+def _no_random_init() -> Iterator[None]:
+    """Skip torch's weight initialization while a layer is built whose every weight the file gives."""
+    saved = {f: getattr(nn.init, f) for f in _INIT_FUNCTIONS}
+    try:
+        for f in _INIT_FUNCTIONS:
+            setattr(nn.init, f, lambda tensor, *a, **k: tensor)
+        yield
+    finally:
+        for f, fn in saved.items():
+            setattr(nn.init, f, fn)
+
+
 def build(op: Op, name: str) -> nn.Module:
     try:
-        module = build_layer(op.type, op.args, where=f"keras layer {name!r}")
+        if op.state:
+            # the file's arrays replace the initial weights: initializing them first only costs time
+            with _no_random_init():
+                module = build_layer(op.type, op.args, where=f"keras layer {name!r}")
+            if set(module.state_dict()) - set(op.state):
+                module = build_layer(op.type, op.args, where=f"keras layer {name!r}")  # some keep their init
+        else:
+            module = build_layer(op.type, op.args, where=f"keras layer {name!r}")
     except TlexpError as e:
         raise SourceError(str(e)) from None
     load_state(module, op.state, f"keras layer {name!r}")
