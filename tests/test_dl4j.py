@@ -351,3 +351,105 @@ def test_every_loader_returns_inference_mode(tmp_path: Path) -> None:
     assert not load_dl4j(_zip("080", "MLP_2")).training
     keras_file = Path(__file__).parent / "fixtures" / "keras" / "k3" / "conv1d.h5"
     assert not load_keras(keras_file).training
+
+
+# ---- DL4J's input preprocessors: the reshapes DL4J computes -----------------------------------
+
+
+def test_preprocessor_nodes_reshape_as_dl4j() -> None:
+    from tlexp.graph import build_layer
+
+    mb, size, t = 2, 3, 4
+    x = torch.arange(mb * size * t, dtype=torch.float32).reshape(mb, size, t)
+    rows = build_layer("dl4j_rnn_to_ff", {})(x)
+    # DL4J: permute(0, 2, 1) then an 'f'-order reshape to [mb*T, size]: row t*mb + b is x[b, :, t]
+    assert rows.shape == (mb * t, size)
+    for b in range(mb):
+        for s in range(t):
+            torch.testing.assert_close(rows[s * mb + b], x[b, :, s])
+    back = build_layer("dl4j_ff_to_rnn", {})(rows, torch.zeros(mb, 1))
+    torch.testing.assert_close(back, x)
+
+    c, h, w = 2, 3, 2
+    imgs = torch.arange(mb * t * c * h * w, dtype=torch.float32).reshape(mb * t, c, h, w)
+    seq = build_layer("dl4j_cnn_to_rnn", {})(imgs, torch.zeros(mb, 1))
+    assert seq.shape == (mb, c * h * w, t)
+    for b in range(mb):
+        for s in range(t):
+            torch.testing.assert_close(seq[b, :, s], imgs[s * mb + b].reshape(-1))
+    again = build_layer("dl4j_rnn_to_cnn", {"channels": c, "height": h, "width": w})(seq)
+    torch.testing.assert_close(again, imgs)
+
+
+def _layer(cls: str, n_in: int, n_out: int, name: str, **extra) -> dict:
+    act = {"@class": "org.nd4j.linalg.activations.impl.ActivationIdentity"}
+    return {"layer": {"@class": f"org.deeplearning4j.nn.conf.layers.{cls}", "activationFn": act, "nin": n_in,
+                      "nout": n_out, "layerName": name, "hasBias": True, **extra}}
+
+
+def _pre(cls: str, **fields) -> dict:
+    return {"@class": f"org.deeplearning4j.nn.conf.preprocessor.{cls}", **fields}
+
+
+def test_rnn_feedforward_preprocessors_in_a_network() -> None:
+    from tlexp.sources.dl4j import build_graph
+
+    lstm = _layer("LSTM", 3, 4, "layer0", forgetGateBiasInit=1.0,
+                  gateActivationFn={"@class": "org.nd4j.linalg.activations.impl.ActivationSigmoid"})
+    conf = {"confs": [lstm, _layer("DenseLayer", 4, 5, "layer1"), _layer("RnnOutputLayer", 5, 2, "layer2")],
+            "inputPreProcessors": {"1": _pre("RnnToFeedForwardPreProcessor"), "2": _pre("FeedForwardToRnnPreProcessor")}}
+    g = build_graph(conf)[0].eval()
+    m = _nodes(g)
+    x = torch.randn(2, 3, 5)
+    with torch.no_grad():
+        y = g(x)
+        h = m["layer0"](x)  # [2, 4, 5]
+        step = torch.stack([m["layer1"](h[:, :, s]) for s in range(5)], dim=2)
+        want = m["layer2"](step)
+        # the dense layer sees DL4J's [mb*T, size] rows
+        rows = m["layer1_preprocessor"](h)
+    assert rows.shape == (10, 4)
+    assert y.shape == (2, 2, 5)
+    torch.testing.assert_close(y, want)
+
+
+def test_cnn_rnn_preprocessors_in_a_network() -> None:
+    from tlexp.sources.dl4j import build_graph
+
+    conv = _layer("ConvolutionLayer", 3, 2, "layer0", kernelSize=[1, 1], stride=[1, 1], padding=[0, 0],
+                  convolutionMode="Truncate", dilation=[1, 1])
+    conf = {"confs": [conv, _layer("RnnOutputLayer", 8, 2, "layer1")],
+            "inputPreProcessors": {"0": _pre("RnnToCnnPreProcessor", inputHeight=2, inputWidth=2, numChannels=3),
+                                   "1": _pre("CnnToRnnPreProcessor", inputHeight=2, inputWidth=2, numChannels=2)}}
+    g = build_graph(conf)[0].eval()
+    m = _nodes(g)
+    x = torch.randn(3, 12, 4)  # [mb, c*h*w, T]
+    with torch.no_grad():
+        y = g(x)
+        per_step = torch.stack([m["layer0"](x[:, :, s].reshape(3, 3, 2, 2)).reshape(3, -1) for s in range(4)], dim=2)
+        want = m["layer1"](per_step)
+    assert y.shape == (3, 2, 4)
+    torch.testing.assert_close(y, want)
+
+
+def test_integration_rnn_fixture_with_rnn_to_feedforward_preprocessor() -> None:
+    """DL4J's RnnCsvSequenceClassification1 with its GlobalPooling swapped for RnnToFeedForward: the
+    output layer then scores every time step as DL4J's [mb*T, nOut] rows."""
+    import json
+
+    from tlexp.sources.dl4j import build_graph
+
+    src = FIX / "integration" / "RnnCsvSequenceClassification1"
+    conf = json.loads((src / "config.mlc.json").read_text())
+    del conf["confs"][1]
+    conf["inputPreProcessors"] = {"1": _pre("RnnToFeedForwardPreProcessor")}
+    g = build_graph(conf)[0].eval()
+    m = _nodes(g)
+    n_in = conf["confs"][0]["layer"]["nin"]
+    x = torch.randn(2, n_in, 3)
+    with torch.no_grad():
+        y = g(x)
+        h = m["layer0"](x)
+    assert y.shape == (2 * 3, conf["confs"][1]["layer"]["nout"])
+    with torch.no_grad():
+        torch.testing.assert_close(y[1 * 2 + 0], m["layer2"](h[0, :, 1][None])[0])

@@ -126,6 +126,7 @@ def _topological(conf: dict[str, Any]) -> list[str]:
 
 def _cg(conf: dict[str, Any], b: Builder, where: str) -> tuple[list[GraphInput], list[Built], list[str]]:
     inputs = list(conf["networkInputs"])
+    b.net_input = inputs[0]
     vin = conf.get("vertexInputs") or {}
     out_of: dict[str, tuple[str, str]] = {}
     first_kind = "ff"

@@ -86,10 +86,13 @@ class Built:
 
 class Builder:
     """Turns one DL4J layer (or vertex) into nodes. ``kind`` tracks the data layout flowing in:
-    'ff' [B, F], 'rnn' [B, F, T], 'cnn' [B, C, H, W], 'rnnff' (rnn flattened per step: [B, T, F])."""
+    'ff' [B, F], 'rnn' [B, F, T], 'cnn' [B, C, H, W]; DL4J's preprocessors flatten a sequence into
+    time-major rows [T*B, F] ('ff') exactly as DL4J does, and fold them back."""
 
     def __init__(self) -> None:
         self.warnings: list[str] = []
+        #: the network input the sequence preprocessors read DL4J's minibatch size from
+        self.net_input = "input"
 
     # ---- helpers -------------------------------------------------------------------------
     def _act_nodes(self, name: str, layer_node: str, act: tuple[str, float, float], src_kind: str) -> tuple[str, dict[str, Any] | None]:
@@ -128,14 +131,22 @@ class Builder:
         if cls == "RnnToFeedForwardPreProcessor":
             if kind != "rnn":
                 return [], src, kind
-            return [Node(name, build_layer("permute", {"dims": [1, 0]}), [src])], name, "rnnff"
+            return [Node(name, build_layer("dl4j_rnn_to_ff", {}), [src])], name, "ff"
         if cls == "FeedForwardToRnnPreProcessor":
-            if kind != "rnnff":
-                raise SourceError(f"{where}: FeedForwardToRnnPreProcessor after a non-sequence input is not supported")
-            return [Node(name, build_layer("permute", {"dims": [1, 0]}), [src])], name, "rnn"
+            if kind == "rnn":
+                return [], src, kind
+            if kind == "cnn":
+                return [Node(name, build_layer("dl4j_cnn_to_rnn", {}), [src, self.net_input])], name, "rnn"
+            return [Node(name, build_layer("dl4j_ff_to_rnn", {}), [src, self.net_input])], name, "rnn"
+        if cls == "CnnToRnnPreProcessor":
+            return [Node(name, build_layer("dl4j_cnn_to_rnn", {}), [src, self.net_input])], name, "rnn"
+        if cls == "RnnToCnnPreProcessor":
+            shape = {"channels": int(f.get("numChannels", 1)), "height": int(f["inputHeight"]),
+                     "width": int(f["inputWidth"])}
+            return [Node(name, build_layer("dl4j_rnn_to_cnn", shape), [src])], name, "cnn"
         raise SourceError(
             f"{where}: input preprocessor {cls} is not supported; supported: CnnToFeedForward, FeedForwardToCnn, "
-            "RnnToFeedForward, FeedForwardToRnn, Cnn3DToFeedForward"
+            "RnnToFeedForward, FeedForwardToRnn, CnnToRnn, RnnToCnn, Cnn3DToFeedForward"
         )
 
     # ---- layers --------------------------------------------------------------------------
@@ -186,7 +197,7 @@ class Builder:
             if act[0] == "identity":
                 return Built([Node(name, build_layer("identity", {}), [src])], name, kind)
             m = build_layer("dl4j_activation", {"name": act[0], "alpha": act[1], "beta": act[2],
-                                                "dim": -1 if kind == "rnnff" else 1})
+                                                "dim": 1})
             return Built([Node(name, m, [src])], name, kind)
 
         if cls == "DropoutLayer":
@@ -436,7 +447,7 @@ class Builder:
         cls, V = vertex_class(obj, where)
         kind = kinds[0] if kinds else "ff"
         if cls == "MergeVertex":
-            dim = -1 if kind == "rnnff" else 1
+            dim = 1
             return Built([Node(name, build_layer("concat", {"dim": dim}), srcs)], name, kind)
         if cls == "ElementWiseVertex":
             op = str(V.get("op", "Add")).lower()

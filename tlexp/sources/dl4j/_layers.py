@@ -534,3 +534,72 @@ class ImageScale(nn.Module):
 def dl4j_image_scaler(min_range: float = 0.0, max_range: float = 1.0, max_pixel: float = 255.0) -> nn.Module:
     """DL4J's ImagePreProcessingScaler: pixels / max_pixel scaled into [min_range, max_range]."""
     return ImageScale(min_range, max_range, max_pixel)
+
+
+# ---- DL4J's input preprocessors between sequence, feed-forward and image layers -------------
+# DL4J flattens a sequence [mb, size, T] into [mb*T, size] rows ordered time-major (row t*mb + b:
+# permute(0, 2, 1) then an 'f'-order reshape), and folds such rows back using the network's
+# minibatch size; the nodes that fold take the network input as a second input to read it from.
+
+
+def _seq_rows(x: torch.Tensor) -> torch.Tensor:
+    """[mb, size, T] -> [T*mb, size], row t*mb + b (DL4J's RnnToFeedForwardPreProcessor)."""
+    return x.permute(2, 0, 1).reshape(x.shape[0] * x.shape[2], x.shape[1])
+
+
+def _rows_seq(x: torch.Tensor, mb: int) -> torch.Tensor:
+    """[T*mb, size] -> [mb, size, T] (DL4J's FeedForwardToRnnPreProcessor)."""
+    if x.shape[0] % mb:
+        raise ValueError(f"{x.shape[0]} rows are not a whole number of time steps of a minibatch of {mb}")
+    return x.reshape(x.shape[0] // mb, mb, -1).permute(1, 2, 0)
+
+
+class RnnToRows(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _seq_rows(x) if x.dim() == 3 else x
+
+
+class RowsToRnn(nn.Module):
+    def forward(self, x: torch.Tensor, net_input: torch.Tensor) -> torch.Tensor:
+        return x if x.dim() == 3 else _rows_seq(x, net_input.shape[0])
+
+
+class CnnToRnn(nn.Module):
+    def forward(self, x: torch.Tensor, net_input: torch.Tensor) -> torch.Tensor:
+        return _rows_seq(x.reshape(x.shape[0], -1), net_input.shape[0])
+
+
+class RnnToCnn(nn.Module):
+    def __init__(self, channels: int, height: int, width: int) -> None:
+        super().__init__()
+        self.shape = (channels, height, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _seq_rows(x).reshape(-1, *self.shape)
+
+
+@register_layer("dl4j_rnn_to_ff", role=Role.FIXED, example_inputs=((4, 5),))
+def dl4j_rnn_to_ff() -> nn.Module:
+    """DL4J's RnnToFeedForwardPreProcessor: [mb, size, T] -> [mb*T, size], time-major rows."""
+    return RnnToRows()
+
+
+@register_layer("dl4j_ff_to_rnn", role=Role.FIXED, example_inputs=((4,), (4, 1)))
+def dl4j_ff_to_rnn() -> nn.Module:
+    """DL4J's FeedForwardToRnnPreProcessor: [mb*T, size] -> [mb, size, T]; the second input (the
+    network input) gives the minibatch size."""
+    return RowsToRnn()
+
+
+@register_layer("dl4j_cnn_to_rnn", role=Role.FIXED, example_inputs=((2, 2, 2), (8, 1)))
+def dl4j_cnn_to_rnn() -> nn.Module:
+    """DL4J's CnnToRnnPreProcessor: [mb*T, c, h, w] -> [mb, c*h*w, T]; the second input (the network
+    input) gives the minibatch size."""
+    return CnnToRnn()
+
+
+@register_layer("dl4j_rnn_to_cnn", role=Role.FIXED, example={"channels": 2, "height": 2, "width": 1},
+                example_inputs=((4, 3),))
+def dl4j_rnn_to_cnn(channels: int, height: int, width: int) -> nn.Module:
+    """DL4J's RnnToCnnPreProcessor: [mb, c*h*w, T] -> [mb*T, c, h, w], time-major rows."""
+    return RnnToCnn(channels, height, width)
