@@ -56,8 +56,19 @@ def print_run_table(cfg: Any, metrics: Mapping[str, Any], out_dir: Path, console
                 parts.append(f"{k} {m[k]:.4f}")
         parts.append(f"loss {m['loss']:.4f}")
         t.add_row(split, " · ".join(parts))
+    for name, b in (metrics.get("baseline") or {}).items():
+        t.add_row(f"baseline: {name}", _versus(metrics["test"], b))
     t.add_row("saved", str(out_dir))
     console.print(t)
+
+
+def _versus(test: Mapping[str, Any], base: Mapping[str, Any]) -> str:
+    """A baseline's test scores and how far the run's result is above (+) or below (−) them."""
+    parts = []
+    for k in ("accuracy", "auroc"):
+        if k in base and k in test:
+            parts.append(f"{k} {base[k]:.4f} (result {test[k] - base[k]:+.4f})")
+    return " · ".join(parts)
 
 
 def layer_table(graph: LayerGraph, rows: Sequence[SummaryRow], title: str = "model") -> Table:

@@ -84,7 +84,13 @@ def load_graph(cfg: DictConfig, data: DataLike | None = None) -> tuple[LayerGrap
     source = plain(cfg.source)
     if data is not None and _spec_without_shape(source):
         source["input_shape"] = list(data.input_shape)
+    # dl4j_zoo reads init itself (DL4J's architecture with fresh weights or its zoo zip)
+    init = source.get("init", "pretrained") if source.get("type") == "dl4j_zoo" else source.pop("init", "pretrained")
     graph = load_source(source)
+    if init == "random" and source.get("type") != "dl4j_zoo":
+        from tlexp.baselines import reinit
+
+        reinit(graph, int(cfg.seed))  # the same architecture from scratch: the transfer-vs-scratch run
     finetune = plain(cfg.finetune)
     overrides = (getattr(graph, "meta", None) or {}).get("finetune_overrides")
     if overrides:

@@ -77,6 +77,8 @@ def plain_choices(cfg: DictConfig) -> DictConfig:
 @dataclass
 class SpecSource:
     type: str = "spec"
+    #: pretrained (the source's weights) or random (same architecture, default init, seeded)
+    init: str = "pretrained"
     layers: list[Any] = field(default_factory=list)
     input_shape: Optional[list[int]] = None
     inputs: Optional[list[Any]] = None
@@ -86,6 +88,8 @@ class SpecSource:
 @dataclass
 class SavedSource:
     type: str = "saved"
+    #: pretrained (the source's weights) or random (same architecture, default init, seeded)
+    init: str = "pretrained"
     path: str = MISSING
     load_optimizer_state: bool = False
 
@@ -93,6 +97,8 @@ class SavedSource:
 @dataclass
 class KerasSource:
     type: str = "keras"
+    #: pretrained (the source's weights) or random (same architecture, default init, seeded)
+    init: str = "pretrained"
     path: str = MISSING
     weights_path: Optional[str] = None
     input_shape: Optional[list[int]] = None
@@ -103,6 +109,8 @@ class KerasSource:
 @dataclass
 class Dl4jSource:
     type: str = "dl4j"
+    #: pretrained (the source's weights) or random (same architecture, default init, seeded)
+    init: str = "pretrained"
     path: str = MISSING
     #: put the zip's normalizer.bin (if any) in front of the model
     normalizer: bool = True
@@ -126,6 +134,8 @@ class Dl4jZooSource:
 @dataclass
 class ZooSource:
     type: str = "zoo"
+    #: pretrained (the source's weights) or random (same architecture, default init, seeded)
+    init: str = "pretrained"
     name: str = MISSING
     pretrained: bool = False
     weights: Optional[str] = None
@@ -312,6 +322,14 @@ class TrainConfig:
 
 
 @dataclass
+class BaselineConfig:
+    #: evaluate the source as loaded on the test split (when its outputs match the classes)
+    source: bool = True
+    #: evaluate the model after surgery, before training
+    before_fit: bool = True
+
+
+@dataclass
 class PathsConfig:
     root_dir: str = "."
     output_dir: str = MISSING
@@ -339,6 +357,7 @@ class TlexpConfig:
     #: Lightning callbacks, a mapping of _target_ entries (conf/callbacks)
     callbacks: Any = None
     train: TrainConfig = field(default_factory=TrainConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     inspect: InspectConfig = field(default_factory=InspectConfig)
     #: print the summary table at the end of a run

@@ -93,6 +93,9 @@ def validate(cfg: DictConfig) -> None:
     from tlexp.callbacks import check_monitor, resolve_mode
 
     check_monitor(cfg.train.monitor)
+    from tlexp.baselines import check_init
+
+    check_init(cfg.source.get("init", "pretrained"))
     resolve_mode(cfg.train.monitor, cfg.train.mode)
     if cfg.get("callbacks") is not None and not OmegaConf.is_dict(cfg.callbacks):
         raise ConfigError("callbacks: expected a mapping of name: {_target_: …} entries")
@@ -186,6 +189,27 @@ def _callbacks_node(cfg: DictConfig, mode: str) -> dict[str, Any]:
     with open_dict(copy):
         copy.train.mode = mode
     return OmegaConf.to_container(copy.callbacks, resolve=True)  # type: ignore[return-value]
+
+
+def _baselines(cfg: DictConfig, prepared: Prepared, device: torch.device) -> tuple[dict[str, Any], dict[str, str]]:
+    """``baseline.source`` (the source as loaded) and ``baseline.before_fit`` on the test split."""
+    from tlexp.baselines import source_baseline
+    from tlexp.module import evaluate
+
+    out: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    node = cfg.get("baseline") or {}
+    if node.get("source", True):
+        result, why = source_baseline(plain(cfg.source), prepared.data, device)
+        if result is not None:
+            out["source"] = result
+        else:
+            skipped["source"] = why
+            log.info("baseline.source: not defined, %s", why)
+    if node.get("before_fit", True):
+        out["before_fit"] = evaluate(prepared.graph, prepared.data.test_dataloader(), prepared.data.num_classes, device)
+        prepared.graph.cpu()
+    return out, skipped
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -293,6 +317,7 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     graph, data, cut = prepared.graph, prepared.data, prepared.cut
     device = _device(cfg)
     class_weights = data.class_weights() if prepared.finetune.get("class_weights") else None
+    baseline, baseline_skipped = _baselines(cfg, prepared, device)
 
     featurize_info: dict[str, Any] = {"mode": cfg.freeze.mode, "key": None, "cache_hit": False}
     t_feat = 0.0
@@ -365,6 +390,10 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "num_classes": data.num_classes,
         "samples": {s: len(data.dataset(s)) for s in ("train", "val", "test")},
     }
+    if baseline or baseline_skipped:
+        metrics["baseline"] = baseline
+        if baseline_skipped:
+            metrics["baseline_skipped"] = baseline_skipped
     meta = {"name": cfg.name, "classes": data.class_names, "test_accuracy": test.get("accuracy")}
     source_meta = getattr(graph, "meta", None) or {}
     if source_meta.get("data_config"):
