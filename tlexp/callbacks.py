@@ -53,8 +53,11 @@ class BestWeights(pl.Callback):
     every validated epoch.
     """
 
-    def __init__(self, monitor: str = "val/loss", mode: str = "min", keep: bool = True) -> None:
+    def __init__(self, monitor: str = "val/loss", mode: str = "min", keep: bool = True,
+                 target: torch.nn.Module | None = None) -> None:
         self.monitor, self.mode, self.keep = monitor, resolve_mode(monitor, mode), keep
+        #: the module whose weights are kept (default: the trained LightningModule)
+        self.target = target
         self.best_value: float | None = None
         self.best_epoch: int | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
@@ -79,13 +82,23 @@ class BestWeights(pl.Callback):
         if self._better(value):
             self.best_value, self.best_epoch = value, trainer.current_epoch + 1
             if self.keep:
-                    self.best_state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+                    self.best_state = self._snapshot(self.target or pl_module)
+
+    @staticmethod
+    def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    def start_from(self, value: float | None, module: torch.nn.Module) -> None:
+        """Count only epochs better than ``value`` (an earlier phase's best); until one is, the
+        weights kept are ``module``'s as they are now."""
+        self.best_value = value
+        self.best_state = self._snapshot(module)
 
     def restore(self, pl_module: pl.LightningModule) -> bool:
-        """Load the best epoch's weights into ``pl_module``; False when nothing was validated."""
+        """Load the best epoch's weights (into ``target`` when set); False when none were kept."""
         if self.best_state is None:
             return False
-        pl_module.load_state_dict(self.best_state)
+        (self.target or pl_module).load_state_dict(self.best_state)
         return True
 
     def summary(self) -> dict[str, Any]:

@@ -322,6 +322,18 @@ class TrainConfig:
 
 
 @dataclass
+class UnfreezeConfig:
+    #: phase 2's cut: a shallower layer than freeze.up_to; null = the whole network trains
+    up_to: Any = None
+    #: epochs of phase 2; 0 = one phase only
+    epochs: int = 0
+    #: phase 2's learning rate is finetune.lr times this (finetune.groups still apply)
+    lr_scale: float = 0.1
+    #: BatchNorm in newly unfrozen layers: frozen (inference mode, running stats kept) or train
+    bn: str = "frozen"
+
+
+@dataclass
 class BaselineConfig:
     #: evaluate the source as loaded on the test split (when its outputs match the classes)
     source: bool = True
@@ -358,6 +370,7 @@ class TlexpConfig:
     callbacks: Any = None
     train: TrainConfig = field(default_factory=TrainConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    unfreeze: UnfreezeConfig = field(default_factory=UnfreezeConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     inspect: InspectConfig = field(default_factory=InspectConfig)
     #: print the summary table at the end of a run
@@ -378,6 +391,7 @@ def register_configs() -> None:
     cs.store(group="source", name="base_source_dl4j_zoo", node=Dl4jZooSource)
     cs.store(group="surgery", name="base_surgery", node=SurgeryConfig)
     cs.store(group="freeze", name="base_freeze", node=FreezeConfig)
+    cs.store(group="unfreeze", name="base_unfreeze", node=UnfreezeConfig)
     cs.store(group="finetune", name="base_finetune", node=FinetuneConfig)
     cs.store(group="data", name="base_data_digits", node=DigitsData)
     cs.store(group="data", name="base_data_tabular", node=TabularData)

@@ -76,6 +76,7 @@ class TransferModule(pl.LightningModule):
         optimizer_state: Mapping[str, Any] | None = None,
         monitor: str = "val/loss",
         training_terms: Any = None,
+        eval_modules: Any = (),
     ) -> None:
         super().__init__()
         self.model = model
@@ -99,6 +100,17 @@ class TransferModule(pl.LightningModule):
         self.test_metrics = make_metrics(num_classes).clone(prefix="test/")
         #: val/auroc is computed per epoch only when it chooses the epoch (it needs every score)
         self.val_auroc = monitor == "val/auroc" and num_classes == 2
+        #: trainable modules kept in inference mode (BatchNorm of newly unfrozen layers,
+        #: unfreeze.bn=frozen); a plain list, not registered as submodules
+        self.eval_modules = list(eval_modules)
+        for m in self.eval_modules:  # Lightning keeps each submodule's mode as it finds it
+            m.eval()
+
+    def train(self, mode: bool = True) -> TransferModule:
+        super().train(mode)
+        for m in getattr(self, "eval_modules", ()):
+            m.eval()
+        return self
 
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
         out = self.model(*xs)
@@ -131,6 +143,8 @@ class TransferModule(pl.LightningModule):
         return loss
 
     def on_train_epoch_start(self) -> None:
+        for m in self.eval_modules:
+            m.eval()
         self._train_sum, self._train_n = torch.zeros((), device=self.device), 0
 
     def on_train_epoch_end(self) -> None:

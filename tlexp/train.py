@@ -96,6 +96,9 @@ def validate(cfg: DictConfig) -> None:
     from tlexp.baselines import check_init
 
     check_init(cfg.source.get("init", "pretrained"))
+    from tlexp.phases import check_unfreeze
+
+    check_unfreeze(plain(cfg.get("unfreeze")) or {})
     resolve_mode(cfg.train.monitor, cfg.train.mode)
     if cfg.get("callbacks") is not None and not OmegaConf.is_dict(cfg.callbacks):
         raise ConfigError("callbacks: expected a mapping of name: {_target_: …} entries")
@@ -188,7 +191,7 @@ def _callbacks_node(cfg: DictConfig, mode: str) -> dict[str, Any]:
     OmegaConf.set_readonly(copy, False)
     with open_dict(copy):
         copy.train.mode = mode
-    return OmegaConf.to_container(copy.callbacks, resolve=True)  # type: ignore[return-value]
+    return OmegaConf.toplain(copy.callbacks, resolve=True)  # type: ignore[return-value]
 
 
 def _baselines(cfg: DictConfig, prepared: Prepared, device: torch.device) -> tuple[dict[str, Any], dict[str, str]]:
@@ -306,8 +309,7 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     import pytorch_lightning as pl
 
     cfg = plain_choices(cfg)
-    from tlexp.featurize import FeaturizedDataModule, describe, featurize
-    from tlexp.module import TransferModule, evaluate
+    from tlexp.module import evaluate
     from tlexp.sources.saved import save_model
 
     t_start = time.perf_counter()
@@ -319,55 +321,35 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     class_weights = data.class_weights() if prepared.finetune.get("class_weights") else None
     baseline, baseline_skipped = _baselines(cfg, prepared, device)
 
-    featurize_info: dict[str, Any] = {"mode": cfg.freeze.mode, "key": None, "cache_hit": False}
-    t_feat = 0.0
-    if cfg.freeze.mode == "featurize" and cut:
-        prefix, suffix = graph.split(cut)
-        boundary = graph.boundary(cut)
-        result = featurize(
-            prefix, boundary, data, cfg.paths.cache_dir, dtype=cfg.featurize.dtype,
-            batch_size=cfg.featurize.batch_size, augment_copies=cfg.featurize.augment_copies,
-            overwrite=cfg.featurize.overwrite, device=device, autocast=_autocast_dtype(cfg, device),
-            info={"up_to": plain(cfg.freeze.up_to), "source": _source_name(cfg), "data": data.identity(),
-                  "writer": str(out_dir)},
-        )
-        t_feat = result.seconds
-        featurize_info.update(describe(result))
-        log.info("featurize: key %s, cache hits %s, %.2fs", result.key, result.hits, t_feat)
-        train_data: pl.LightningDataModule = FeaturizedDataModule(
-            result, batch_size=data.batch_size, seed=cfg.seed, max_memory=cfg.featurize.max_memory, device=device
-        )
-        featurize_info["in_memory"] = train_data.in_memory
-        trainable = suffix
-    else:
-        train_data = data
-        trainable = graph
-        if cfg.freeze.mode == "featurize":
-            featurize_info["mode"] = "featurize (nothing frozen: no prefix to compute)"
-
-    from tlexp.callbacks import BestWeights, build_callbacks, check_monitor, resolve_mode
+    from tlexp.callbacks import check_monitor
+    from tlexp.phases import bn_modules, fit_phase, phase2_cut
 
     check_monitor(cfg.train.monitor, data.num_classes)
-    mode = resolve_mode(cfg.train.monitor, cfg.train.mode)
     terms = (getattr(prepared.graph, "meta", None) or {}).get("training_terms")
-    module = TransferModule(trainable, prepared.finetune, data.num_classes, class_weights, prepared.optimizer_state,
-                            monitor=cfg.train.monitor, training_terms=terms)
-    trainer_kwargs = {k: v for k, v in plain(cfg.trainer).items() if v is not None}
-    best = BestWeights(cfg.train.monitor, mode, keep=bool(cfg.train.restore_best))
-    callbacks = [best, *build_callbacks(_callbacks_node(cfg, mode), trainer_kwargs, logger)]
-    trainer = pl.Trainer(**trainer_kwargs, logger=logger, default_root_dir=str(out_dir), callbacks=callbacks)
-    # both freeze modes start fitting from the same RNG state: same dropout masks, same results
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    t_fit = time.perf_counter()
-    with warnings.catch_warnings():
-        for message in _EXPECTED_WARNINGS:
-            warnings.filterwarnings("ignore", message=message)
-        trainer.fit(module, datamodule=train_data)
-    epochs_run = int(trainer.current_epoch)
-    if cfg.train.restore_best and best.restore(module):
-        log.info("best epoch %s of %s by %s (%.4f): its weights restored", best.best_epoch, epochs_run,
-                 best.monitor, best.best_value)
-    fit_s = time.perf_counter() - t_fit
+    unfreeze = plain(cfg.get("unfreeze")) or {}
+    cut2 = phase2_cut(graph, cut, unfreeze.get("up_to")) if int(unfreeze.get("epochs") or 0) > 0 else None
+    phases = [fit_phase(cfg, graph, data, cut, device, logger, out_dir, phase=1, max_epochs=int(cfg.trainer.max_epochs),
+                        finetune=prepared.finetune, optimizer_state=prepared.optimizer_state, class_weights=class_weights,
+                        training_terms=terms)]
+    if cut2 is not None:
+        # phase 2: the cut moves back; newly unfrozen layers train at a scaled learning rate
+        unfrozen = [n for n in graph.node_names if n in cut - cut2]
+        finetune2 = {**prepared.finetune, "lr": float(prepared.finetune["lr"]) * float(unfreeze.get("lr_scale", 1.0))}
+        frozen_bn = bn_modules(graph, unfrozen) if unfreeze.get("bn", "frozen") == "frozen" else []
+        p1 = phases[0].best
+        phases.append(fit_phase(cfg, graph, data, cut2, device, logger, out_dir, phase=2,
+                                max_epochs=int(unfreeze["epochs"]), finetune=finetune2, optimizer_state=None,
+                                class_weights=class_weights, eval_modules=frozen_bn, start=p1.best_value,
+                                training_terms=terms))
+        phases[1].extra.update({"unfrozen": unfrozen, "lr": finetune2["lr"], "bn": unfreeze.get("bn", "frozen")})
+    trainer, best = phases[-1].trainer, phases[-1].best
+    featurize_info = phases[0].featurize
+    t_feat = sum(ph.featurize_s for ph in phases)
+    fit_s = sum(ph.fit_s for ph in phases)
+    epochs_run = sum(ph.epochs for ph in phases)
+    best_epoch = phases[0].best.best_epoch
+    if len(phases) > 1 and phases[1].best.best_epoch is not None:
+        best_epoch = phases[0].epochs + phases[1].best.best_epoch
 
     # the suffix shares its modules with the whole graph: the graph now holds the trained suffix
     val = evaluate(graph, data.val_dataloader(), data.num_classes, device)
@@ -384,12 +366,15 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "freeze": {"up_to": plain(cfg.freeze.up_to), "frozen": [n for n in graph.node_names if n in cut],
                    "boundary": graph.boundary(cut) if cut else []},
         "epochs": epochs_run,  # epochs completed (early stopping may end a run before max_epochs)
-        "best_epoch": best.best_epoch,
-        "monitor": {**best.summary(), "restored": bool(cfg.train.restore_best and best.best_state is not None)},
+        "best_epoch": best_epoch,  # counting from 1 over both phases
+        "monitor": {**best.summary(), "best_epoch": best_epoch,
+                    "restored": bool(cfg.train.restore_best and best.best_state is not None)},
         "seed": int(cfg.seed),
         "num_classes": data.num_classes,
         "samples": {s: len(data.dataset(s)) for s in ("train", "val", "test")},
     }
+    if len(phases) > 1:
+        metrics["phases"] = [ph.summary(graph) for ph in phases]
     if baseline or baseline_skipped:
         metrics["baseline"] = baseline
         if baseline_skipped:

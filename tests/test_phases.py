@@ -1,0 +1,80 @@
+"""Two-phase fine-tuning (the unfreeze group): phase 2 moves the cut back and trains on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from safetensors.torch import load_file
+
+from tlexp.errors import ConfigError
+from tlexp.train import prepare, run
+
+#: a small conv net with BatchNorm, from a spec (seeded init), on 10 images per digit; SGD, since
+#: Adam turns last-bit differences of near-zero gradients into lr-sized steps (see test_app)
+NET = (
+    "experiment=none", "source=spec", "data=digits", "data.max_per_class=10", "data.batch_size=16",
+    "source.layers=[{name: conv1, type: conv2d, out_channels: 4, kernel_size: 3, padding: same, activation: relu},"
+    "{name: bn1, type: batchnorm2d}, {name: conv2, type: conv2d, out_channels: 4, kernel_size: 3, padding: same},"
+    "{name: bn2, type: batchnorm2d}, {name: flatten, type: flatten},"
+    "{name: fc, type: dense, out_features: 16, activation: relu, dropout: 0.2},"
+    "{name: output, type: dense, out_features: 10, activation: softmax}]",
+    "freeze.up_to=flatten", "unfreeze.up_to=bn1", "unfreeze.epochs=2", "trainer.max_epochs=2", "finetune.optimizer=sgd", "finetune.lr=0.05",
+    "callbacks=none",
+)
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "model" / "weights.safetensors"))
+
+
+def _initial(cfg) -> dict[str, torch.Tensor]:
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)  # as run() does before it builds the model
+    return {k: v.clone() for k, v in prepare(cfg).graph.state_dict().items()}
+
+
+def test_two_phases_featurized_equal_in_model_and_keep_what_stays_frozen(compose_cfg, tmp_path: Path) -> None:
+    feat_cfg = compose_cfg(*NET, "freeze.mode=featurize", out="featurize")
+    feat = run(feat_cfg)
+    model = run(compose_cfg(*NET, "freeze.mode=in_model", out="in_model"))
+    p1, p2 = feat["phases"]
+    assert p1["featurize"]["key"] and p2["featurize"]["key"] and p1["featurize"]["key"] != p2["featurize"]["key"]
+    assert p1["frozen"] == ["conv1", "bn1", "conv2", "bn2", "flatten"] and p2["frozen"] == ["conv1", "bn1"]
+    assert p2["unfrozen"] == ["conv2", "bn2", "flatten"] and p2["lr"] == pytest.approx(0.005)
+    assert feat["epochs"] == 4 and model["phases"][1]["featurize"]["key"] is None
+    a, b = _weights(tmp_path / "featurize"), _weights(tmp_path / "in_model")
+    diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert diff <= 1e-5, f"two-phase featurize vs in_model: max abs weight difference {diff}"
+    before = _initial(feat_cfg)
+    for k in before:
+        layer = k.split(".")[1]
+        if layer in ("conv1", "bn1"):  # frozen in both phases
+            assert torch.equal(before[k], a[k]), k
+        if layer == "bn2" and "running" in k:  # newly unfrozen, bn=frozen: statistics kept
+            assert torch.equal(before[k], a[k]), k
+    # and phase 2 did train the layers it unfroze (unless its best epoch was phase 1's)
+    if feat["best_epoch"] > 2:
+        conv2 = [k for k in a if k.startswith("layers.conv2.")]
+        assert conv2 and any(not torch.equal(before[k], a[k]) for k in conv2)
+
+
+def test_bn_train_updates_the_statistics_of_unfrozen_layers(compose_cfg, tmp_path: Path) -> None:
+    cfg = compose_cfg(*NET, "unfreeze.bn=train", "train.restore_best=false")
+    run(cfg)
+    before, after = _initial(cfg), _weights(tmp_path / "run")
+    assert not torch.equal(before["layers.bn2.running_mean"], after["layers.bn2.running_mean"])
+    assert torch.equal(before["layers.bn1.running_mean"], after["layers.bn1.running_mean"])
+
+
+@pytest.mark.parametrize(("overrides", "field"), [
+    (("unfreeze.up_to=fc",), "unfreeze.up_to"),
+    (("unfreeze.up_to=flatten",), "unfreeze.up_to"),
+    (("unfreeze.bn=sometimes",), "unfreeze.bn"),
+    (("unfreeze.lr_scale=0",), "unfreeze.lr_scale"),
+    (("freeze.up_to=null",), "unfreeze.epochs"),
+])
+def test_bad_unfreeze_is_a_config_error(compose_cfg, overrides, field: str) -> None:
+    with pytest.raises(ConfigError, match=field):
+        run(compose_cfg(*NET, *overrides))

@@ -1,0 +1,160 @@
+"""Training phases: one ``fit`` of the part of the graph outside a cut.
+
+Phase 1 trains with the prefix frozen at ``freeze.up_to``. With ``unfreeze.epochs > 0`` phase 2
+moves the cut back to ``unfreeze.up_to`` (a shallower cut; null = the whole network) and trains on
+with the learning rate scaled by ``unfreeze.lr_scale`` (fastai's ``fine_tune``, Lightning's
+``BackboneFinetuning``). Under ``freeze.mode=featurize`` each phase reads its own prefix's
+outputs from the cache (the phase-2 prefix is the part still frozen, so it has its own key).
+BatchNorm in newly unfrozen layers stays in inference mode under ``unfreeze.bn=frozen``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tlexp.errors import ConfigError
+from tlexp.graph import LayerGraph
+
+__all__ = ["PhaseResult", "fit_phase", "phase2_cut", "bn_modules", "BN_MODES"]
+
+log = logging.getLogger(__name__)
+
+BN_MODES = ("frozen", "train")
+
+
+@dataclass
+class PhaseResult:
+    phase: int
+    cut: set[str]
+    featurize: dict[str, Any]
+    featurize_s: float
+    fit_s: float
+    epochs: int
+    best: Any
+    trainer: Any
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self, graph: LayerGraph) -> dict[str, Any]:
+        return {
+            "phase": self.phase,
+            "frozen": [n for n in graph.node_names if n in self.cut],
+            "epochs": self.epochs,
+            "best_epoch": self.best.best_epoch,
+            "monitor": self.best.summary(),
+            "featurize": {k: self.featurize.get(k) for k in ("mode", "key", "cache_hit")},
+            "timing": {"featurize_s": round(self.featurize_s, 4), "fit_s": round(self.fit_s, 4)},
+            **self.extra,
+        }
+
+
+def check_unfreeze(node: Mapping[str, Any]) -> None:
+    """Checks of the ``unfreeze`` group that need no model."""
+    if int(node.get("epochs") or 0) < 0:
+        raise ConfigError(f"unfreeze.epochs: {node.get('epochs')} must be 0 (one phase) or more")
+    if float(node.get("lr_scale", 1.0)) <= 0:
+        raise ConfigError(f"unfreeze.lr_scale: {node.get('lr_scale')} must be above 0")
+    if node.get("bn", "frozen") not in BN_MODES:
+        raise ConfigError(f"unfreeze.bn: {node.get('bn')!r} is not a mode; valid: {', '.join(BN_MODES)}")
+
+
+def phase2_cut(graph: LayerGraph, cut1: set[str], up_to: Any) -> set[str]:
+    """The cut of phase 2: a part of phase 1's cut, so that more of the network trains."""
+    from tlexp.freeze import resolve_cut
+
+    if not cut1:
+        raise ConfigError("unfreeze.epochs: phase 1 freezes nothing (freeze.up_to is null), so there is nothing "
+                          "to unfreeze; set freeze.up_to or unfreeze.epochs=0")
+    cut2 = resolve_cut(graph, up_to, field="unfreeze.up_to")
+    if not cut2 < cut1:
+        deeper = sorted(cut2 - cut1)
+        why = f"it freezes {', '.join(deeper)} which phase 1 trains" if deeper else "it is the same cut"
+        raise ConfigError(f"unfreeze.up_to: {up_to!r} must be a shallower cut than freeze.up_to; {why}; "
+                          "null unfreezes everything")
+    return cut2
+
+
+def bn_modules(graph: LayerGraph, names: Sequence[str]) -> list[nn.Module]:
+    """The BatchNorm modules inside the named nodes (timm's BatchNormAct2d included)."""
+    out: list[nn.Module] = []
+    for n in names:
+        out.extend(m for m in graph.module(n).modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+    return out
+
+
+def fit_phase(cfg: Any, graph: LayerGraph, data: Any, cut: set[str], device: torch.device, logger: Any,
+              out_dir: Path, *, phase: int, max_epochs: int, finetune: Mapping[str, Any],
+              optimizer_state: Mapping[str, Any] | None, class_weights: torch.Tensor | None,
+              eval_modules: Sequence[nn.Module] = (), start: Any = None, training_terms: Any = None) -> PhaseResult:
+    """Featurize the prefix before ``cut`` (featurize mode) and fit the rest for ``max_epochs``.
+
+    ``start`` (phase 2): the best monitored value so far; an epoch must beat it to be kept, and
+    the whole graph is snapshot so that a phase that never improves leaves the graph as it found it.
+    """
+    import pytorch_lightning as pl
+
+    from tlexp.callbacks import BestWeights, build_callbacks, resolve_mode
+    from tlexp.featurize import FeaturizedDataModule, describe, featurize
+    from tlexp.module import TransferModule
+    from tlexp.assemble import plain as container
+    from tlexp.train import _EXPECTED_WARNINGS, _autocast_dtype, _callbacks_node, _source_name
+
+    graph.set_frozen(cut)
+    info: dict[str, Any] = {"mode": cfg.freeze.mode, "key": None, "cache_hit": False}
+    t_feat = 0.0
+    if cfg.freeze.mode == "featurize" and cut:
+        prefix, suffix = graph.split(cut)
+        boundary = graph.boundary(cut)
+        result = featurize(
+            prefix, boundary, data, cfg.paths.cache_dir, dtype=cfg.featurize.dtype,
+            batch_size=cfg.featurize.batch_size, augment_copies=cfg.featurize.augment_copies,
+            overwrite=cfg.featurize.overwrite, device=device, autocast=_autocast_dtype(cfg, device),
+            info={"up_to": container(cfg.freeze.up_to) if phase == 1 else sorted(cut), "source": _source_name(cfg),
+                  "data": data.identity(), "writer": str(out_dir)},
+        )
+        t_feat = result.seconds
+        info.update(describe(result))
+        log.info("phase %d featurize: key %s, cache hits %s, %.2fs", phase, result.key, result.hits, t_feat)
+        train_data: Any = FeaturizedDataModule(
+            result, batch_size=data.batch_size, seed=cfg.seed, max_memory=cfg.featurize.max_memory, device=device
+        )
+        info["in_memory"] = train_data.in_memory
+        trainable: LayerGraph = suffix
+    else:
+        train_data = data
+        trainable = graph
+        if cfg.freeze.mode == "featurize":
+            info["mode"] = "featurize (nothing frozen: no prefix to compute)"
+
+    mode = resolve_mode(cfg.train.monitor, cfg.train.mode)
+    module = TransferModule(trainable, finetune, data.num_classes, class_weights, optimizer_state,
+                            monitor=cfg.train.monitor, eval_modules=eval_modules, training_terms=training_terms)
+    trainer_kwargs = {k: v for k, v in container(cfg.trainer).items() if v is not None}
+    trainer_kwargs["max_epochs"] = max_epochs
+    keep = bool(cfg.train.restore_best)
+    best = BestWeights(cfg.train.monitor, mode, keep=keep, target=graph if start is not None else None)
+    if start is not None and keep:
+        best.start_from(start, graph)
+    callbacks = [best, *build_callbacks(_callbacks_node(cfg, mode), trainer_kwargs, logger)]
+    trainer = pl.Trainer(**trainer_kwargs, logger=logger, default_root_dir=str(out_dir), callbacks=callbacks)
+    # both freeze modes start fitting from the same RNG state: same dropout masks, same results
+    pl.seed_everything(cfg.seed + phase - 1, workers=True, verbose=False)
+    t_fit = time.perf_counter()
+    with warnings.catch_warnings():
+        for message in _EXPECTED_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        trainer.fit(module, datamodule=train_data)
+    epochs_run = int(trainer.current_epoch)
+    if keep and best.restore(module):
+        log.info("phase %d: best epoch %s of %s by %s (%.4f): its weights restored", phase, best.best_epoch,
+                 epochs_run, best.monitor, best.best_value if best.best_value is not None else float("nan"))
+    fit_s = time.perf_counter() - t_fit
+    return PhaseResult(phase, set(cut), info, t_feat, fit_s, epochs_run, best, trainer)
