@@ -57,7 +57,7 @@ FreezeMode = _choice("FreezeMode", MODES)
 CacheDtype = _choice("CacheDtype", ("float32", "float16", "bfloat16"))
 Schedule = _choice("Schedule", SCHEDULES)
 GradientNormalization = _choice("GradientNormalization", GRADIENT_NORMALIZATIONS)
-Loss = _choice("Loss", ("cross_entropy", "nll"))
+Loss = _choice("Loss", ("cross_entropy", "nll", "bce"))
 Accelerator = _choice("Accelerator", ("cpu", "gpu", "cuda", "mps", "auto"))
 InspectFormat = _choice("InspectFormat", ("table", "json"))
 MonitorMode = _choice("MonitorMode", ("min", "max", "auto"))
@@ -224,8 +224,11 @@ class FinetuneConfig:
     gradient_normalization_threshold: float = 1.0
     seed: Optional[int] = None
     groups: list[GroupOverride] = field(default_factory=list)
-    #: cross_entropy (probabilities or logits, read off the output layer) or nll
+    #: cross_entropy (probabilities or logits, read off the output layer), nll, or bce (one
+    #: sigmoid or logit unit for two classes)
     loss: Loss = Loss.cross_entropy  # type: ignore[attr-defined]
+    #: refuse an output layer whose activation does not fit the loss (DL4J's validateOutputLayerConfig)
+    validate_output: bool = True
     #: weigh the loss by inverse class frequency of the training split
     class_weights: bool = False
     #: keep the optimizer state in model/optimizer.safetensors (DL4J saveUpdater)

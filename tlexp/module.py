@@ -17,7 +17,8 @@ from tlexp.graph import LayerGraph, get_layer_type, layer_spec
 
 __all__ = ["TransferModule", "output_kind", "make_metrics", "LOSSES"]
 
-LOSSES = ("cross_entropy", "nll")
+#: bce: one output unit (sigmoid or logit) for two classes
+LOSSES = ("cross_entropy", "nll", "bce")
 
 
 def output_kind(graph: LayerGraph) -> str:
@@ -34,10 +35,18 @@ def output_kind(graph: LayerGraph) -> str:
     kind, args = spec
     lt = get_layer_type(kind)
     act = args.get("name") if lt.is_activation else args.get("activation") if lt.takes_activation else None
-    return {"softmax": "probs", "log_softmax": "log_probs"}.get(act, "logits")
+    return {"softmax": "probs", "log_softmax": "log_probs", "sigmoid": "sigmoid"}.get(act, "logits")
 
 
 def log_probs(out: torch.Tensor, kind: str) -> torch.Tensor:
+    if out.shape[-1] == 1:
+        # one unit for two classes (finetune.loss=bce): [log p(0), log p(1)], so that the
+        # negative log-likelihood of these two columns is binary cross-entropy
+        if kind == "sigmoid":
+            p = out[..., 0].clamp(1e-7, 1 - 1e-7)
+            return torch.stack([torch.log1p(-p), torch.log(p)], dim=-1)
+        z = out[..., 0]
+        return torch.stack([F.logsigmoid(-z), F.logsigmoid(z)], dim=-1)
     if kind == "probs":
         return torch.log(out.clamp_min(1e-12))
     if kind == "log_probs":

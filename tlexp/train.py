@@ -93,6 +93,10 @@ def validate(cfg: DictConfig) -> None:
     from tlexp.callbacks import check_monitor, resolve_mode
 
     check_monitor(cfg.train.monitor)
+    from tlexp.module import LOSSES
+
+    if cfg.finetune.get("loss", "cross_entropy") not in LOSSES:
+        raise ConfigError(f"finetune.loss: {cfg.finetune.loss!r} is not supported; valid: {', '.join(LOSSES)}")
     from tlexp.baselines import check_init
 
     check_init(cfg.source.get("init", "pretrained"))
@@ -132,7 +136,13 @@ def prepare(cfg: DictConfig) -> Prepared:
     if all(g.shape is not None for g in graph.graph_inputs):
         shapes = graph.trace_shapes(where="model")
         out = shapes[graph.outputs[0]][0]
-        if out[-1:] != (data.num_classes,):
+        loss = finetune.get("loss", "cross_entropy")
+        if finetune.get("validate_output", True) and out:
+            from tlexp.output_check import check_output
+
+            check_output(graph, int(out[-1]), data.num_classes, loss)
+        single_unit = loss == "bce" and tuple(out[-1:]) == (1,) and data.num_classes == 2
+        if out[-1:] != (data.num_classes,) and not single_unit:
             raise ShapeError(
                 f"surgery: the model's output has shape {list(out)} but data has {data.num_classes} classes; "
                 "replace the output layer (surgery=replace_output) or set its size"
