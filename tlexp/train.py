@@ -201,7 +201,7 @@ def _callbacks_node(cfg: DictConfig, mode: str) -> dict[str, Any]:
     OmegaConf.set_readonly(copy, False)
     with open_dict(copy):
         copy.train.mode = mode
-    return OmegaConf.toplain(copy.callbacks, resolve=True)  # type: ignore[return-value]
+    return OmegaConf.to_container(copy.callbacks, resolve=True)  # type: ignore[return-value]
 
 
 def _baselines(cfg: DictConfig, prepared: Prepared, device: torch.device) -> tuple[dict[str, Any], dict[str, str]]:
