@@ -64,7 +64,6 @@ def test_monitor_auroc_on_two_classes(compose_cfg) -> None:
 
 @pytest.mark.parametrize(("overrides", "field"), [
     (("train.monitor=val/f2",), "train.monitor"),
-    (("train.mode=biggest",), "train.mode"),
     (("experiment=digits_transfer", "train.monitor=val/auroc"), "val/auroc needs two classes"),
     (("+callbacks.bad={_target_: torch.nn.Linear, in_features: 1, out_features: 1}",), "callbacks.bad"),
     (("+callbacks.nope={_target_: pytorch_lightning.callbacks.NoSuchCallback}",), "callbacks.nope"),
@@ -72,3 +71,8 @@ def test_monitor_auroc_on_two_classes(compose_cfg) -> None:
 def test_bad_monitor_and_callbacks_are_config_errors(compose_cfg, overrides, field: str) -> None:
     with pytest.raises(ConfigError, match=field):
         run(compose_cfg(*overrides, "trainer.max_epochs=1"))
+
+
+def test_bad_mode_is_refused_when_composed(compose_cfg) -> None:
+    with pytest.raises(Exception, match="biggest"):
+        compose_cfg("train.mode=biggest")
