@@ -188,7 +188,8 @@ def test_one_pass_is_bit_identical_to_each_cut_alone_and_reads_the_data_once(com
     names = [n for n in graph.node_names if n in p.cut]
     cuts = [resolve_cut(graph, n) for n in names[-3:]]  # three nested cuts, the deepest last
     monkeypatch.setattr(data, "dataset", lambda split: Counting(split))
-    res = featurize_cuts(graph, cuts, data, tmp_path / "one", batch_size=32)
+    # the dtype as the config holds it (a Choice), as the sweep's plan passes it
+    res = featurize_cuts(graph, cuts, data, tmp_path / "one", dtype=cfg.featurize.dtype, batch_size=32)
     monkeypatch.setattr(data, "dataset", plain)
     assert reads == {s: len(plain(s)) for s in FEATURIZED_SPLITS}  # each split's data read once
     assert res.passes == {"train": 1, "val": 1}

@@ -92,7 +92,7 @@ def featurize_cuts(graph: LayerGraph, cuts: Sequence[set[str]], datamodule: Tlex
     ``cuts`` must be nested (each contained in the largest). ``graph`` is left frozen at the
     largest cut.
     """
-    check_dtype(dtype)
+    dtype = str(check_dtype(str(dtype)))  # a config Choice formats as its plain name; h5py needs a str
     if datamodule.has_random_augment:
         raise ConfigError("featurize: random augmentations cannot be featurized in one pass; set data.augment=false")
     if not cuts:

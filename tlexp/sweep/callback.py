@@ -27,7 +27,12 @@ class SweepCallback(Callback):
         from tlexp.sweep.plan import make_plan
 
         sweep_dir = str(config.hydra.sweep.dir)
-        plan = make_plan(config, sweep_dir)
+        try:
+            plan = make_plan(config, sweep_dir)
+        except Exception as e:  # noqa: BLE001 - the jobs still featurize for themselves
+            log.warning("featurize plan failed (%s: %s); each job featurizes its own cut", type(e).__name__, e,
+                        exc_info=True)
+            return
         if plan is None:
             log.info("featurize plan: not a grid sweep; jobs share the cache job by job")
 
