@@ -66,6 +66,10 @@ def make_plan(config: DictConfig, sweep_dir: str | Path, execute: bool = True) -
     grid = expand_grid(config)
     if grid is None:
         return None
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():  # job configs interpolate ${hydra:…}; the sweep's own answers
+        HydraConfig.instance().set_config(config)
     t0 = time.perf_counter()
     config_name = str(config.hydra.job.config_name)
     jobs: list[dict[str, Any]] = []
