@@ -105,5 +105,13 @@ def test_dl4j_churn_transfer_recipe_end_to_end(compose_cfg, tmp_path: Path) -> N
     assert metrics["freeze"]["frozen"] == ["normalizer", "layer0", "layer1"]
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert 0.0 <= saved["test"]["accuracy"] <= 1.0
+    # evaluated before fit (the book's first eval): the DL4J model as loaded, output layer kept
+    from tlexp.module import evaluate
+
+    before = saved["baseline"]["before_fit"]
+    run_data = build_datamodule(OmegaConf.to_container(cfg.data, resolve=True), seed=int(cfg.seed))
+    run_data.setup()
+    want = evaluate(load_dl4j(model), run_data.test_dataloader(), run_data.num_classes, torch.device("cpu"))
+    assert before["accuracy"] == pytest.approx(want["accuracy"])
     g = load_dl4j(model)
     assert g._nodes[0].name == "normalizer" and [n.name for n in g._nodes][-1] == "layer3"
