@@ -98,7 +98,7 @@ def test_sweep_2x2_reuses_the_cache(tmp_path: Path) -> None:
         assert [m["featurize"]["cache_hit"] for m in ms] == [True, True], cut
         assert ms[0]["featurize"]["key"] == ms[1]["featurize"]["key"]
     plan = json.loads((sweep / "featurize_plan.json").read_text())
-    assert sorted(c["key"] for g in plan["groups"] for c in g["cuts"]) == sorted(m["featurize"]["key"] for m in (by_cut["pool2"][0], by_cut["flatten"][0]))
+    assert sorted(c["key"] for g in plan["groups"] for c in g["cuts"]) == sorted(m["featurize"]["key"] for m in (by_cut["pool2"][0], by_cut["flatten"][0]))  # noqa: E501
     assert by_cut["pool2"][0]["featurize"]["key"] != by_cut["flatten"][0]["featurize"]["key"]
 
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import tlexp
+from tests._models import conv_chain, skip_graph
 from tlexp.errors import ConfigError, ShapeError, SourceError
 from tlexp.freeze import freeze, resolve_cut
 from tlexp.graph import LayerGraph, build_layer, get_layer_type, layer_names
-from tests._models import conv_chain, skip_graph
 from tlexp.sources.spec import build_spec
 
 # ---- models ---------------------------------------------------------------------------------

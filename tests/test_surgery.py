@@ -6,13 +6,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from tests._models import conv_chain, skip_graph
 from tlexp.errors import ConfigError, ShapeError
 from tlexp.freeze import freeze
 from tlexp.graph import LayerGraph
-from tests._models import conv_chain, skip_graph
 from tlexp.sources.spec import build_spec
-from tlexp.surgery import WEIGHT_INITS, apply_ops, list_ops, register_op
-from tlexp.surgery import _registry
+from tlexp.surgery import WEIGHT_INITS, _registry, apply_ops, list_ops, register_op
 
 # ---- models ---------------------------------------------------------------------------------
 
@@ -332,7 +331,7 @@ def test_replace_layer_errors():
     g = conv_chain()
     with pytest.raises(ConfigError, match=r"surgery\.ops\[0\]\.name: no layer named 'fc3'; valid: c, bn, r, p, f, fc1, drop, fc2"):
         apply_ops(g, [{"op": "replace_layer", "name": "fc3", "type": "identity"}])
-    with pytest.raises(ShapeError, match=r"^surgery\.ops\[0\] \(replace_layer 'fc1'\): layer 'fc2' \(dense\) does not accept its input \(drop \[6\]\)"):
+    with pytest.raises(ShapeError, match=r"^surgery\.ops\[0\] \(replace_layer 'fc1'\): layer 'fc2' \(dense\) does not accept its input \(drop \[6\]\)"):  # noqa: E501
         apply_ops(g, [{"op": "replace_layer", "name": "fc1", "type": "dense", "out_features": 6}])
 
 
@@ -421,13 +420,13 @@ def test_n_out_replace_refuses_a_next_layer_it_cannot_resize(layer, args, shown)
         ],
         input_shape=[4],
     )
-    with pytest.raises(ConfigError, match=rf"^surgery\.ops\[0\]\.layer: layer 'nxt' \({shown}\) takes the output of 'fc' \(through 'act'\) and cannot be resized to fit; resizable next layers: batchnorm1d, batchnorm2d, conv1d"):
+    with pytest.raises(ConfigError, match=rf"^surgery\.ops\[0\]\.layer: layer 'nxt' \({shown}\) takes the output of 'fc' \(through 'act'\) and cannot be resized to fit; resizable next layers: batchnorm1d, batchnorm2d, conv1d"):  # noqa: E501
         apply_ops(g, [{"op": "n_out_replace", "layer": "fc", "n_out": 5}])
 
 
 def test_n_out_replace_errors():
     g = conv_chain()
-    with pytest.raises(ConfigError, match=r"surgery\.ops\[0\]\.layer: layer 'bn' \(batchnorm2d\) has no output size to replace; valid layer types: conv1d"):
+    with pytest.raises(ConfigError, match=r"surgery\.ops\[0\]\.layer: layer 'bn' \(batchnorm2d\) has no output size to replace; valid layer types: conv1d"):  # noqa: E501
         apply_ops(g, [{"op": "n_out_replace", "layer": "bn", "n_out": 3}])
     with pytest.raises(ConfigError, match=r"surgery\.ops\[0\]\.layer: index 9 is out of range; valid: 0\.\.7"):
         apply_ops(g, [{"op": "n_out_replace", "layer": 9, "n_out": 3}])
@@ -494,9 +493,9 @@ def test_n_in_replace_first_layer_changes_the_declared_input():
 
 def test_n_in_replace_errors_and_shapeless_graphs():
     g = dense_chain()
-    with pytest.raises(ShapeError, match=r"^surgery\.ops\[0\] \(n_in_replace 'fc2'\): layer 'fc2' \(dense\) does not accept its input \(fc1 \[8\]\): .*2x8 and 5x4"):
+    with pytest.raises(ShapeError, match=r"^surgery\.ops\[0\] \(n_in_replace 'fc2'\): layer 'fc2' \(dense\) does not accept its input \(fc1 \[8\]\): .*2x8 and 5x4"):  # noqa: E501
         apply_ops(g, [{"op": "n_in_replace", "layer": "fc2", "n_in": 5}])
-    with pytest.raises(ConfigError, match=r"^surgery\.ops\[0\]\.layer: layer 'r' \(activation\) has no input size to replace; valid layer types: conv1d, conv2d"):
+    with pytest.raises(ConfigError, match=r"^surgery\.ops\[0\]\.layer: layer 'r' \(activation\) has no input size to replace; valid layer types: conv1d, conv2d"):  # noqa: E501
         apply_ops(conv_chain(), [{"op": "n_in_replace", "layer": "r", "n_in": 5}])
     # no declared shapes: no dry run, the size is simply set (DL4J builds before it checks)
     free = dense_chain(input_shape=None)
@@ -543,7 +542,7 @@ def test_preprocessor_on_one_of_two_inputs():
 
 def test_preprocessor_errors():
     g = dense_chain()
-    with pytest.raises(ConfigError, match=r"surgery\.ops\[0\]\.type: 'dense' is not an input preprocessor; valid: flatten, reshape, permute, normalize"):
+    with pytest.raises(ConfigError, match=r"surgery\.ops\[0\]\.type: 'dense' is not an input preprocessor; valid: flatten, reshape, permute, normalize"):  # noqa: E501
         apply_ops(g, [{"op": "set_input_preprocessor", "type": "dense", "out_features": 3}])
     with pytest.raises(ConfigError, match=r"surgery\.ops\[0\]\.input_shape: a flatten preprocessor changes the input's shape"):
         apply_ops(g, [{"op": "set_input_preprocessor", "type": "flatten"}])
@@ -554,7 +553,7 @@ def test_preprocessor_errors():
     with pytest.raises(ConfigError, match=r"surgery\.ops\[1\]\.name: 'preprocess_input' is already a layer"):
         apply_ops(g, [{"op": "set_input_preprocessor", "type": "flatten", "input_shape": [4, 4]},
                       {"op": "set_input_preprocessor", "type": "flatten", "input_shape": [2, 8]}])
-    with pytest.raises(ShapeError, match=r"^surgery\.ops\[0\] \(set_input_preprocessor 'input'\): layer 'fc1' \(dense\) does not accept its input \(preprocess_input \[15\]\)"):
+    with pytest.raises(ShapeError, match=r"^surgery\.ops\[0\] \(set_input_preprocessor 'input'\): layer 'fc1' \(dense\) does not accept its input \(preprocess_input \[15\]\)"):  # noqa: E501
         apply_ops(g, [{"op": "set_input_preprocessor", "input": "input", "type": "flatten", "input_shape": [3, 5]}])
 
 
@@ -608,7 +607,7 @@ def test_remove_vertex_keep_connections_errors():
     g = skip_graph(seed=2)
     with pytest.raises(ConfigError, match=r"surgery\.ops\[0\]\.name: vertex 's' has 2 inputs \(fa, fb\) and h take one tensor from it"):
         apply_ops(g, [{"op": "remove_vertex_keep_connections", "name": "s"}])
-    with pytest.raises(ShapeError, match=r"^surgery\.ops\[0\] \(remove_vertex_keep_connections 'h'\): layer 'hn' \(batchnorm1d\) does not accept its input \(s \[6\]\)"):
+    with pytest.raises(ShapeError, match=r"^surgery\.ops\[0\] \(remove_vertex_keep_connections 'h'\): layer 'hn' \(batchnorm1d\) does not accept its input \(s \[6\]\)"):  # noqa: E501
         apply_ops(g, [{"op": "remove_vertex_keep_connections", "name": "h"}])
     with pytest.raises(ConfigError, match=r"surgery\.ops\[0\]\.name: no layer named 'x'"):
         apply_ops(g, [{"op": "remove_vertex_keep_connections", "name": "x"}])
@@ -642,7 +641,7 @@ def test_remove_vertex_and_connections_replacing_an_output_dl4j_style():
 def test_remove_vertex_and_connections_errors():
     g = skip_graph(seed=2)
     # removing fa leaves the concat r without its skip input: o1 no longer fits
-    with pytest.raises(ShapeError, match=r"^surgery\.ops\[0\] \(remove_vertex_and_connections 'fa'\): layer 'o1' \(dense\) does not accept its input \(r \[5\]\)"):
+    with pytest.raises(ShapeError, match=r"^surgery\.ops\[0\] \(remove_vertex_and_connections 'fa'\): layer 'o1' \(dense\) does not accept its input \(r \[5\]\)"):  # noqa: E501
         apply_ops(g, [{"op": "remove_vertex_and_connections", "name": "fa"}])
     sub = build_spec([
         {"name": "p", "type": "dense", "out_features": 3},

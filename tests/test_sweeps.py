@@ -126,7 +126,7 @@ def test_depth_sweep_on_gpu_pool_one_pass_failure_recorded_and_report(tmp_path: 
     summary = json.loads((sweep / "gpu_pool.json").read_text())
     assert summary["failed"] == 2 and summary["completed"] == 4
     jobs = {j["num"]: j for j in summary["jobs"]}
-    for n, j in jobs.items():
+    for j in jobs.values():
         d = Path(j["dir"])
         if "finetune.lr=-1" in j["overrides"]:
             assert j["status"] == "failed" and j["exit_code"] == 2

@@ -23,9 +23,8 @@ FORMATS = ("table", "json")
 def inspect_config(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
     from tlexp._report import layer_table
     from tlexp.assemble import build_model, needs_data, plain
-    from tlexp.data import build_datamodule, data_facts
-
     from tlexp.config import plain_choices
+    from tlexp.data import build_datamodule, data_facts
 
     cfg = plain_choices(cfg)
     fmt = cfg.inspect.format

@@ -15,11 +15,12 @@ import pickle
 import runpy
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Dict
+from typing import Any
 
 
-def _resolve_task(ref: Dict[str, Any]) -> Callable[..., Any]:
+def _resolve_task(ref: dict[str, Any]) -> Callable[..., Any]:
     if ref.get("path"):
         namespace = runpy.run_path(ref["path"], run_name="__tlexp_gpu_pool_main__")
         obj: Any = namespace
@@ -53,7 +54,7 @@ def main() -> int:
     job = pickle.loads(sys.stdin.buffer.read())
     out = os.fdopen(job["result_fd"], "wb")
     error_file = Path(job["error_file"])
-    outcome: Dict[str, Any]
+    outcome: dict[str, Any]
     code = 0
     try:
         from hydra.core.singleton import Singleton

@@ -18,8 +18,8 @@ from tlexp.graph import (
     layer_spec,
     list_layers,
 )
-from tlexp.sources.keras import _layers as keras_layers
 from tlexp.sources import load_source
+from tlexp.sources.keras import _layers as keras_layers
 from tlexp.sources.keras import load_keras
 
 

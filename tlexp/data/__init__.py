@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tlexp.data._facts import DataFacts, data_facts
 from tlexp.errors import ConfigError, choices
@@ -42,7 +40,7 @@ DATA_MODULES: dict[str, str] = {
 _PASS_TYPE = {"churn", "csv"}
 
 
-def build_datamodule(cfg: Mapping[str, Any], seed: int, **extra: Any) -> "TlexpDataModule":
+def build_datamodule(cfg: Mapping[str, Any], seed: int, **extra: Any) -> TlexpDataModule:
     """The data module that the ``data`` config node describes (``seed`` orders the batches)."""
     cfg = dict(cfg)
     kind = cfg.pop("type", None)

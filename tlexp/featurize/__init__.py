@@ -20,8 +20,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tlexp.data import TlexpDataModule
-from tlexp.errors import ConfigError
 from tlexp.data._sampler import SeededBatchSampler
+from tlexp.errors import ConfigError
+from tlexp.featurize._index import key_lock, note_entry
 from tlexp.featurize._sampling import StreamingBatches, TensorBatches
 from tlexp.featurize._store import (
     DTYPES,
@@ -34,7 +35,6 @@ from tlexp.featurize._store import (
     remove_stale_temps,
     write_split,
 )
-from tlexp.featurize._index import key_lock, note_entry
 from tlexp.graph import LayerGraph
 
 __all__ = ["FeaturizeResult", "featurize", "featurize_key", "featurize_cuts", "FeaturizedDataModule", "SeededBatchSampler", "parse_bytes", "DTYPES"]

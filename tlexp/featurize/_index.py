@@ -27,7 +27,7 @@ class key_lock:  # noqa: N801 - used as a context manager, like FileLock
         self.path = Path(cache_dir) / f"{key}.lock"
         self.lock = FileLock(str(self.path))
 
-    def __enter__(self) -> "key_lock":
+    def __enter__(self) -> key_lock:
         from tlexp.errors import ConfigError
 
         try:

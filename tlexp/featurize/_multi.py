@@ -81,7 +81,7 @@ class _Writer(threading.Thread):
                 return
             except queue.Full:
                 if not self.is_alive():
-                    raise self.error or RuntimeError("featurize writer stopped")
+                    raise (self.error or RuntimeError("featurize writer stopped")) from None
 
 
 def featurize_cuts(graph: LayerGraph, cuts: Sequence[set[str]], datamodule: TlexpDataModule, cache_dir: str | Path,

@@ -10,7 +10,6 @@ import torch
 from torch.utils.data import Dataset, IterableDataset
 
 from tlexp.data._sampler import epoch_generator
-
 from tlexp.featurize._store import DTYPES, SplitFile
 
 __all__ = ["TensorBatches", "StreamingBatches"]

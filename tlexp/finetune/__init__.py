@@ -32,6 +32,8 @@ from tlexp.finetune._settings import (
     SCHEDULES,
     WEIGHT_INITS,
     Settings,
+)
+from tlexp.finetune._settings import (
     parse as parse_finetune,
 )
 

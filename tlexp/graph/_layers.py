@@ -164,7 +164,8 @@ def dense(
     return Dense(in_features, out_features, bias=bias, activation=activation, dropout=dropout)
 
 
-@register_layer("conv1d", role=Role.WEIGHTS, n_in="in_channels", n_out="out_channels", **_CONV, infer=_chan, example={"out_channels": 2, "kernel_size": 3}, example_inputs=((3, 8),))
+@register_layer("conv1d", role=Role.WEIGHTS, n_in="in_channels", n_out="out_channels", **_CONV, infer=_chan,
+                example={"out_channels": 2, "kernel_size": 3}, example_inputs=((3, 8),))
 def conv1d(
     in_channels: int,
     out_channels: int,
@@ -181,7 +182,8 @@ def conv1d(
     return Conv(1, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, activation, dropout)
 
 
-@register_layer("conv2d", role=Role.WEIGHTS, n_in="in_channels", n_out="out_channels", **_CONV, infer=_chan, example={"out_channels": 2, "kernel_size": 3}, example_inputs=((3, 8, 8),))
+@register_layer("conv2d", role=Role.WEIGHTS, n_in="in_channels", n_out="out_channels", **_CONV, infer=_chan,
+                example={"out_channels": 2, "kernel_size": 3}, example_inputs=((3, 8, 8),))
 def conv2d(
     in_channels: int,
     out_channels: int,
@@ -222,7 +224,8 @@ def conv_transpose2d(
 
 
 @register_layer(
-    "depthwise_conv2d", role=Role.FOLLOW, follow="in_channels", n_out="depth_multiplier", **_CONV, infer=_chan, example={"kernel_size": 3}, example_inputs=((3, 8, 8),)
+    "depthwise_conv2d", role=Role.FOLLOW, follow="in_channels", n_out="depth_multiplier", **_CONV, infer=_chan,
+    example={"kernel_size": 3}, example_inputs=((3, 8, 8),)
 )
 def depthwise_conv2d(
     in_channels: int,
@@ -253,7 +256,8 @@ class SeparableConv(nn.Module):
 
 
 @register_layer(
-    "separable_conv2d", role=Role.WEIGHTS, n_in="in_channels", n_out="out_channels", **_CONV, infer=_chan, example={"out_channels": 4, "kernel_size": 3}, example_inputs=((3, 8, 8),)
+    "separable_conv2d", role=Role.WEIGHTS, n_in="in_channels", n_out="out_channels", **_CONV, infer=_chan,
+    example={"out_channels": 4, "kernel_size": 3}, example_inputs=((3, 8, 8),)
 )
 def separable_conv2d(
     in_channels: int,
@@ -360,7 +364,8 @@ def batchnorm2d(num_features: int, eps: float = 1e-5, momentum: float = 0.1, aff
     return nn.BatchNorm2d(num_features, eps=eps, momentum=momentum, affine=affine)
 
 
-@register_layer("layernorm", role=Role.FOLLOW, follow="normalized_shape", size_axis=-1, infer=lambda s: {"normalized_shape": [s[0][-1]]}, example_inputs=((5,),))
+@register_layer("layernorm", role=Role.FOLLOW, follow="normalized_shape", size_axis=-1,
+                infer=lambda s: {"normalized_shape": [s[0][-1]]}, example_inputs=((5,),))
 def layernorm(normalized_shape: list[int], eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True) -> nn.Module:
     """Layer normalization over the trailing ``normalized_shape`` axes."""
     return nn.LayerNorm(normalized_shape, eps=eps, elementwise_affine=elementwise_affine, bias=bias)

@@ -59,8 +59,8 @@ applies its weight/bias init to them), and ``tlexp_weight_init`` when an op name
 Frozen nodes stay frozen if they keep their module; re-initialized ones start trainable.
 """
 
-from tlexp.surgery import _layer_ops, _resize, _vertex_ops  # noqa: F401  (register the built-in ops)
 from tlexp.graph._weight_init import WEIGHT_INITS, apply_weight_init
+from tlexp.surgery import _layer_ops, _resize, _vertex_ops  # noqa: F401  (register the built-in ops)
 from tlexp.surgery._registry import OpContext, OpSpec, apply_ops, get_op, list_ops, register_op
 
 __all__ = [

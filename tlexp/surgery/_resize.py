@@ -28,8 +28,8 @@ from tlexp.graph import (
     list_layers,
     rebuild_layer,
 )
-from tlexp.surgery._edit import copy_nodes, make_graph
 from tlexp.graph._weight_init import WEIGHT_INITS, apply_weight_init
+from tlexp.surgery._edit import copy_nodes, make_graph
 from tlexp.surgery._registry import OpContext, mark_new, register_op
 
 __all__ = ["resizable_next", "can_replace_n_out", "can_replace_n_in"]

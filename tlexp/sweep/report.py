@@ -160,10 +160,10 @@ def _fmt(v: Any, digits: int = 4) -> str:
 def _columns(rep: SweepReport) -> list[tuple[str, Any]]:
     m = rep.metric
     cols: list[tuple[str, Any]] = [("job", lambda r: r.num if r.num < 10**9 else r.dir.name)]
-    cols += [(k, (lambda k: lambda r: r.overrides.get(k))(k)) for k in rep.swept]
+    cols += [(k, (lambda k: lambda r: r.overrides.get(k))(k)) for k in rep.swept]  # noqa: B023 (bound by the outer lambda)
     cols += [(f"val/{m}", lambda r: r.value(f"val/{m}")), (f"test/{m}", lambda r: r.value(f"test/{m}"))]
     for b in rep.baselines:
-        cols.append((f"{b}/{m}", (lambda b: lambda r: r.value(f"baseline/{b}/{m}"))(b)))
+        cols.append((f"{b}/{m}", (lambda b: lambda r: r.value(f"baseline/{b}/{m}"))(b)))  # noqa: B023 (bound by the outer lambda)
     cols += [
         ("featurize_s", lambda r: r.value("timing/featurize_s")),
         ("fit_s", lambda r: r.value("timing/fit_s")),

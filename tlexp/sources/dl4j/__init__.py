@@ -152,7 +152,8 @@ def _cg(conf: dict[str, Any], b: Builder, where: str) -> tuple[list[GraphInput],
             src, kind = srcs[0], kinds[0]
             if len(srcs) > 1:
                 # DL4J merges several inputs of a layer vertex along the feature axis
-                mnodes = [Node(f"{name}_merge", b.vertex(f"{name}_merge", {"@class": "org.deeplearning4j.nn.conf.graph.MergeVertex"}, srcs, kinds, vw).nodes[0].module, srcs)]
+                merge = {"@class": "org.deeplearning4j.nn.conf.graph.MergeVertex"}
+                mnodes = [Node(f"{name}_merge", b.vertex(f"{name}_merge", merge, srcs, kinds, vw).nodes[0].module, srcs)]
                 built.append(Built(mnodes, f"{name}_merge", kind))
                 src = f"{name}_merge"
             if fields.get("preProcessor"):

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tlexp.graph._layers import Dense
 from tlexp.graph import Role, register_layer
+from tlexp.graph._layers import Dense
 
 __all__ = ["DL4J_ACTIVATIONS", "dl4j_act"]
 
@@ -196,7 +196,8 @@ class DL4JRecurrent(nn.Module):
         return self.cell(self.drop(x))
 
 
-@register_layer("dl4j_rnn", role=Role.WEIGHTS, n_in="n_in", n_out="n_out", infer=lambda s: {"n_in": s[0][0]}, example={"n_out": 3}, example_inputs=((4, 5),))
+@register_layer("dl4j_rnn", role=Role.WEIGHTS, n_in="n_in", n_out="n_out",
+                infer=lambda s: {"n_in": s[0][0]}, example={"n_out": 3}, example_inputs=((4, 5),))
 def dl4j_rnn(
     n_in: int,
     n_out: int,

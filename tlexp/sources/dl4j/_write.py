@@ -107,9 +107,9 @@ def churn_dl4j_model(out: str | Path) -> Path:
     book's DataVec encoding: CreditScore, Geography=Germany, Geography=Spain, Gender (Male 0,
     Female 1), Age, Tenure, Balance, NumOfProducts, HasCrCard, IsActiveMember, EstimatedSalary,
     raw; its normalizer.bin holds the standardization the network was trained behind."""
+    from tlexp._resources import resolve_path
     from tlexp.data.tabular import TabularDataModule
     from tlexp.sources.saved import load_model
-    from tlexp._resources import resolve_path
 
     graph = load_model(resolve_path("pkg://models/churn_net"))
     data = TabularDataModule(type="churn", label="Exited", drop=["RowNumber", "CustomerId", "Surname"],

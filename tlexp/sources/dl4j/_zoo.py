@@ -61,14 +61,14 @@ class _G:
         self.vertices: dict[str, Any] = {}
         self.inputs: dict[str, list[str]] = {}
 
-    def layer(self, name: str, layer: dict[str, Any], *inputs: str) -> "_G":
+    def layer(self, name: str, layer: dict[str, Any], *inputs: str) -> _G:
         layer = dict(layer, layerName=name)
         self.vertices[name] = {"@class": "org.deeplearning4j.nn.conf.graph.LayerVertex",
                                "layerConf": {"layer": layer}, "preProcessor": None}
         self.inputs[name] = list(inputs)
         return self
 
-    def vertex(self, name: str, cls: str, *inputs: str, **fields: Any) -> "_G":
+    def vertex(self, name: str, cls: str, *inputs: str, **fields: Any) -> _G:
         self.vertices[name] = {"@class": "org.deeplearning4j.nn.conf.graph." + cls, **fields}
         self.inputs[name] = list(inputs)
         return self
@@ -128,7 +128,7 @@ def _darknet_block(g: _G, i: int, k: int, n_in: int, n_out: int, pool_size: int,
 def _vgg16(c: int, classes: int, hw: tuple[int, int] = (224, 224)) -> dict[str, Any]:
     g = _G()
     prev, n_in, idx = "input", c, 0
-    for block, (n, reps) in enumerate([(64, 2), (128, 2), (256, 3), (512, 3), (512, 3)]):
+    for n, reps in [(64, 2), (128, 2), (256, 3), (512, 3), (512, 3)]:
         for _ in range(reps):
             g.layer(str(idx), conv(n_in, n, 3, 1, 1, act="ReLU"), prev)
             prev, n_in, idx = str(idx), n, idx + 1
