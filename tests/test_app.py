@@ -18,6 +18,7 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run_dir / "model" / "weights.safetensors"))
 
 
+@pytest.mark.slow
 def test_default_experiment_as_a_user_runs_it(tmp_path: Path) -> None:
     """`tlexp` with no arguments but where to write: the shipped digits transfer, end to end."""
     res = run_cli([f"hydra.run.dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}"], cwd=tmp_path)
@@ -78,6 +79,7 @@ def test_frozen_prefix_is_unchanged_and_cut_is_the_named_layer(compose_cfg, tmp_
             assert torch.equal(base[k], after[k]), k
 
 
+@pytest.mark.slow
 def test_sweep_2x2_reuses_the_cache(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     res = run_cli(

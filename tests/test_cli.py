@@ -40,6 +40,7 @@ def _no_run_or_marked_failed(run_dir: Path, line: str | None = None) -> None:
 # ---- tlexp-inspect ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_inspect_default_model_draws_the_cut(tmp_path: Path) -> None:
     res = run_cli(["inspect.format=table"], cwd=tmp_path, script="tlexp-inspect", env={"COLUMNS": "200"})
     assert res.returncode == 0, res.stderr
@@ -52,6 +53,7 @@ def test_inspect_default_model_draws_the_cut(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []  # inspecting writes nothing
 
 
+@pytest.mark.slow
 def test_inspect_json_is_the_architecture(tmp_path: Path) -> None:
     res = run_cli(["experiment=churn_transfer", "inspect.format=json"], cwd=tmp_path, script="tlexp-inspect")
     assert res.returncode == 0, res.stderr
@@ -62,6 +64,7 @@ def test_inspect_json_is_the_architecture(tmp_path: Path) -> None:
     assert rebuilt.node_names == ["dense0", "dense1", "dense2", "output"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "expect"),
     [
@@ -81,6 +84,7 @@ def test_inspect_bad_input_is_one_line(tmp_path: Path, args: list[str], expect: 
 # ---- tlexp: bad input --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "expect"),
     [
@@ -121,6 +125,7 @@ def _bad_number(header, rows):
     return header, rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("mutate", "expect"),
     [(_drop_label, "data.label: column 'Exited' is not in"), (_bad_number, "column 'Balance' has a non-numeric value 'n/a'")],
@@ -135,6 +140,7 @@ def test_run_bad_csv_is_one_line(tmp_path: Path, mutate, expect: str) -> None:
     _no_run_or_marked_failed(run_dir, line)
 
 
+@pytest.mark.slow
 def test_run_unreadable_model_folder_is_one_line(tmp_path: Path) -> None:
     model = tmp_path / "model"
     model.mkdir()
@@ -148,6 +154,7 @@ def test_run_unreadable_model_folder_is_one_line(tmp_path: Path) -> None:
     _no_run_or_marked_failed(run_dir, line)
 
 
+@pytest.mark.slow
 def test_run_truncated_cache_file_is_one_line(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     common = ["experiment=churn_transfer", "trainer.max_epochs=1", f"paths.cache_dir={cache}",
@@ -164,6 +171,7 @@ def test_run_truncated_cache_file_is_one_line(tmp_path: Path) -> None:
 # ---- packaging ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_wheel_carries_configs_and_base_models(tmp_path: Path) -> None:
     """A non-editable install (README's first command) needs conf/ and models/ inside the wheel."""
     import subprocess
@@ -187,6 +195,7 @@ def test_wheel_carries_configs_and_base_models(tmp_path: Path) -> None:
     assert "tlexp-report = tlexp.cli:report_main" in scripts and "tlexp-cache = tlexp.cli:cache_main" in scripts
 
 
+@pytest.mark.slow
 def test_a_users_own_config_folder_adds_experiments(tmp_path: Path) -> None:
     """README: `tlexp --config-dir my_conf experiment=my_recipe`."""
     exp = tmp_path / "my_conf" / "experiment"
@@ -202,6 +211,7 @@ def test_a_users_own_config_folder_adds_experiments(tmp_path: Path) -> None:
     assert json.loads(res.stdout)["frozen"] == ["dense0", "dense1"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(__import__("importlib").util.find_spec("tensorboard") is not None, reason="tensorboard is installed")
 def test_missing_logger_package_is_one_line_before_any_compute(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"

@@ -89,3 +89,12 @@ def test_the_cli_prints_one_line_and_exits_2(tmp_path, args, expect):
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("tlexp: error: " + expect), res.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_each_closed_choice_lists_what_its_room_accepts():
+    from tlexp.config import CHOICES_OF, CacheDtype, Loss
+    from tlexp.featurize._store import DTYPES
+    from tlexp.module import LOSSES
+
+    for enum, values in {**CHOICES_OF, CacheDtype: tuple(DTYPES), Loss: LOSSES}.items():
+        assert tuple(m.value for m in enum) == tuple(values), enum.__name__

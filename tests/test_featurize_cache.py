@@ -92,6 +92,7 @@ def test_interrupted_write_leaves_no_file_and_the_next_run_rebuilds(tmp_path: Pa
     assert not res.cache_hit and all(f.path.exists() for f in res.files.values())
 
 
+@pytest.mark.slow
 def test_killed_process_leaves_no_cache_file(tmp_path: Path) -> None:
     """A hard crash (SIGKILL) mid-write: only a temporary file remains; the key is rebuilt."""
     script = textwrap.dedent(

@@ -51,6 +51,7 @@ def test_random_augmentation_is_refused_unless_copies_are_stored(compose_cfg, tm
     assert metrics["samples"]["train"] > 0
 
 
+@pytest.mark.slow
 def test_zoo_run_end_to_end_from_the_command_line(tmp_path: Path, images: Path) -> None:
     run_dir = tmp_path / "run"
     res = run_cli([*ZOO, f"data.path={images}", "freeze.up_to=layer2", "trainer.max_epochs=1",
@@ -63,6 +64,7 @@ def test_zoo_run_end_to_end_from_the_command_line(tmp_path: Path, images: Path) 
     assert len(cached) == 1
 
 
+@pytest.mark.slow
 def test_inspect_lists_resnet18_blocks_with_feature_sizes(tmp_path: Path) -> None:
     res = run_cli(["source=zoo", "source.name=resnet18", "source.input_size=[3,64,64]"], cwd=tmp_path,
                   script="tlexp-inspect", env={"COLUMNS": "220"})

@@ -35,7 +35,7 @@ def _load(dirs: Iterable[Path], group: str, option: str) -> dict[str, Any] | Non
         path = d / group / f"{option}.yaml"
         if path.is_file():
             data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-            return data if isinstance(data, dict) else {}
+            return {str(k): v for k, v in data.items()} if isinstance(data, dict) else {}
     return None
 
 

@@ -23,8 +23,11 @@ __all__ = ["DataLike", "build_model", "edit_graph", "load_graph", "needs_data", 
 
 
 class DataLike(Protocol):
-    input_shape: tuple[int, ...]
-    num_classes: int
+    @property
+    def input_shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def num_classes(self) -> int: ...
 
 
 def plain(node: Any) -> Any:

@@ -8,7 +8,6 @@ compute. Sources and data sets are polymorphic groups: every option has its own 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Optional
@@ -49,19 +48,69 @@ class Choice(str, Enum):
         return format(str(self.value), spec)
 
 
-def _choice(name: str, values: Iterable[str]) -> type[Choice]:
-    return Choice(name, {v: v for v in values})  # type: ignore[return-value]
+class FreezeMode(Choice):
+    featurize = "featurize"
+    in_model = "in_model"
 
 
-FreezeMode = _choice("FreezeMode", MODES)
-CacheDtype = _choice("CacheDtype", ("float32", "float16", "bfloat16"))
-Schedule = _choice("Schedule", SCHEDULES)
-GradientNormalization = _choice("GradientNormalization", GRADIENT_NORMALIZATIONS)
-Loss = _choice("Loss", ("cross_entropy", "nll", "bce"))
-Accelerator = _choice("Accelerator", ("cpu", "gpu", "cuda", "mps", "auto"))
-InspectFormat = _choice("InspectFormat", ("table", "json"))
-MonitorMode = _choice("MonitorMode", ("min", "max", "auto"))
+class CacheDtype(Choice):
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
 
+
+class Schedule(Choice):
+    none = "none"
+    step = "step"
+    multistep = "multistep"
+    exponential = "exponential"
+    cosine = "cosine"
+    warmup_cosine = "warmup_cosine"
+    onecycle = "onecycle"
+
+
+class GradientNormalization(Choice):
+    none = "none"
+    clip_norm = "clip_norm"
+    clip_value = "clip_value"
+    clip_element_wise_absolute_value = "clip_element_wise_absolute_value"
+    renormalize_l2_per_layer = "renormalize_l2_per_layer"
+    clip_l2_per_layer = "clip_l2_per_layer"
+    renormalize_l2_per_param_type = "renormalize_l2_per_param_type"
+    clip_l2_per_param_type = "clip_l2_per_param_type"
+
+
+class Loss(Choice):
+    cross_entropy = "cross_entropy"
+    nll = "nll"
+    bce = "bce"
+
+
+class Accelerator(Choice):
+    cpu = "cpu"
+    gpu = "gpu"
+    cuda = "cuda"
+    mps = "mps"
+    auto = "auto"
+
+
+class InspectFormat(Choice):
+    table = "table"
+    json = "json"
+
+
+class MonitorMode(Choice):
+    min = "min"
+    max = "max"
+    auto = "auto"
+
+
+#: each closed choice and the tuple of the room that acts on it (a test keeps them equal)
+CHOICES_OF: dict[type[Choice], tuple[str, ...]] = {
+    FreezeMode: MODES,
+    Schedule: SCHEDULES,
+    GradientNormalization: GRADIENT_NORMALIZATIONS,
+}
 
 def plain_choices(cfg: DictConfig) -> DictConfig:
     """The composed config with its closed choices as plain strings, for the code past the
@@ -159,7 +208,7 @@ class FreezeConfig:
     #: a layer name or index (or a list of names on a graph); null = nothing frozen
     up_to: Any = None
     #: featurize: run the frozen prefix once into the HDF5 cache; in_model: keep it in the model
-    mode: FreezeMode = FreezeMode.featurize  # type: ignore[attr-defined]
+    mode: FreezeMode = FreezeMode.featurize
 
 
 @dataclass
@@ -167,7 +216,7 @@ class FeaturizeConfig:
     #: prefix outputs above this many bytes stream from HDF5 instead of living in memory
     max_memory: str = "2GB"
     #: dtype the cache stores (part of the key): float32, float16, bfloat16
-    dtype: CacheDtype = CacheDtype.float32  # type: ignore[attr-defined]
+    dtype: CacheDtype = CacheDtype.float32
     batch_size: int = 256
     #: K > 0 stores K randomly augmented passes of the training split; each epoch draws one
     augment_copies: int = 0
@@ -209,7 +258,7 @@ class FinetuneConfig:
     #: applied after every step: [{type: max_norm, max: 2.0, apply_to: weights}], types max_norm,
     #: min_max_norm (min, max, rate), unit_norm, non_negative; apply_to weights | biases | all
     constraints: list[Any] = field(default_factory=list)
-    schedule: Schedule = Schedule.none  # type: ignore[attr-defined]
+    schedule: Schedule = Schedule.none
     #: null or a mapping (assigned whole on the command line: finetune.schedule_args={gamma: 0.5})
     schedule_args: Optional[Any] = None
     #: torch's drop probability (0.2: drop 20%)
@@ -220,13 +269,13 @@ class FinetuneConfig:
     apply_to_output: bool = False
     weight_init: Optional[str] = None
     bias_init: Optional[float] = None
-    gradient_normalization: GradientNormalization = GradientNormalization.none  # type: ignore[attr-defined]
+    gradient_normalization: GradientNormalization = GradientNormalization.none
     gradient_normalization_threshold: float = 1.0
     seed: Optional[int] = None
     groups: list[GroupOverride] = field(default_factory=list)
     #: cross_entropy (probabilities or logits, read off the output layer), nll, or bce (one
     #: sigmoid or logit unit for two classes)
-    loss: Loss = Loss.cross_entropy  # type: ignore[attr-defined]
+    loss: Loss = Loss.cross_entropy
     #: refuse an output layer whose activation does not fit the loss (DL4J's validateOutputLayerConfig)
     validate_output: bool = True
     #: weigh the loss by inverse class frequency of the training split
@@ -299,7 +348,7 @@ class ImageFolderData(SplitData):
 @dataclass
 class TrainerConfig:
     max_epochs: int = 10
-    accelerator: Accelerator = Accelerator.cpu  # type: ignore[attr-defined]
+    accelerator: Accelerator = Accelerator.cpu
     devices: Any = 1
     precision: Any = "32-true"
     deterministic: bool = True
@@ -319,7 +368,7 @@ class TrainConfig:
     #: the metric that chooses the epoch: val/loss, val/accuracy, val/auroc (two classes)
     monitor: str = "val/loss"
     #: min, max, or auto (min for a loss, max for a score)
-    mode: MonitorMode = MonitorMode.auto  # type: ignore[attr-defined]
+    mode: MonitorMode = MonitorMode.auto
     #: load the best epoch's weights before the test evaluation and before model/ is saved
     restore_best: bool = True
 
@@ -354,7 +403,7 @@ class PathsConfig:
 @dataclass
 class InspectConfig:
     #: table (rich) or json (the architecture JSON)
-    format: InspectFormat = InspectFormat.table  # type: ignore[attr-defined]
+    format: InspectFormat = InspectFormat.table
 
 
 @dataclass

@@ -22,7 +22,7 @@ FORMATS = ("table", "json")
 
 def inspect_config(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
     from tlexp._report import layer_table
-    from tlexp.assemble import build_model, needs_data, plain
+    from tlexp.assemble import DataLike, build_model, needs_data, plain
     from tlexp.config import plain_choices
     from tlexp.data import build_datamodule, data_facts
 
@@ -30,7 +30,7 @@ def inspect_config(cfg: DictConfig, console: Console | None = None) -> dict[str,
     fmt = cfg.inspect.format
     if fmt not in FORMATS:
         raise ConfigError(f"inspect.format: {fmt!r} is not a format; valid: {', '.join(FORMATS)}")
-    data = None
+    data: DataLike | None = None
     if needs_data(cfg):
         data_cfg = plain(cfg.data)
         data = data_facts(data_cfg) or build_datamodule(data_cfg, seed=cfg.seed)

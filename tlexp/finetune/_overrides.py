@@ -29,7 +29,7 @@ as it was. Without ``seed`` the global stream is used, like any torch init.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -187,7 +187,7 @@ def _init_new_layers(graph: LayerGraph, s: Settings) -> None:
 
 
 @contextlib.contextmanager
-def _seeded(seed: int | None, params: list[torch.Tensor]) -> Iterator[None]:
+def _seeded(seed: int | None, params: Sequence[torch.Tensor]) -> Iterator[None]:
     if seed is None:
         yield
         return

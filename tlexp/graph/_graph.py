@@ -426,7 +426,7 @@ class LayerGraph(nn.Module):
                 env[gi.name] = (
                     torch.randint(0, 2, (2, *dims), generator=g) if gi.dtype.startswith("int") else torch.rand((2, *dims), generator=g)
                 )
-        nodes = []
+        nodes: list[Node] = []
         for i, spec in enumerate(cfg["nodes"]):
             where = f"nodes[{i}]" + (f" ({spec.get('name')})" if isinstance(spec, dict) and spec.get("name") else "")
             if not isinstance(spec, dict) or "name" not in spec or "type" not in spec:

@@ -9,11 +9,12 @@ build a layer (``layer_args=True``) take the layer's arguments inline or under `
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Union
 
 from torch import nn
@@ -104,7 +105,7 @@ class OpContext:
     #: the names of the ops that follow this one, in order
     later_ops: tuple[str, ...] = ()
     #: where each layer argument came from ("args.x" or "x"), for error messages
-    arg_fields: dict[str, str] = field(default_factory=dict)
+    arg_fields: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def error(self, key: str | None, message: str) -> ConfigError:
         where = self.field if key is None else f"{self.field}.{key}"
