@@ -66,10 +66,10 @@ def main(argv=None) -> None:
                     warnings.simplefilter("ignore")
                     model.save(path)
 
-                    def ours() -> None:
+                    def ours(path: Path = path) -> None:
                         load_keras(path)
 
-                    def theirs() -> None:
+                    def theirs(path: Path = path) -> None:
                         keras.saving.load_model(path, compile=False)
 
                     ours()  # warm-up: imports, first-call costs

@@ -18,10 +18,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
@@ -54,7 +55,7 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def visible_devices(configured: Optional[Sequence[Any]]) -> List[str]:
+def visible_devices(configured: Sequence[Any] | None) -> list[str]:
     """GPU ids to hand out: configured ones, else CUDA_VISIBLE_DEVICES, else what torch counts."""
     if configured is not None:
         return [str(d) for d in configured]
@@ -73,31 +74,31 @@ def visible_devices(configured: Optional[Sequence[Any]]) -> List[str]:
 @dataclass
 class Slot:
     index: int
-    device: Optional[str]  # None: a CPU slot
+    device: str | None  # None: a CPU slot
     busy: bool = False
 
 
 @dataclass
 class Job:
     num: int
-    overrides: List[str]
+    overrides: list[str]
     config: DictConfig
     dir: Path
-    slot: Optional[Slot] = None
-    proc: Optional[subprocess.Popen] = None
-    reader: Optional[threading.Thread] = None
+    slot: Slot | None = None
+    proc: subprocess.Popen | None = None
+    reader: threading.Thread | None = None
     result: bytes = b""
-    record: Dict[str, Any] = field(default_factory=dict)
+    record: dict[str, Any] = field(default_factory=dict)
 
 
-def _task_reference(task_function: TaskFunction) -> Dict[str, Any]:
+def _task_reference(task_function: TaskFunction) -> dict[str, Any]:
     """How a fresh process finds the task function: its module and name (the worker unwraps the
     ``hydra.main`` decorator); a script run as ``__main__`` is re-run by path under another name."""
     module = getattr(task_function, "__module__", None)
     qualname = getattr(task_function, "__qualname__", None)
     if not module or not qualname or "<locals>" in qualname or "<lambda>" in qualname:
         raise ValueError(f"gpu_pool: the task function {task_function!r} must be defined at module level")
-    ref: Dict[str, Any] = {"module": module, "qualname": qualname, "path": None}
+    ref: dict[str, Any] = {"module": module, "qualname": qualname, "path": None}
     if module == "__main__":
         main_file = getattr(sys.modules["__main__"], "__file__", None)
         if not main_file:
@@ -107,9 +108,9 @@ def _task_reference(task_function: TaskFunction) -> Dict[str, Any]:
 
 
 class GpuPoolLauncher(Launcher):
-    def __init__(self, slots: Optional[int] = None, jobs_per_gpu: int = 1, devices: Optional[Sequence[Any]] = None,
-                 threads_per_job: Optional[int] = None, kill_timeout_s: float = 10.0,
-                 env: Optional[Dict[str, str]] = None) -> None:
+    def __init__(self, slots: int | None = None, jobs_per_gpu: int = 1, devices: Sequence[Any] | None = None,
+                 threads_per_job: int | None = None, kill_timeout_s: float = 10.0,
+                 env: dict[str, str] | None = None) -> None:
         if jobs_per_gpu < 1:
             raise ValueError(f"hydra.launcher.jobs_per_gpu: {jobs_per_gpu} must be at least 1")
         if slots is not None and slots < 1:
@@ -117,16 +118,16 @@ class GpuPoolLauncher(Launcher):
         self.slots_cfg, self.jobs_per_gpu, self.devices_cfg = slots, jobs_per_gpu, devices
         self.threads_per_job, self.kill_timeout_s = threads_per_job, kill_timeout_s
         self.env = dict(env or {})
-        self.config: Optional[DictConfig] = None
-        self.hydra_context: Optional[HydraContext] = None
-        self.task_function: Optional[TaskFunction] = None
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.task_function: TaskFunction | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     # ---- slots --------------------------------------------------------------------------------
 
-    def make_slots(self) -> List[Slot]:
+    def make_slots(self) -> list[Slot]:
         devices = visible_devices(self.devices_cfg)
         if devices:
             n = len(devices) * self.jobs_per_gpu
@@ -159,13 +160,13 @@ class GpuPoolLauncher(Launcher):
         jobs = [self._make_job(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
         # a sweeper that launches in batches (Optuna) calls launch again: keep the earlier batches' jobs
         earlier = _earlier_jobs(sweep_dir / SUMMARY, {j.num for j in jobs})
-        summary: Dict[str, Any] = {
+        summary: dict[str, Any] = {
             "launcher": "gpu_pool", "slots": len(slots), "jobs_per_gpu": self.jobs_per_gpu,
             "devices": sorted({s.device for s in slots if s.device is not None}), "threads_per_job": threads,
             "started_at": now_iso(), "jobs": [*earlier, *(j.record for j in jobs)],
         }
         pending = list(jobs)
-        running: List[Job] = []
+        running: list[Job] = []
         previous_term = _raise_on_sigterm()
         try:
             while pending or running:
@@ -209,7 +210,7 @@ class GpuPoolLauncher(Launcher):
             log.error("gpu_pool: %s", error)
         return [self._job_return(j, error) for j in jobs]
 
-    def _make_job(self, num: int, overrides: List[str]) -> Job:
+    def _make_job(self, num: int, overrides: list[str]) -> Job:
         assert self.config is not None and self.hydra_context is not None
         sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
         with open_dict(sweep_config):
@@ -228,7 +229,7 @@ class GpuPoolLauncher(Launcher):
         job.record.update(num=num, overrides=list(filter_overrides(overrides)), dir=str(job.dir), status="pending")
         return job
 
-    def _start(self, job: Job, slot: Slot, task_ref: Dict[str, Any], threads: int) -> None:
+    def _start(self, job: Job, slot: Slot, task_ref: dict[str, Any], threads: int) -> None:
         slot.busy = True
         job.slot = slot
         job.dir.mkdir(parents=True, exist_ok=True)
@@ -283,7 +284,7 @@ class GpuPoolLauncher(Launcher):
             job.reader.join(timeout=30)
         job.slot.busy = False
         code = job.proc.returncode
-        outcome: Dict[str, Any] = {}
+        outcome: dict[str, Any] = {}
         if job.result:
             try:
                 outcome = pickle.loads(job.result)
@@ -328,7 +329,7 @@ class GpuPoolLauncher(Launcher):
         except (ProcessLookupError, PermissionError):
             pass
 
-    def _job_return(self, job: Job, error: Optional[BaseException]) -> JobReturn:
+    def _job_return(self, job: Job, error: BaseException | None) -> JobReturn:
         ret = JobReturn()
         ret.overrides = list(job.overrides)
         cfg = OmegaConf.to_container(job.config, resolve=False)
@@ -348,14 +349,14 @@ class GpuPoolLauncher(Launcher):
         return ret
 
     @staticmethod
-    def _write_summary(sweep_dir: Path, summary: Dict[str, Any]) -> None:
+    def _write_summary(sweep_dir: Path, summary: dict[str, Any]) -> None:
         path = sweep_dir / SUMMARY
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(summary, indent=2, default=str))
         os.replace(tmp, path)
 
 
-def _earlier_jobs(path: Path, now: set) -> List[Dict[str, Any]]:
+def _earlier_jobs(path: Path, now: set) -> list[dict[str, Any]]:
     try:
         jobs = json.loads(path.read_text()).get("jobs", [])
     except (OSError, ValueError):

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tlexp.graph._layers import Conv, _act, _Pool
 from tlexp.graph import Role, register_layer
+from tlexp.graph._layers import Conv, _act, _Pool
 from tlexp.sources.keras._layers import Crop, KerasActivationName, KerasRNN, ZeroPad, _rnn_out
 
 IntOrTuple = int | tuple[int, ...]

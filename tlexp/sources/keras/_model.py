@@ -393,5 +393,5 @@ def build_graph(kf: KerasFile, input_layout: str = "channels_first",
     if not ctx.b.nodes:
         raise SourceError(f"source.path: {kf.path}: the Keras model has no layers")
     graph = LayerGraph(ctx.b.inputs, ctx.b.nodes, outputs)
-    graph.keras_terms = (ctx.b.terms, ctx.b.term_labels, ctx.b.unsupported_terms)  # type: ignore[attr-defined]
+    graph.keras_terms = (ctx.b.terms, ctx.b.term_labels, ctx.b.unsupported_terms)  # type: ignore[attr-defined,assignment]
     return graph
