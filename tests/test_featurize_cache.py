@@ -247,6 +247,7 @@ def test_wrong_shape_absurd_shape_and_bad_labels_are_rebuilt_before_any_read(tmp
     assert "labels range" in caplog.text
 
 
+@pytest.mark.slow
 def test_leftovers_of_dead_writers_are_removed_live_ones_kept(tmp_path: Path) -> None:
     from tlexp._tempfiles import temp_path
 

@@ -36,4 +36,4 @@ def test_inspect_and_a_run_assemble_the_model_in_one_place() -> None:
 
     assert tlexp.train.build_model is assemble.build_model
     source = Path(tlexp.inspect.__file__).read_text()
-    assert "tlexp.train" not in source and "from tlexp.assemble import build_model" in source
+    assert "tlexp.train" not in source and "from tlexp.assemble import" in source
