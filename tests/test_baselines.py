@@ -8,8 +8,8 @@ from rich.console import Console
 
 import tlexp
 from tlexp._resources import resolve_path
-from tlexp.data import build_datamodule
 from tlexp.assemble import load_graph, plain
+from tlexp.data import build_datamodule
 from tlexp.train import prepare, run
 
 

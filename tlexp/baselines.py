@@ -69,9 +69,9 @@ def source_baseline(source_cfg: Mapping[str, Any], data: Any, device: torch.devi
 
     Returns (metrics, "") or (None, why it is not defined).
     """
+    from tlexp.assemble import _with_input_shape
     from tlexp.module import evaluate
     from tlexp.sources import load_source
-    from tlexp.assemble import _with_input_shape
 
     cfg = dict(source_cfg)
     if cfg.get("type") == "spec" or (cfg.get("type") == "dl4j_zoo" and cfg.get("init") != "pretrained"):

@@ -101,10 +101,10 @@ def fit_phase(cfg: Any, graph: LayerGraph, data: Any, cut: set[str], device: tor
     """
     import pytorch_lightning as pl
 
+    from tlexp.assemble import plain as container
     from tlexp.callbacks import BestWeights, build_callbacks, resolve_mode
     from tlexp.featurize import FeaturizedDataModule, describe, featurize
     from tlexp.module import TransferModule
-    from tlexp.assemble import plain as container
     from tlexp.train import _EXPECTED_WARNINGS, _autocast_dtype, _callbacks_node, _source_name
 
     graph.set_frozen(cut)

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import time
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
