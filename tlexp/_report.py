@@ -30,11 +30,16 @@ def _fmt(v: Any) -> str:
 def print_run_table(cfg: Any, metrics: Mapping[str, Any], out_dir: Path, console: Console | None = None) -> None:
     console = console or Console()
     t = Table(title=f"tlexp run: {metrics.get('name')}", show_header=True, header_style="bold")
-    t.add_column("", style="bold")
-    t.add_column("value")
+    t.add_column("", style="bold", no_wrap=True)
+    t.add_column("value", overflow="fold")  # long paths fold onto the next line, never cut to "…"
     src = cfg.source
     what = src.get("path") or src.get("name") or f"{len(src.get('layers') or [])} layers listed"
     t.add_row("source", f"{src.type}: {what}")
+    if src.type == "zoo" and not src.get("pretrained") and not src.get("weights"):
+        t.add_row("weights", "[bold red]RANDOM WEIGHTS[/]: nothing pretrained was loaded; "
+                             "source.pretrained=true (download) or source.weights=FILE")
+    if metrics.get("optimizer_state_loaded"):
+        t.add_row("optimizer", f"state loaded from {src.get('path')} (training continues)")
     t.add_row("surgery", f"{len(cfg.surgery.ops)} op(s)" + (": " + ", ".join(str(o.get('op')) for o in cfg.surgery.ops) if cfg.surgery.ops else ""))
     frz = metrics["freeze"]
     t.add_row("frozen", f"up to {frz['up_to']!r}: {len(frz['frozen'])} layer(s)" if frz["frozen"] else "nothing")
@@ -74,15 +79,24 @@ def _versus(test: Mapping[str, Any], base: Mapping[str, Any]) -> str:
 def layer_table(graph: LayerGraph, rows: Sequence[SummaryRow], title: str = "model") -> Table:
     """Index, name, type, output shape, parameters, frozen/trainable, and the feature size a cut
     after that layer would store per sample (the boundary tensors, skip connections included)."""
-    t = Table(title=title, header_style="bold")
-    for col, just in (("#", "right"), ("layer", "left"), ("type", "left"), ("inputs", "left"), ("output", "left"),
-                      ("params", "right"), ("state", "left"), ("cut here: floats/sample", "right")):
-        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    from rich import box
+
+    # compact enough for 80 columns (a pipe, a CI log): a chain's inputs are the row above, so
+    # that column is shown for graphs only; names and shapes fold rather than being cut to "…"
+    chain = graph.is_chain
+    t = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+    cols = [("#", "right"), ("layer", "left"), ("type", "left"), ("inputs", "left"), ("output", "left"),
+            ("params", "right"), ("state", "left"), ("floats at cut", "right")]
+    for col, just in cols:
+        if chain and col == "inputs":
+            continue
+        t.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
     shapes = {r.name: r.output_shape for r in rows}
     for gi in graph.graph_inputs:
         shapes[gi.name] = (tuple(gi.shape),) if gi.shape is not None else None
     frozen = graph.frozen
     last_frozen = max((r.index for r in rows if r.frozen), default=-1)
+    same_as = equivalent_cuts(graph)
     for r in rows:
         cut = graph.ancestors([r.name])
         size = 0
@@ -96,12 +110,42 @@ def layer_table(graph: LayerGraph, rows: Sequence[SummaryRow], title: str = "mod
                 for d in part:
                     n *= d
                 size += n
-        out = " ".join(str(list(s)) for s in r.output_shape) if r.output_shape else "?"
+        out = " ".join("[" + ",".join(str(d) for d in s) + "]" for s in r.output_shape) if r.output_shape else "?"
         state = "frozen" if r.name in frozen else ("trainable" if r.params else "-")
         kind = r.type
         if kind == "timm_module":  # say which timm block it is (BasicBlock, ConvNeXtBlock, …)
             kind = f"timm {type(graph.module(r.name)).__name__}"
-        t.add_row(str(r.index), r.name, kind, ", ".join(r.inputs), out, human_count(r.params), state,
-                  human_count(size) if size is not None else "?",
-                  end_section=r.index == last_frozen)
+        cut_col = human_count(size) if size is not None else "?"
+        if r.name in same_as:
+            cut_col += f" (= {same_as[r.name]})"
+        cells = [str(r.index), r.name, kind, *([] if chain else [", ".join(r.inputs)]), out, human_count(r.params),
+                 state, cut_col]
+        t.add_row(*cells, end_section=r.index == last_frozen)
     return t
+
+
+def equivalent_cuts(graph: LayerGraph) -> dict[str, str]:
+    """Cuts that train exactly what an earlier cut trains: ``{layer: earlier layer}``.
+
+    Freezing up to a layer without parameters or train-time behaviour (a pooling, a flatten)
+    leaves the same layers to train as freezing up to the layer before it: a sweep over both
+    compares identical runs."""
+    import torch.nn as nn
+
+    def matters(name: str) -> bool:
+        m = graph.module(name)
+        if any(p.numel() for p in m.parameters()):
+            return True
+        return any(isinstance(x, (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)) for x in m.modules())
+
+    relevant = [n for n in graph.node_names if matters(n)]
+    first: dict[frozenset[str], str] = {}
+    out = {}
+    for name in graph.node_names:
+        cut = graph.ancestors([name])
+        trains = frozenset(n for n in relevant if n not in cut)
+        if trains in first:
+            out[name] = first[trains]
+        else:
+            first[trains] = name
+    return out

@@ -14,5 +14,10 @@ __all__ = ["PACKAGE_DIR", "MODELS_DIR", "CONF_DIR", "resolve_path"]
 def resolve_path(path: str) -> Path:
     """``pkg://models/x`` names a file shipped in the package; anything else is a normal path."""
     if path.startswith("pkg://"):
-        return PACKAGE_DIR / path[len("pkg://"):]
+        inside = (PACKAGE_DIR / path[len("pkg://"):]).resolve()
+        if not inside.is_relative_to(PACKAGE_DIR):
+            from tlexp.errors import ConfigError
+
+            raise ConfigError(f"{path!r}: a pkg:// path names a file inside the tlexp package, not outside it")
+        return inside
     return Path(path).expanduser()

@@ -50,7 +50,9 @@ def _mentions_auto(op: Any) -> bool:
 def needs_data(cfg: DictConfig) -> bool:
     """Whether building the model needs the data (an ``auto`` size, a spec without input shape)."""
     ops = plain(cfg.surgery.ops) or []
-    return any(_mentions_auto(op) for op in ops) or _spec_without_shape(plain(cfg.source))
+    source = plain(cfg.source)
+    layers = source.get("layers") or [] if source.get("type") == "spec" else []
+    return any(_mentions_auto(op) for op in [*ops, *layers]) or _spec_without_shape(source)
 
 
 def _resolve_auto(ops: list[Any], num_classes: int) -> list[Any]:
@@ -65,8 +67,9 @@ def _resolve_auto(ops: list[Any], num_classes: int) -> list[Any]:
     return out
 
 
-def _with_input_shape(graph: LayerGraph, data: DataLike) -> LayerGraph:
-    """Declare the data's sample shape on a single-input graph saved without one, and check it."""
+def _with_input_shape(graph: LayerGraph, data: DataLike, check: bool = True) -> LayerGraph:
+    """Declare the data's sample shape on a single-input graph saved without one, and (after
+    surgery, which may resize the first layer) check it."""
     if len(graph.graph_inputs) != 1 or not data.input_shape:
         return graph
     gi = graph.graph_inputs[0]
@@ -74,19 +77,28 @@ def _with_input_shape(graph: LayerGraph, data: DataLike) -> LayerGraph:
     if gi.shape is None:
         return graph.rebuilt(inputs=[GraphInput(gi.name, want, gi.dtype)])
     fits = len(gi.shape) == len(want) and all(a is None or a == b for a, b in zip(gi.shape, want))
-    if not fits:
-        raise ShapeError(
-            f"data: samples have shape {list(want)} but the model's input {gi.name!r} takes "
-            f"{list(gi.shape)}; choose a data set or model that fit, or add a surgery op set_input_preprocessor"
-        )
+    if check and not fits:
+        first = graph.consumers(gi.name)
+        hint = "choose a data set or model that fit, or add a surgery op set_input_preprocessor"
+        if first and len(want) == len(gi.shape) and len(want) == 1:
+            hint = (f"resize the first layer to the data's width with the surgery op "
+                    f"{{op: n_in_replace, layer: {first[0]}, n_in: {want[0]}}} (added to surgery.ops), or choose another data set")
+        raise ShapeError(f"data: samples have shape {list(want)} but the model's input {gi.name!r} takes {list(gi.shape)}; {hint}")
     return graph
 
 
 def load_graph(cfg: DictConfig, data: DataLike | None = None) -> tuple[LayerGraph, dict[str, Any]]:
     """The source's model and the fine-tune config (with any overrides the source carries)."""
+    from tlexp.train import check_required
+
+    check_required(cfg)
     source = plain(cfg.source)
     if data is not None and _spec_without_shape(source):
         source["input_shape"] = list(data.input_shape)
+    if source.get("type") == "spec" and any(_mentions_auto(layer) for layer in source.get("layers") or []):
+        if data is None:
+            raise ConfigError("source.layers: 'auto' sizes need a data set to count classes (set data=…)")
+        source["layers"] = _resolve_auto(list(source["layers"]), data.num_classes)
     # dl4j_zoo reads init itself (DL4J's architecture with fresh weights or its zoo zip)
     init = source.get("init", "pretrained") if source.get("type") == "dl4j_zoo" else source.pop("init", "pretrained")
     graph = load_source(source)
@@ -107,13 +119,15 @@ def load_graph(cfg: DictConfig, data: DataLike | None = None) -> tuple[LayerGrap
 def edit_graph(cfg: DictConfig, graph: LayerGraph, data: DataLike | None = None) -> LayerGraph:
     """surgery then freeze, checked against the data's sample shape and class count."""
     if data is not None:
-        graph = _with_input_shape(graph, data)
+        graph = _with_input_shape(graph, data, check=False)
     ops = plain(cfg.surgery.ops) or []
     if any(_mentions_auto(op) for op in ops):
         if data is None:
             raise ConfigError("surgery.ops: 'auto' sizes need a data set to count classes (set data=…)")
         ops = _resolve_auto(ops, data.num_classes)
     graph = apply_ops(graph, ops)
+    if data is not None:
+        graph = _with_input_shape(graph, data)
     freeze(graph, plain(cfg.freeze.up_to), cfg.freeze.mode)
     return graph
 

@@ -171,11 +171,59 @@ def _refuse_shadowed(argv: list[str]) -> None:
         _fail(line)
 
 
+def _without_schemas(help_text: str) -> str:
+    """Hydra's help lists every ConfigStore entry of a group; the ``base_*`` ones are schemas
+    the options extend, not options a user picks."""
+    out = []
+    for line in help_text.splitlines():
+        group, sep, options = line.partition(": ")
+        if sep and group.isidentifier() and "," in options or (sep and options.startswith("base_")):
+            kept = [o for o in options.split(", ") if not o.startswith("base_")]
+            line = f"{group}: {', '.join(kept)}"
+        out.append(line)
+    return "\n".join(out)
+
+
+def _quiet_console() -> None:
+    """The console shows tlexp's lines: a warning is one line (never Python's source-line echo),
+    and Lightning's advertisements are dropped (from tlexp.log too)."""
+    import logging
+    import warnings
+
+    def one_line(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        text = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
+        logging.getLogger("tlexp.warnings").warning("%s: %s (%s:%d)", category.__name__, text, filename, lineno)
+        print(f"tlexp: warning: {text}", file=sys.stderr)
+
+    warnings.showwarning = one_line
+
+    class _NoAds(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            msg = record.getMessage()
+            return not ("Tip:" in msg or "litlogger" in msg.lower() or "lightning.ai" in msg.lower())
+
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero",
+                 "lightning_fabric.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_NoAds())
+
+
 def main() -> None:
     """``tlexp [overrides]`` / ``tlexp -m key=a,b …``."""
     argv = _default_recipe(sys.argv[1:])
     _refuse_shadowed(argv)
     sys.argv = [sys.argv[0], *argv]
+    _quiet_console()
+    if any(a in ("--help", "-h") for a in sys.argv[1:]):
+        import contextlib
+        import io
+
+        buf = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(buf):
+                _guard(_run_app)
+        finally:
+            print(_without_schemas(buf.getvalue()))
+        return
     _guard(_run_app)
 
 

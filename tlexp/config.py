@@ -432,7 +432,18 @@ class TlexpConfig:
     optimized_metric: Optional[str] = None
 
 
+def path_safe(value: Any) -> str:
+    """A run name (or override string) as one folder name: separators and ``..`` neutralized, so
+    ``name=../../x`` stays inside the run folder (``${tlexp_path_safe:${name}}`` in conf/hydra)."""
+    s = str(value).replace("/", "_").replace("\\", "_").replace("..", "__")
+    return s or "_"
+
+
 def register_configs() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("tlexp_path_safe"):
+        OmegaConf.register_new_resolver("tlexp_path_safe", path_safe)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=TlexpConfig)
     cs.store(group="source", name="base_source_spec", node=SpecSource)

@@ -51,4 +51,8 @@ def inspect_config(cfg: DictConfig, console: Console | None = None) -> dict[str,
                       f"(freeze.mode={cfg.freeze.mode})")
     else:
         console.print("nothing frozen (freeze.up_to=null): every layer trains")
+    from tlexp._report import equivalent_cuts
+
+    if equivalent_cuts(graph):
+        console.print("(= X): freezing up to that layer trains the same layers as freezing up to X (same results)")
     return arch

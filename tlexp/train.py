@@ -30,6 +30,10 @@ __all__ = ["run", "prepare", "Prepared", "build_model"]
 
 log = logging.getLogger(__name__)
 
+#: fine-tune settings that decide the optimizer's identity and parameter groups: saved with a
+#: model, and taken back when a run continues it with its optimizer state
+CONTINUE_KEYS = ("optimizer", "momentum", "betas", "eps", "groups")
+
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 
 #: Lightning warnings about things tlexp does on purpose
@@ -381,6 +385,7 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "seed": int(cfg.seed),
         "num_classes": data.num_classes,
         "samples": {s: len(data.dataset(s)) for s in ("train", "val", "test")},
+        "optimizer_state_loaded": prepared.optimizer_state is not None,
     }
     if len(phases) > 1:
         metrics["phases"] = [ph.summary(graph) for ph in phases]
@@ -388,7 +393,10 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         metrics["baseline"] = baseline
         if baseline_skipped:
             metrics["baseline_skipped"] = baseline_skipped
-    meta = {"name": cfg.name, "classes": data.class_names, "test_accuracy": test.get("accuracy")}
+    meta = {"name": cfg.name, "classes": data.class_names, "test_accuracy": test.get("accuracy"),
+            # what a continued run (experiment=continue) needs to rebuild the same optimizer
+            "finetune": json.loads(json.dumps({k: prepared.finetune.get(k) for k in CONTINUE_KEYS if k in prepared.finetune},
+                                              default=str))}
     source_meta = getattr(graph, "meta", None) or {}
     if source_meta.get("data_config"):
         meta["data_config"] = source_meta["data_config"]  # how its images are to be prepared

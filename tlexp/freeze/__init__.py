@@ -18,9 +18,12 @@ MODES = ("featurize", "in_model")
 
 
 def resolve_cut(graph: LayerGraph, up_to: str | int | Sequence[str | int] | None, field: str = "freeze.up_to") -> set[str]:
-    """The frozen node names for ``up_to`` (empty when it is None)."""
+    """The frozen node names for ``up_to`` (empty when it is None; ``saved``: the layers the
+    model file records as frozen, as when continuing a saved run)."""
     if up_to is None:
         return set()
+    if up_to == "saved" and "saved" not in graph:
+        return set(graph.frozen)
     refs = list(up_to) if isinstance(up_to, (list, tuple)) else [up_to]
     if not refs:
         return set()

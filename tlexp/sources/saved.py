@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -80,9 +79,12 @@ def save_model(
     The folder is assembled under a temporary name beside the target and renamed into place,
     so a crash leaves the previous folder (or none), never a half-written one.
     """
+    from tlexp._tempfiles import temp_path, umask_mode
+
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = temp_path(target)
+    tmp.mkdir()  # the user's umask, like every other file tlexp writes (not mkdtemp's 0700)
     try:
         config = {"format": MODEL_FORMAT, "architecture": graph.to_config(), "meta": dict(meta or {})}
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=False))
@@ -91,8 +93,10 @@ def save_model(
         if optimizer_state is not None:
             tensors, ometa = optimizer_state_to_tensors(optimizer_state)
             save_file(tensors, str(tmp / OPTIMIZER_FILE), metadata=ometa)
+        for f in tmp.iterdir():  # safetensors writes 0600
+            f.chmod(umask_mode())
         if target.exists():
-            old = target.with_name(f".{target.name}.old")
+            old = temp_path(target.with_name(f"{target.name}.old"))
             shutil.rmtree(old, ignore_errors=True)
             target.rename(old)
             tmp.rename(target)
@@ -120,17 +124,66 @@ def _read_config(directory: Path) -> dict[str, Any]:
     return config
 
 
-def load_model(directory: str | os.PathLike[str]) -> LayerGraph:
-    """Load a model folder written by :func:`save_model` (or by a tlexp run's ``model/``)."""
-    directory = Path(directory)
-    config = _read_config(directory)
+#: the most parameter and buffer elements a model file may declare (env TLEXP_MAX_PARAMS)
+MAX_ELEMENTS = int(float(os.environ.get("TLEXP_MAX_PARAMS", "2e9")))
+
+
+def _build(architecture: Any, where: Path) -> LayerGraph:
     try:
-        graph = LayerGraph.from_config(config["architecture"], infer_shapes=False)
+        return LayerGraph.from_config(architecture, infer_shapes=False)
     except TlexpError as e:
-        raise SourceError(f"source.path: {directory / CONFIG_FILE}: {e}") from None
+        raise SourceError(f"source.path: {where}: {e}") from None
+    except (TypeError, ValueError, RuntimeError, OverflowError, AttributeError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SourceError(f"source.path: {where}: the architecture cannot be built ({first})") from None
+
+
+def _check_sizes(architecture: Any, config_path: Path, weights_path: Path) -> None:
+    """Build the architecture on torch's ``meta`` device (nothing allocated) and compare every
+    declared tensor with the weights file's header and the size limit, before building it for real."""
+    from safetensors import safe_open
+
+    with torch.device("meta"):
+        skeleton = _build(architecture, config_path)
+    declared = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    total = sum(int(torch.Size(s).numel()) for s in declared.values())
+    if total > MAX_ELEMENTS:
+        raise SourceError(
+            f"source.path: {config_path} declares {total:,} parameter and buffer values, above the limit of "
+            f"{MAX_ELEMENTS:,} (TLEXP_MAX_PARAMS); refusing to allocate it"
+        )
+    try:
+        with safe_open(str(weights_path), framework="pt") as f:
+            stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise SourceError(f"source.path: {weights_path} cannot be read ({e}); the file is truncated or damaged") from None
+    missing = sorted(set(declared) - set(stored))
+    unexpected = sorted(set(stored) - set(declared))
+    if missing or unexpected:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise SourceError(f"source.path: {weights_path} does not fit {CONFIG_FILE}: {what}")
+    for k, shape in declared.items():
+        if stored[k] != shape:
+            raise SourceError(
+                f"source.path: {weights_path} does not fit {CONFIG_FILE}: {k} has shape {list(stored[k])}, "
+                f"the architecture needs {list(shape)}"
+            )
+
+
+def load_model(directory: str | os.PathLike[str]) -> LayerGraph:
+    """Load a model folder written by :func:`save_model` (or by a tlexp run's ``model/``).
+
+    The file decides nothing before it is checked: the architecture is first built on the
+    ``meta`` device and its sizes compared with the weights file and a limit."""
+    from tlexp._resources import resolve_path
+
+    directory = resolve_path(str(directory))  # pkg://models/… as in a config
+    config = _read_config(directory)
     weights_path = directory / WEIGHTS_FILE
     if not weights_path.is_file():
         raise SourceError(f"source.path: {str(directory)!r} has no {WEIGHTS_FILE}")
+    _check_sizes(config["architecture"], directory / CONFIG_FILE, weights_path)
+    graph = _build(config["architecture"], directory / CONFIG_FILE)
     try:
         weights = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as e:
@@ -173,4 +226,10 @@ def from_config(cfg: Mapping[str, Any]) -> LayerGraph:
         raise ConfigError("source.path: a saved model needs source.path=DIR (a folder with config.json and weights.safetensors)")
     from tlexp._resources import resolve_path
 
-    return load_model(resolve_path(str(path)))
+    graph = load_model(resolve_path(str(path)))
+    if cfg.get("load_optimizer_state"):
+        # the saved state fits only the optimizer that made it: take its kind and groups back
+        saved = (graph.meta or {}).get("finetune") or {}  # type: ignore[attr-defined]
+        if saved:
+            graph.meta["finetune_overrides"] = dict(saved)  # type: ignore[attr-defined]
+    return graph

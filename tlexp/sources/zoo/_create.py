@@ -71,11 +71,43 @@ def _check_hub(name: str) -> None:
     cfg = get_pretrained_cfg(name)
     if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
         raise SourceError(f"source.pretrained: timm has no pretrained weights for {name!r}; {_FIX} or set source.pretrained=false")
-    if _offline() and not _cached(cfg):
+    if _cached(cfg):
+        return
+    if _offline():
         raise SourceError(
             f"source.pretrained: the weights of {name!r} are not in the local cache and downloads are off "
             f"(HF_HUB_OFFLINE=1); {_FIX}, or unset HF_HUB_OFFLINE to let timm download them"
         )
+    host, port = _download_host(cfg)
+    why = _unreachable(host, port)
+    if why:  # fail now instead of after the hub client's retries
+        raise SourceError(
+            f"source.pretrained: cannot reach {host} to download the weights of {name!r} ({why}); {_FIX}"
+        )
+
+
+def _download_host(cfg: Any) -> tuple[str, int]:
+    if getattr(cfg, "hf_hub_id", None):
+        endpoint = os.environ.get("HF_ENDPOINT")
+        if not endpoint:
+            from huggingface_hub import constants
+
+            endpoint = constants.ENDPOINT
+    else:
+        endpoint = cfg.url
+    u = urlparse(endpoint)
+    return u.hostname or "huggingface.co", u.port or (80 if u.scheme == "http" else 443)
+
+
+def _unreachable(host: str, port: int, timeout: float = 3.0) -> str | None:
+    """Why a TCP connection to the download host fails (a few seconds at most), or None."""
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as e:
+        return e.strerror or type(e).__name__
 
 
 def _weights_file(weights: Any) -> Path:
@@ -120,6 +152,12 @@ def create_model(name: str, pretrained: bool, weights: str | None, kwargs: dict[
     """``timm.create_model`` with tlexp's errors: hub weights, a local file, or random init."""
     import timm
 
+    from tlexp.sources.zoo._layers import check_timm_kwargs
+
+    try:
+        kwargs = check_timm_kwargs(kwargs, "source.kwargs")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     extra: dict[str, Any] = {}
     path = None
     if weights is not None:

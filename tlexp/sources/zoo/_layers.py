@@ -244,8 +244,59 @@ def tensor_op(expr: dict[str, Any], tensors: dict[str, Any] | None = None) -> nn
 # ---- timm modules ------------------------------------------------------------------------------
 
 
+#: the timm.create_model arguments a saved zoo node (or source.kwargs) may carry: sizes and
+#: architecture switches only. Anything that names a file, a download or code
+#: (checkpoint_path, pretrained, pretrained_cfg*, cache_dir, …) is refused, so a model file can
+#: never make loading read another file.
+TIMM_KWARGS = frozenset({
+    "num_classes", "in_chans", "global_pool", "drop_rate", "drop_path_rate", "drop_block_rate", "proj_drop_rate",
+    "attn_drop_rate", "pos_drop_rate", "patch_drop_rate", "img_size", "patch_size", "output_stride", "class_token",
+    "no_embed_class", "reg_tokens", "pre_norm", "fc_norm", "dynamic_img_size", "dynamic_img_pad", "embed_dim", "depth",
+    "num_heads", "mlp_ratio", "qkv_bias", "qk_norm", "init_values", "layer_scale_init_value", "act_layer",
+    "norm_layer", "width_multiplier", "channel_multiplier", "depth_multiplier", "features_only", "out_indices",
+    "head_hidden_size", "scriptable", "exportable", "no_jit", "zero_init_last", "stem_type", "stem_width",
+    "down_kernel_size", "avg_down", "cardinality", "base_width", "block_args", "se_layer", "bn_tf", "fix_stem",
+    "round_chs_fn", "head_norm_first", "conv_mlp", "ls_init_value", "dims", "depths", "num_features",
+})
+
+
+def check_timm_kwargs(kwargs: Any, field: str = "kwargs") -> dict[str, Any]:
+    """The creation arguments, if every one is allowed and is plain JSON data (no paths, no code)."""
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"{field}: expected a mapping of timm.create_model arguments")
+    bad = sorted(k for k in kwargs if k not in TIMM_KWARGS)
+    if bad:
+        raise ValueError(f"{field}: {bad[0]!r} is not an allowed timm.create_model argument (only sizes and "
+                         f"architecture switches are; file paths and pretrained settings never are)")
+    for k, v in kwargs.items():
+        _check_plain(v, f"{field}.{k}")
+    return dict(kwargs)
+
+
+def _check_plain(v: Any, field: str) -> None:
+    if v is None or isinstance(v, (bool, int, float)):
+        return
+    if isinstance(v, str):
+        if "/" in v or "\\" in v or v.startswith("."):
+            raise ValueError(f"{field}: {v!r} looks like a path; only names and numbers are allowed")
+        return
+    if isinstance(v, (list, tuple)):
+        for x in v:
+            _check_plain(x, field)
+        return
+    if isinstance(v, dict):
+        for k, x in v.items():
+            if k in ("checkpoint_path", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "file"):
+                raise ValueError(f"{field}.{k}: not allowed")
+            _check_plain(x, f"{field}.{k}")
+        return
+    raise ValueError(f"{field}: {type(v).__name__} values are not allowed")
+
+
 @functools.lru_cache(maxsize=4)
-def _template(model: str, kwargs_json: str) -> nn.Module:
+def _template(model: str, kwargs_json: str, device: str) -> nn.Module:
     import timm
 
     if not timm.is_model(model):
@@ -254,8 +305,10 @@ def _template(model: str, kwargs_json: str) -> nn.Module:
 
 
 def timm_template(model: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
-    """A randomly initialized timm model, created once per (model, kwargs) in a process; do not modify."""
-    return _template(model, json.dumps(kwargs or {}, sort_keys=True))
+    """A randomly initialized timm model, created once per (model, kwargs, default device) in a
+    process; do not modify. Only allowed creation arguments are passed (see ``TIMM_KWARGS``)."""
+    kwargs = check_timm_kwargs(kwargs)
+    return _template(model, json.dumps(kwargs, sort_keys=True), str(torch.get_default_device()))
 
 
 class TimmCall(nn.Module):

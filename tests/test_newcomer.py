@@ -1,0 +1,135 @@
+"""The paths a new user takes in the first hour, end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tlexp
+from tests.conftest import run_cli
+from tlexp._resources import MODELS_DIR
+
+QUICK = ["trainer.enable_progress_bar=false", "print_table=false"]
+
+
+def _own_csv(path: Path, width: int = 4, rows: int = 300) -> Path:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(rows, width))
+    y = (x[:, 0] + x[:, 1] > 0).astype(int)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([*(f"c{i}" for i in range(width)), "label"])
+        for row, t in zip(x, y):
+            w.writerow([*(f"{v:.4f}" for v in row), t])
+    return path
+
+
+@pytest.mark.slow
+def test_churn_model_on_own_csv_of_another_width(tmp_path: Path) -> None:
+    data = _own_csv(tmp_path / "own.csv")
+    common = ["experiment=churn_transfer", "data=csv", f"data.path={data}", "data.label=label", "data.where={}",
+              f"paths.cache_dir={tmp_path / 'cache'}", "trainer.max_epochs=2", *QUICK]
+    res = run_cli([*common, f"hydra.run.dir={tmp_path / 'a'}"], cwd=tmp_path)
+    assert res.returncode == 2
+    assert "{op: n_in_replace, layer: dense0, n_in: 4}" in res.stderr  # the message leads there
+    ops = ("surgery.ops=[{op: n_in_replace, layer: dense0, n_in: 4}, {op: remove_output_layer}, "
+           "{op: add_layer, name: output, type: dense, out_features: auto, activation: softmax}]")
+    res = run_cli([*common, ops, "freeze.up_to=null", f"hydra.run.dir={tmp_path / 'b'}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["samples"]["train"] > 100  # the filter was cleared
+    assert tlexp.load_model(tmp_path / "b" / "model").graph_inputs[0].shape == (4,)
+
+
+@pytest.mark.slow
+def test_experiment_continue_loads_the_optimizer_state(tmp_path: Path) -> None:
+    common = [f"paths.cache_dir={tmp_path / 'cache'}", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"]
+    first = run_cli(["experiment=churn_transfer", *common, "print_table=false", f"hydra.run.dir={tmp_path / 'a'}"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    res = run_cli(["experiment=continue", f"source.path={tmp_path / 'a' / 'model'}", "data=churn",
+                   "data.where={Geography: [Germany]}", *common, f"hydra.run.dir={tmp_path / 'b'}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert metrics["optimizer_state_loaded"] is True and metrics["freeze"]["frozen"] == ["dense0", "dense1"]
+    assert "state loaded from" in res.stdout
+    # console hygiene: no Lightning advertisement, in the console or the log
+    for text in (res.stdout, res.stderr, (tmp_path / "b" / "tlexp.log").read_text()):
+        assert "litlogger" not in text.lower() and "Tip:" not in text
+
+
+def test_spec_layers_take_auto_sizes(compose_cfg) -> None:
+    from tlexp.data import build_datamodule
+    from tlexp.train import build_model
+    from omegaconf import OmegaConf
+
+    cfg = compose_cfg("experiment=none", "source=spec", "data=digits",
+                      "source.layers=[{name: f, type: flatten}, {name: h, type: dense, out_features: 8, activation: relu},"
+                      "{name: out, type: dense, out_features: auto, activation: softmax}]",
+                      "surgery=none", "freeze=none")
+    data = build_datamodule(OmegaConf.to_container(cfg.data, resolve=True), seed=0)
+    data.setup()
+    graph, _ = build_model(cfg, data)
+    assert graph.trace_shapes()["out"][0] == (data.num_classes,)
+
+
+def test_inspect_marks_cuts_that_train_the_same_layers() -> None:
+    from tlexp._report import equivalent_cuts
+
+    same = equivalent_cuts(tlexp.load_model(MODELS_DIR / "digits_cnn"))
+    assert same == {"pool1": "conv2", "pool2": "conv3", "flatten": "conv3"}
+
+
+def test_zoo_random_weights_are_said_loudly(compose_cfg, tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from tlexp._report import print_run_table
+
+    cfg = compose_cfg("experiment=none", "source=zoo_tiny")
+    metrics = {"name": "x", "freeze": {"up_to": None, "frozen": []}, "featurize": {"mode": "featurize"},
+               "samples": {"train": 1, "val": 1, "test": 1}, "num_classes": 2, "epochs": 1,
+               "timing": {"featurize_s": 0.0, "fit_s": 0.0, "total_s": 0.0},
+               "val": {"accuracy": 0.5, "loss": 1.0}, "test": {"accuracy": 0.5, "loss": 1.0}}
+    console = Console(width=80, record=True)
+    print_run_table(cfg, metrics, tmp_path / "a" / "very" / "long" / "path" / "that" / "must" / "not" / "be" / "cut", console)
+    text = console.export_text()
+    assert "RANDOM WEIGHTS" in text and "source.weights" in text
+    assert "…" not in text and "cut" in text
+
+
+def test_pretrained_without_network_fails_fast_naming_source_weights(monkeypatch) -> None:
+    from tlexp.errors import SourceError
+    from tlexp.sources.zoo import _create
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: refused at once
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(_create, "_cached", lambda cfg: False)
+    with pytest.raises(SourceError, match="cannot reach 127.0.0.1.*source.weights=FILE"):
+        _create.create_model("test_resnet", True, None, {})
+
+
+def test_warnings_are_one_line_without_source(capsys) -> None:
+    from tlexp.cli import _quiet_console
+
+    saved = warnings.showwarning
+    try:
+        _quiet_console()
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn("something odd\nsecond line", UserWarning)
+    finally:
+        warnings.showwarning = saved
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert err == ["tlexp: warning: something odd"]
+
+
+@pytest.mark.slow
+def test_help_lists_options_not_schemas(tmp_path: Path) -> None:
+    res = run_cli(["--help"], cwd=tmp_path)
+    assert res.returncode == 0
+    assert "data: churn, csv, digits, image_folder" in res.stdout
+    assert "base_" not in res.stdout.split("== Config ==")[0]
