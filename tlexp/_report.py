@@ -110,7 +110,7 @@ def layer_table(graph: LayerGraph, rows: Sequence[SummaryRow], title: str = "mod
                 for d in part:
                     n *= d
                 size += n
-        out = " ".join("[" + ",".join(str(d) for d in s) + "]" for s in r.output_shape) if r.output_shape else "?"
+        out = " ".join(str(list(s)) for s in r.output_shape) if r.output_shape else "?"
         state = "frozen" if r.name in frozen else ("trainable" if r.params else "-")
         kind = r.type
         if kind == "timm_module":  # say which timm block it is (BasicBlock, ConvNeXtBlock, …)

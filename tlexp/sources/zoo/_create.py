@@ -82,7 +82,8 @@ def _check_hub(name: str) -> None:
     why = _unreachable(host, port)
     if why:  # fail now instead of after the hub client's retries
         raise SourceError(
-            f"source.pretrained: cannot reach {host} to download the weights of {name!r} ({why}); {_FIX}"
+            f"source.pretrained: cannot reach {host} to download the weights of {name!r} ({why}); {_FIX}, "
+            "or set HF_HUB_OFFLINE=1 to use only the local cache"
         )
 
 
@@ -152,12 +153,13 @@ def create_model(name: str, pretrained: bool, weights: str | None, kwargs: dict[
     """``timm.create_model`` with tlexp's errors: hub weights, a local file, or random init."""
     import timm
 
-    from tlexp.sources.zoo._layers import check_timm_kwargs
+    from tlexp.sources.zoo._layers import REFUSED_TIMM_KWARGS
 
-    try:
-        kwargs = check_timm_kwargs(kwargs, "source.kwargs")
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    # what the user writes is theirs to choose (timm says what it does not take); only what would
+    # make loading read a file or download is refused. A saved node's arguments are an allow-list.
+    refused = sorted(set(kwargs) & REFUSED_TIMM_KWARGS)
+    if refused:
+        raise ConfigError(f"source.kwargs.{refused[0]}: not allowed; use source.weights=FILE or source.pretrained=true")
     extra: dict[str, Any] = {}
     path = None
     if weights is not None:

@@ -260,6 +260,11 @@ TIMM_KWARGS = frozenset({
 })
 
 
+#: creation arguments that name a file or a download: never taken, from a config or a file
+REFUSED_TIMM_KWARGS = frozenset({"checkpoint_path", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay",
+                                 "cache_dir", "pretrained_strict"})
+
+
 def check_timm_kwargs(kwargs: Any, field: str = "kwargs") -> dict[str, Any]:
     """The creation arguments, if every one is allowed and is plain JSON data (no paths, no code)."""
     if kwargs is None:
