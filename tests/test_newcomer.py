@@ -63,9 +63,10 @@ def test_experiment_continue_loads_the_optimizer_state(tmp_path: Path) -> None:
 
 
 def test_spec_layers_take_auto_sizes(compose_cfg) -> None:
+    from omegaconf import OmegaConf
+
     from tlexp.data import build_datamodule
     from tlexp.train import build_model
-    from omegaconf import OmegaConf
 
     cfg = compose_cfg("experiment=none", "source=spec", "data=digits",
                       "source.layers=[{name: f, type: flatten}, {name: h, type: dense, out_features: 8, activation: relu},"
@@ -120,7 +121,7 @@ def test_warnings_are_one_line_without_source(capsys) -> None:
         _quiet_console()
         with warnings.catch_warnings():
             warnings.simplefilter("always")
-            warnings.warn("something odd\nsecond line", UserWarning)
+            warnings.warn("something odd\nsecond line", UserWarning, stacklevel=1)
     finally:
         warnings.showwarning = saved
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
