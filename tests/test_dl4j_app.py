@@ -115,3 +115,16 @@ def test_dl4j_churn_transfer_recipe_end_to_end(compose_cfg, tmp_path: Path) -> N
     assert before["accuracy"] == pytest.approx(want["accuracy"])
     g = load_dl4j(model)
     assert g._nodes[0].name == "normalizer" and [n.name for n in g._nodes][-1] == "layer3"
+
+
+def test_continuing_a_saved_run_keeps_its_frozen_set(compose_cfg, tmp_path: Path) -> None:
+    csv = _moons_csv(tmp_path / "moons.csv")
+    common = ("experiment=none", "data=csv", f"data.path={csv}", "data.label=label", "freeze.mode=in_model",
+              "trainer.max_epochs=1")
+    first = train_run(compose_cfg("source=dl4j", f"source.path={MOON}", "freeze.up_to=layer0", *common, out="a"))
+    assert first["freeze"]["frozen"] == ["layer0"]
+    model = tmp_path / "a" / "model"
+    cont = compose_cfg("source=saved", f"source.path={model}", "source.load_optimizer_state=true", *common, out="b")
+    assert train_run(cont)["freeze"]["frozen"] == ["layer0"]
+    told = compose_cfg("source=saved", f"source.path={model}", "source.load_optimizer_state=false", *common, out="c")
+    assert train_run(told)["freeze"]["frozen"] == []

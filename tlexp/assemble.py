@@ -128,7 +128,11 @@ def edit_graph(cfg: DictConfig, graph: LayerGraph, data: DataLike | None = None)
     graph = apply_ops(graph, ops)
     if data is not None:
         graph = _with_input_shape(graph, data)
-    freeze(graph, plain(cfg.freeze.up_to), cfg.freeze.mode)
+    up_to = plain(cfg.freeze.up_to)
+    saved_cut = (getattr(graph, "meta", None) or {}).get("freeze_up_to")
+    if up_to is None and cfg.source.get("load_optimizer_state") and saved_cut:
+        up_to = saved_cut  # continuing a saved run keeps its frozen set unless freeze.up_to says otherwise
+    freeze(graph, up_to, cfg.freeze.mode)
     return graph
 
 

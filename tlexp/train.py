@@ -396,7 +396,8 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     meta = {"name": cfg.name, "classes": data.class_names, "test_accuracy": test.get("accuracy"),
             # what a continued run (experiment=continue) needs to rebuild the same optimizer
             "finetune": json.loads(json.dumps({k: prepared.finetune.get(k) for k in CONTINUE_KEYS if k in prepared.finetune},
-                                              default=str))}
+                                              default=str)),
+            "freeze_up_to": graph.boundary(cut) if cut else []}  # a continued run keeps this frozen set
     source_meta = getattr(graph, "meta", None) or {}
     if source_meta.get("data_config"):
         meta["data_config"] = source_meta["data_config"]  # how its images are to be prepared
