@@ -70,7 +70,7 @@ def test_inspect_json_is_the_architecture(tmp_path: Path) -> None:
     [
         (["freeze.up_to=conv9"], "freeze.up_to: no layer named 'conv9'; valid: conv1, conv2"),
         (["freeze.up_to=42"], "freeze.up_to: index 42 is out of range; valid: 0..7"),
-        (["surgery.ops=[{op: frobnicate}]"], "surgery.ops[0].op: unknown op 'frobnicate'; valid: add_layer"),
+        (["surgery.ops=[{op: frobnicate}]"], "surgery.ops[0].op: unknown op 'frobnicate'; valid: add_inputs, add_layer"),
         (["surgery.ops=[{op: add_layer, name: x, type: conv2d, out_channels: 2, kernel_size: 3}]"],
          "surgery.ops[0] (add_layer 'x')"),
         (["inspect.format=yaml"], "inspect.format: 'yaml' is not a valid choice; valid: table, json"),
