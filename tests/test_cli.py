@@ -88,7 +88,7 @@ def test_inspect_bad_input_is_one_line(tmp_path: Path, args: list[str], expect: 
 @pytest.mark.parametrize(
     ("args", "expect"),
     [
-        (["experiment=nope"], "Could not find 'experiment/nope'; valid: churn_pretrain, churn_transfer, digits_pretrain"),
+        (["experiment=nope"], "Could not find 'experiment/nope'; valid: churn_pretrain, churn_transfer, continue"),
         (["source=nope"], "Could not find 'source/nope'; valid:"),
         (["finetune.lrr=1"], "finetune.lrr: no such key; valid keys here: optimizer, lr,"),
         (["trainer.max_epochs=abc"], "trainer.max_epochs"),

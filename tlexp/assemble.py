@@ -87,10 +87,17 @@ def _with_input_shape(graph: LayerGraph, data: DataLike, check: bool = True) -> 
     return graph
 
 
+def check_required(cfg: DictConfig) -> None:
+    """A required value left unset (``???`` in a config) is named, not passed on as a string."""
+    missing = [k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra.")]
+    if missing:
+        key = missing[0]
+        raise ConfigError(f"{key}: a value is required and none is set; add {key}=… to the command line or your experiment"
+                          + (f" (also unset: {', '.join(missing[1:4])})" if len(missing) > 1 else ""))
+
+
 def load_graph(cfg: DictConfig, data: DataLike | None = None) -> tuple[LayerGraph, dict[str, Any]]:
     """The source's model and the fine-tune config (with any overrides the source carries)."""
-    from tlexp.train import check_required
-
     check_required(cfg)
     source = plain(cfg.source)
     if data is not None and _spec_without_shape(source):

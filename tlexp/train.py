@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tlexp import finetune as ft
-from tlexp.assemble import build_model, edit_graph, load_graph, plain
+from tlexp.assemble import build_model, check_required, edit_graph, load_graph, plain
 from tlexp.config import plain_choices
 from tlexp.data import TlexpDataModule, build_datamodule
 from tlexp.errors import ConfigError, ShapeError
@@ -47,15 +47,6 @@ _EXPECTED_WARNINGS = (
 
 def _container(node: Any) -> Any:
     return plain(node)
-
-
-def check_required(cfg: DictConfig) -> None:
-    """A required value left unset (``???`` in a config) is named, not passed on as a string."""
-    missing = [k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra.")]
-    if missing:
-        key = missing[0]
-        raise ConfigError(f"{key}: a value is required and none is set; add {key}=… to the command line or your experiment"
-                          + (f" (also unset: {', '.join(missing[1:4])})" if len(missing) > 1 else ""))
 
 
 def _check_accelerator(acc: str) -> None:
