@@ -248,9 +248,66 @@ def test_not_a_zip_is_refused(tmp_path: Path) -> None:
         load_dl4j(p)
 
 
-def test_unsupported_layer_is_refused_naming_it() -> None:
-    with pytest.raises(SourceError, match="Convolution3D is not supported"):
-        load_dl4j(FIX / "integration" / "Cnn3dSynthetic" / "Model_RANDOM_INIT_UNTRAINED.zip")
+def _rewrite_zip(src: Path, dst: Path, **entries: bytes) -> Path:
+    """A copy of a DL4J zip with some entries replaced (name -> bytes)."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.infolist():
+            zout.writestr(item.filename, entries.get(item.filename.replace(".", "_"), zin.read(item.filename)))
+    return dst
+
+
+def test_unsupported_layer_is_refused_naming_it(tmp_path: Path) -> None:
+    src = FIX / "integration" / "Cnn3dSynthetic" / "Model_RANDOM_INIT_UNTRAINED.zip"
+    conf = zipfile.ZipFile(src).read("configuration.json").replace(b"layers.Convolution3D", b"layers.Deconvolution3D")
+    with pytest.raises(SourceError, match="Deconvolution3D is not supported"):
+        load_dl4j(_rewrite_zip(src, tmp_path / "m.zip", configuration_json=conf))
+
+
+# ---- 3-D convolution (the Cnn3dSynthetic integration model) ---------------------------------
+
+CNN3D = FIX / "integration" / "Cnn3dSynthetic" / "Model_RANDOM_INIT_UNTRAINED.zip"
+
+
+def test_cnn3d_synthetic_loads_and_runs_on_its_input_shape() -> None:
+    g = load_dl4j(CNN3D)
+    assert not g.training
+    assert [(n.name, n.type) for n in g._nodes] == [
+        ("layer0", "conv3d"), ("layer1", "dl4j_pool"), ("layer2_preprocessor", "flatten"), ("layer2", "dense"),
+    ]
+    # Convolution3D 3->8, kernel 3x3x3, bias; OutputLayer 8*2*2*2 -> 10 (the preprocessor's declared shape)
+    assert sum(p.numel() for p in g.parameters()) == (3 * 8 * 27 + 8) + (8 * 2 * 2 * 2 * 10 + 10) == 1306
+    x = torch.rand(2, 3, 8, 8, 8)  # InputType.convolutional3D(8, 8, 8, 3), NCDHW
+    with torch.no_grad():
+        y = g(x)
+    assert y.shape == (2, 10)
+    assert torch.allclose(y.sum(1), torch.ones(2), atol=1e-5)
+
+
+def test_cnn3d_parameter_mapping_and_one_output_by_hand(tmp_path: Path) -> None:
+    # the fixture's configuration with parameters linspace(1, n): every position is checkable
+    n = 1306
+    buf = io.BytesIO()
+    write_array(buf, (np.arange(1, n + 1, dtype=np.float32) / n).reshape(1, -1))
+    g = load_dl4j(_rewrite_zip(CNN3D, tmp_path / "m.zip", coefficients_bin=buf.getvalue()))
+    conv = _nodes(g)["layer0"].conv
+    flat = np.arange(1, n + 1, dtype=np.float32) / n
+    # Convolution3DParamInitializer: bias [8] first, then W [nOut, nIn, kD, kH, kW] in 'c' order
+    np.testing.assert_allclose(conv.bias.detach().numpy(), flat[:8])
+    np.testing.assert_allclose(conv.weight.detach().numpy(), flat[8:656].reshape(8, 3, 3, 3, 3))
+    dense = _nodes(g)["layer2"]
+    np.testing.assert_allclose(dense.weight.detach().numpy(), flat[656:1296].reshape(64, 10, order="F").T)
+    np.testing.assert_allclose(dense.bias.detach().numpy(), flat[1296:])
+    # one convolution output by hand: Same mode, stride 2 on 8 -> 4 outputs, the one padding
+    # position at the end (libnd4j's same-mode padding), so output (1,1,1) reads inputs 2..4
+    x = torch.rand(1, 3, 8, 8, 8)
+    w = flat[8:656].reshape(8, 3, 3, 3, 3)
+    want = float((x[0, :, 2:5, 2:5, 2:5].numpy() * w[5]).sum() + flat[5])
+    with torch.no_grad():
+        conv_out = _nodes(g)["layer0"](x)
+    assert abs(float(conv_out[0, 5, 1, 1, 1]) - want) <= 1e-4 * abs(want)
+    # the last output position sees the zero padding: inputs 6, 7 and one zero
+    edge = float((x[0, :, 6:8, 6:8, 6:8].numpy() * w[0][:, :2, :2, :2]).sum() + flat[0])
+    assert abs(float(conv_out[0, 0, 3, 3, 3]) - edge) <= 1e-4 * abs(edge)
 
 
 # ---- normalizer.bin --------------------------------------------------------------------------
@@ -453,3 +510,51 @@ def test_integration_rnn_fixture_with_rnn_to_feedforward_preprocessor() -> None:
     assert y.shape == (2 * 3, conf["confs"][1]["layer"]["nout"])
     with torch.no_grad():
         torch.testing.assert_close(y[1 * 2 + 0], m["layer2"](h[0, :, 1][None])[0])
+
+
+def _mln(*layers: dict) -> dict:
+    return {"confs": [{"layer": {"@class": f"org.deeplearning4j.nn.conf.layers.{cls}", **f}} for cls, f in layers]}
+
+
+_IDENTITY = {"@class": "org.nd4j.linalg.activations.impl.ActivationIdentity"}
+
+
+def test_causal_convolution1d_sees_only_the_past() -> None:
+    from tlexp.sources.dl4j import build_graph
+
+    conf = _mln(("Convolution1DLayer", {"nin": 1, "nout": 1, "kernelSize": [3, 1], "stride": [1, 1], "padding": [0, 0],
+                                        "dilation": [2, 1], "convolutionMode": "Causal", "activationFn": _IDENTITY}))
+    g, built, _ = build_graph(conf)
+    built[0].assign(np.array([0.5, 1.0, 2.0, 4.0], dtype=np.float32))  # b, then W [nOut, nIn, k]
+    x = torch.arange(1.0, 8.0).reshape(1, 1, 7)
+    with torch.no_grad():
+        y = g(x)[0, 0]
+    # y_t = b + 1*x_{t-4} + 2*x_{t-2} + 4*x_t (dilation 2), zeros before the sequence; same length
+    xs = [0.0] * 4 + list(range(1, 8))
+    want = [0.5 + xs[t] + 2 * xs[t + 2] + 4 * xs[t + 4] for t in range(7)]
+    np.testing.assert_allclose(y.numpy(), want)
+
+
+def test_ndhwc_convolution3d_pooling_and_prelu() -> None:
+    from tlexp.sources.dl4j import build_graph
+
+    conf = _mln(("Convolution3D", {"nin": 2, "nout": 3, "kernelSize": [2, 2, 2], "stride": [1, 1, 1],
+                                   "convolutionMode": "Truncate", "dataFormat": "NDHWC", "activationFn": _IDENTITY}),
+                ("Subsampling3DLayer", {"kernelSize": [2, 2, 2], "stride": [2, 2, 2], "poolingType": "AVG",
+                                        "convolutionMode": "Truncate", "dataFormat": "NDHWC"}),
+                ("PReLULayer", {"inputShape": [2, 2, 2, 3], "sharedAxes": [1, 2, 3]}))
+    g, built, _ = build_graph(conf)
+    assert [b.n_params for b in built] == [3 + 2 * 3 * 8, 0, 3]
+    flat = np.linspace(-1, 1, 51, dtype=np.float32)
+    built[0].assign(flat)
+    built[2].assign(np.array([0.1, 0.2, 0.3], dtype=np.float32))
+    x = torch.rand(1, 5, 5, 5, 2)  # channels last, as DL4J's output() takes NDHWC
+    with torch.no_grad():
+        y = g(x)
+    assert y.shape == (1, 2, 2, 2, 3)
+    # by hand with the NCDHW reference: conv, average pool, then PReLU with one slope per channel
+    ref = torch.nn.functional.conv3d(x.permute(0, 4, 1, 2, 3), torch.from_numpy(flat[3:].reshape(3, 2, 2, 2, 2)),
+                                     torch.from_numpy(flat[:3]))
+    ref = torch.nn.functional.avg_pool3d(ref, 2, 2).permute(0, 2, 3, 4, 1)
+    ref = torch.where(ref >= 0, ref, ref * torch.tensor([0.1, 0.2, 0.3]))
+    assert torch.allclose(y, ref, atol=1e-6)

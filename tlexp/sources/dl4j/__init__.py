@@ -85,6 +85,8 @@ def _first_kind(confs: list[dict[str, Any]]) -> str:
         raise SourceError("configuration.json: a network without layers")
     layer = confs[0]["layer"]
     key = (layer.get("@class") or next(iter(layer), "")).rsplit(".", 1)[-1].lower()
+    if "3d" in key:
+        return "cnn3d"
     if any(s in key for s in ("lstm", "rnn", "1d", "embeddingsequence", "bidirectional", "lasttimestep")):
         return "rnn"
     if any(s in key for s in ("convolution", "subsampling", "pooling2d", "zeropadding", "cropping", "upsampling",

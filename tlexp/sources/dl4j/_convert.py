@@ -42,7 +42,8 @@ SUPPORTED_LAYERS = (
     "Subsampling1DLayer", "Pooling1D", "ZeroPaddingLayer", "ZeroPadding1DLayer", "Cropping2D", "Cropping1D",
     "Upsampling2D", "Upsampling1D", "BatchNormalization", "LocalResponseNormalization", "DropoutLayer",
     "ActivationLayer", "EmbeddingLayer", "EmbeddingSequenceLayer", "GlobalPoolingLayer", "LSTM", "GravesLSTM",
-    "GravesBidirectionalLSTM", "SimpleRnn", "Bidirectional", "LastTimeStep", "Yolo2OutputLayer",
+    "GravesBidirectionalLSTM", "SimpleRnn", "Bidirectional", "LastTimeStep", "Yolo2OutputLayer", "Convolution3D",
+    "Subsampling3DLayer", "Upsampling3D", "ZeroPadding3DLayer", "Cropping3D", "PReLULayer",
 )
 SUPPORTED_VERTICES = (
     "LayerVertex", "MergeVertex", "ElementWiseVertex", "SubsetVertex", "PreprocessorVertex", "ScaleVertex",
@@ -167,7 +168,7 @@ class Builder:
         if cls in ("DenseLayer", "OutputLayer", "CenterLossOutputLayer", "RnnOutputLayer"):
             nodes: list[Node] = []
             inp = src
-            if kind == "cnn":
+            if kind in ("cnn", "cnn3d"):
                 nodes.append(Node(f"{name}_flatten", build_layer("flatten", {}), [src]))
                 inp, kind = f"{name}_flatten", "ff"
             time = cls == "RnnOutputLayer" or kind == "rnn"
@@ -211,9 +212,15 @@ class Builder:
             p = _pair(L.get("padding", [0, 0]), dims)
             d = _pair(L.get("dilation", [1, 1]), dims)
             mode = str(L.get("convolutionMode") or "Truncate")
-            if mode == "Causal":
-                raise SourceError(f"{where}: convolutionMode Causal is not supported")
+            if mode == "Causal" and not one_d:
+                raise SourceError(f"{where}: convolutionMode Causal is for Convolution1D layers only")
             padding: Any = "same" if mode == "Same" else (p if dims == 2 else p[0])
+            pre_nodes: list[Node] = []
+            if mode == "Causal":
+                # DL4J (libnd4j's causal conv1d): (k-1)*dilation zeros before the sequence, none after
+                pre_nodes = [Node(f"{name}_causal_pad", build_layer("zero_padding1d", {"padding": [(k[0] - 1) * d[0], 0]}),
+                                  [src])]
+                src, padding = f"{name}_causal_pad", 0
             deconv = cls == "Deconvolution2D"
             if deconv and mode == "Same":
                 raise SourceError(f"{where}: Deconvolution2D with convolutionMode Same is not supported")
@@ -223,6 +230,7 @@ class Builder:
             if not deconv:
                 args["dropout"] = drop
             nodes, out, conv = self._with_act(name, t, args, [src], act, kind)
+            nodes = pre_nodes + nodes
             kk = int(np.prod(k))
             nb = n_out if has_bias else 0
 
@@ -237,6 +245,23 @@ class Builder:
 
             keys = ([("b", nb)] if has_bias else []) + [("W", n_in * n_out * kk)]
             return Built(nodes, out, "rnn" if one_d else "cnn", nb + n_in * n_out * kk, assign, keys)
+
+        if cls in ("Convolution3D", "Subsampling3DLayer", "Upsampling3D", "ZeroPadding3DLayer", "Cropping3D"):
+            return self._three_d(name, cls, L, src, kind, where, act, drop, n_in, n_out, has_bias)
+
+        if cls == "PReLULayer":
+            shape = [int(x) for x in L.get("inputShape") or []]
+            if not shape:
+                raise SourceError(f"{where}: PReLULayer without inputShape")
+            for axis in L.get("sharedAxes") or []:
+                shape[int(axis) - 1] = 1  # DL4J's shared axes count the batch axis as 0
+            m = build_layer("prelu", {"shape": shape}, where=where)
+            size = int(np.prod(shape))
+
+            def assign(flat: np.ndarray, m=m) -> None:
+                _set(m.alpha, _f(flat, tuple(shape)))  # PReLUParamInitializer: 'f' order
+
+            return Built([Node(name, m, [src])], name, kind, size, assign, [("W", size)])
 
         if cls in ("DepthwiseConvolution2D", "SeparableConvolution2D"):
             k = _pair(L.get("kernelSize"))
@@ -402,6 +427,62 @@ class Builder:
         raise SourceError(
             f"{where}: layer class {cls} is not supported; supported: {', '.join(SUPPORTED_LAYERS)}"
         )
+
+    def _three_d(self, name: str, cls: str, L: dict[str, Any], src: str, kind: str, where: str,
+                 act: tuple[str, float, float], drop: float, n_in: int, n_out: int, has_bias: bool) -> Built:
+        """Convolution3D, Subsampling3DLayer, Upsampling3D, ZeroPadding3DLayer, Cropping3D on DL4J's
+        NCDHW (or NDHWC: permuted to channels first and back around the layer)."""
+        channels_last = str(L.get("dataFormat") or "NCDHW").upper() == "NDHWC"
+        nodes: list[Node] = []
+        if channels_last:
+            nodes.append(Node(f"{name}_to_ncdhw", build_layer("permute", {"dims": [3, 0, 1, 2]}), [src]))
+            src = f"{name}_to_ncdhw"
+        core = f"{name}_ncdhw" if channels_last else name
+        mode = str(L.get("convolutionMode") or L.get("mode") or "Truncate")
+        k = _pair(L.get("kernelSize", [2, 2, 2]), 3)
+        s = _pair(L.get("stride", [1, 1, 1] if cls == "Convolution3D" else [2, 2, 2]), 3)
+        p = _pair(L.get("padding", [0, 0, 0]), 3)
+        d = _pair(L.get("dilation", [1, 1, 1]), 3)
+        n_params, assign, keys = 0, None, []
+        if cls == "Convolution3D":
+            args: dict[str, Any] = {"in_channels": n_in, "out_channels": n_out, "kernel_size": k, "stride": s,
+                                    "padding": "same" if mode == "Same" else p, "dilation": d, "bias": has_bias,
+                                    "dropout": drop}
+            more, out, conv = self._with_act(core, "conv3d", args, [src], act, "cnn3d")
+            nodes += more
+            nb = n_out if has_bias else 0
+            nw = n_in * n_out * int(np.prod(k))
+
+            def assign(flat: np.ndarray, conv=conv) -> None:  # Convolution3DParamInitializer: b, then W
+                if has_bias:
+                    _set(conv.conv.bias, flat[:nb])
+                _set(conv.conv.weight, _c(flat[nb:], (n_out, n_in, *k)))  # [nOut, nIn, kD, kH, kW] 'c'
+
+            keys = ([("b", nb)] if has_bias else []) + [("W", nw)]
+            n_params = nb + nw
+        elif cls == "Subsampling3DLayer":
+            kind_name = str(L.get("poolingType", "MAX")).lower()
+            if kind_name not in ("max", "avg"):
+                raise SourceError(f"{where}: Subsampling3DLayer pooling type {L.get('poolingType')!r} is not supported; "
+                                  "valid: MAX, AVG")
+            if d != [1, 1, 1]:
+                raise SourceError(f"{where}: dilated pooling is not supported")
+            m = build_layer("dl4j_pool", {"kernel": k, "stride": s, "padding": p, "kind": kind_name,
+                                          "same": mode == "Same", "include_pad": False}, where=where)
+            nodes.append(Node(core, m, [src]))
+        elif cls == "Upsampling3D":
+            nodes.append(Node(core, build_layer("upsample3d", {"size": _pair(L.get("size", 2), 3)}), [src]))
+        elif cls == "ZeroPadding3DLayer":
+            pad = [int(x) for x in L.get("padding", [0] * 6)]
+            nodes.append(Node(core, build_layer("zero_padding3d", {"padding": pad}), [src]))
+        else:
+            crop = [int(x) for x in L.get("cropping", [0] * 6)]
+            nodes.append(Node(core, build_layer("cropping3d", {"cropping": crop}), [src]))
+        out = nodes[-1].name
+        if channels_last:
+            nodes.append(Node(name, build_layer("permute", {"dims": [1, 2, 3, 0]}), [out]))
+            out = name
+        return Built(nodes, out, "cnn3d", n_params, assign, keys)
 
     def _rnn(self, name: str, cls: str, L: dict[str, Any], src: str, where: str, drop: float) -> Built:
         n_in = int(L.get("nin", 0))

@@ -391,8 +391,8 @@ class DL4JPool(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pads = self._pads(x)
         k, s = tuple(self.kernel), tuple(self.stride)
-        pool = F.max_pool1d if self.dims == 1 else F.max_pool2d
-        apool = F.avg_pool1d if self.dims == 1 else F.avg_pool2d
+        pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[self.dims - 1]
+        apool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[self.dims - 1]
         if self.kind == "max":
             return pool(F.pad(x, pads, value=float("-inf")) if any(pads) else x, k, s)
         if self.kind == "pnorm":
@@ -412,7 +412,7 @@ class DL4JPool(nn.Module):
 @register_layer("dl4j_pool", role=Role.PASS, example={"kernel": [2, 2], "stride": [2, 2]}, example_inputs=((2, 6, 6),))
 def dl4j_pool(kernel: list[int], stride: list[int], padding: list[int] | None = None, kind: PoolKind = "max",
               same: bool = False, pnorm: int = 2, include_pad: bool = False) -> nn.Module:
-    """DL4J's Subsampling(1D)Layer: max / avg / sum / pnorm pooling, Truncate or Same mode."""
+    """DL4J's Subsampling(1D/3D)Layer: max / avg / sum / pnorm pooling, Truncate or Same mode."""
     return DL4JPool(kind, len(kernel), kernel, stride, padding or [0] * len(kernel), same, pnorm, include_pad)
 
 
