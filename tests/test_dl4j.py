@@ -140,7 +140,7 @@ def test_lstm_parameters_mapped_exactly(version: str, model: str) -> None:
 def test_dropout_is_read_as_a_retain_probability() -> None:
     # MLP_2: .dropOut(0.6) in DL4J keeps 60% of the activations: torch p = 0.4
     g = load_dl4j(_zip("080", "MLP_2"))
-    assert _nodes(g)["layer0"].tlexp_args["dropout"] == pytest.approx(0.4)
+    assert g.node("layer0").args["dropout"] == pytest.approx(0.4)
 
 
 # ---- parity with DL4J's own outputs --------------------------------------------------------

@@ -26,8 +26,8 @@ def _net(dropout_hidden: bool = True) -> LayerGraph:
 def test_dropout_retain_is_dl4j_s_retain_probability() -> None:
     g = _net()
     ft.apply_graph_overrides(g, {"dropout_retain": 0.8})  # DL4J .dropOut(0.8): keep 80%
-    assert g.node("h").module.tlexp_args["dropout"] == pytest.approx(0.2)
-    assert g.node("out").module.tlexp_args["dropout"] == 0.0  # the output layer is left alone
+    assert g.node("h").args["dropout"] == pytest.approx(0.2)
+    assert g.node("out").args["dropout"] == 0.0  # the output layer is left alone
     with pytest.raises(ConfigError, match="not both"):
         ft.parse_finetune({"dropout": 0.2, "dropout_retain": 0.8})
     with pytest.raises(ConfigError, match="finetune.dropout_retain"):

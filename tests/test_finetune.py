@@ -52,7 +52,7 @@ def mlp(frozen=("fc1",), out_act="softmax"):
 
 
 def spec_of(g, name):
-    return g.module(name).tlexp_args
+    return g.node(name).args
 
 
 def backward(g, seed=1):
@@ -517,8 +517,8 @@ def test_output_head_includes_layer_behind_a_separate_softmax():
 
 def _fresh(seed_global=0):
     g = mlp(frozen=("fc1",))
-    g.module("fc3").tlexp_reinit = True
-    g.module("out").tlexp_reinit = True
+    g.node("fc3").reinit = True
+    g.node("out").reinit = True
     torch.manual_seed(seed_global)
     return g
 
@@ -546,7 +546,7 @@ def test_weight_init_only_touches_reinit_modules(init):
 
 def test_weight_init_distributions():
     g = build_spec([{"name": "big", "type": "dense", "out_features": 400}], input_shape=[300])
-    g.module("big").tlexp_reinit = True
+    g.node("big").reinit = True
     fan_in, fan_out = 300, 400
     expect_std = {
         "xavier_uniform": math.sqrt(2 / (fan_in + fan_out)),

@@ -12,7 +12,7 @@ import tlexp
 from tests._models import conv_chain, skip_graph
 from tlexp.errors import ConfigError, ShapeError, SourceError
 from tlexp.freeze import freeze, resolve_cut
-from tlexp.graph import LayerGraph, build_layer, get_layer_type, layer_names
+from tlexp.graph import LayerGraph, Node, build_layer, build_layer_and_spec, get_layer_type, layer_names
 from tlexp.sources.spec import build_spec
 
 # ---- models ---------------------------------------------------------------------------------
@@ -140,8 +140,10 @@ def test_every_layer_type_round_trips_through_json(type_name):
 @pytest.mark.parametrize("type_name", layer_names())
 def test_every_layer_type_has_a_working_example(type_name):
     lt = get_layer_type(type_name)
-    module = build_layer(type_name, lt.example, lt.example_inputs)
-    spec_type, spec_args = module.tlexp_type, module.tlexp_args
+    module, spec = build_layer_and_spec(type_name, lt.example, lt.example_inputs)
+    spec_type, spec_args = spec.type, spec.args
+    assert Node("n", module, ["x"]).spec == spec  # a node made with a built module takes its spec
+    assert not any(k.startswith("tlexp_") for k in vars(module))  # the spec is not on the module
     assert spec_type == lt.name
     assert set(spec_args) == set(lt.params)
     json.dumps(spec_args)  # every filled-in argument is JSON

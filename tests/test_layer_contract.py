@@ -124,3 +124,59 @@ def test_n_out_replace_on_an_imported_keras_rnn_resizes_the_next_dense():
     })
     out = apply_ops(graph, [{"op": "n_out_replace", "layer": "rnn", "n_out": 5}])
     assert out.module("fc").in_features == 10
+
+
+# ---- declared state: a node's spec and marks are data of the Node; meta is given when the graph is made
+
+
+def test_spec_and_reinit_marks_are_node_data_never_module_attributes():
+    from tlexp.finetune import apply_graph_overrides
+    from tlexp.graph import LayerSpec
+
+    cfg = {"inputs": [{"name": "x", "shape": [4]}], "outputs": ["out"], "nodes": [
+        {"name": "fc1", "type": "dense", "args": {"out_features": 6}},
+        {"name": "act", "type": "activation", "args": {"name": "relu"}},
+        {"name": "out", "type": "dense", "args": {"out_features": 2}}]}
+    graph = LayerGraph.from_config(cfg, meta={"source": "test"})
+    assert graph.meta == {"source": "test"} and graph.node("fc1").spec == LayerSpec("dense", graph.node("fc1").args)
+    out = apply_ops(graph, [{"op": "n_out_replace", "layer": "fc1", "n_out": 9, "weight_init": "zeros"}])
+    assert out.meta == {"source": "test"}  # surgery keeps meta (LayerGraph.rebuilt)
+    assert [n.name for n in out if n.reinit] == ["fc1", "out"] and not graph.node("fc1").reinit
+    assert out.node("fc1").args["out_features"] == 9 and graph.node("fc1").args["out_features"] == 6
+    assert out.node("fc1").weight_init == "zeros" and out.node("out").weight_init == "zeros"
+    apply_graph_overrides(out, {"activation": "tanh"})
+    assert out.node("act").args["name"] == "tanh" and out.to_config()["nodes"][1]["args"]["name"] == "tanh"
+    for g in (graph, out):
+        for m in g.modules():
+            assert not [k for k in vars(m) if k.startswith("tlexp_")], type(m).__name__
+    # a module from outside the registry runs and says it cannot be saved; given a spec, it saves that
+    plain = LayerGraph(["x"], [Node("lin", nn.Linear(4, 2), ["x"])], ["lin"])
+    with pytest.raises(ConfigError, match="not a registry layer"):
+        plain.to_config()
+    spec = LayerSpec("dense", {"in_features": 4, "out_features": 2})
+    named = LayerGraph(["x"], [Node("lin", nn.Linear(4, 2), ["x"], spec=spec)], ["lin"], meta={"a": 1})
+    assert named.to_config()["nodes"][0]["args"]["out_features"] == 2
+    assert named.rebuilt().meta == {"a": 1} and named.rebuilt(meta={"b": 2}).meta == {"b": 2}
+
+
+def test_no_code_sets_graph_meta_or_module_marks_after_the_fact():
+    """Static: sources give ``meta=`` when a graph is made; nothing stores tlexp state on modules."""
+    import ast
+    from pathlib import Path
+
+    import tlexp
+
+    bad = []
+    for path in sorted(Path(tlexp.__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+                node, (ast.AugAssign, ast.AnnAssign)) else []
+            for t in targets:
+                while isinstance(t, ast.Subscript):  # graph.meta["x"] = …
+                    t = t.value
+                if not isinstance(t, ast.Attribute):
+                    continue
+                on_self = isinstance(t.value, ast.Name) and t.value.id == "self"
+                if (t.attr == "meta" and not on_self) or t.attr.startswith("tlexp_"):
+                    bad.append(f"{path.name}:{node.lineno}: {ast.unparse(t)}")
+    assert bad == []

@@ -226,9 +226,10 @@ def test_remove_then_add_keeps_earlier_weights_and_marks_the_new_layer():
     assert out.node_names == [*g.node_names[:-1], "out"] and out.outputs == ["out"] and out.is_chain
     for n in g.node_names[:-1]:
         assert out.module(n) is g.module(n)
-        assert not getattr(out.module(n), "tlexp_reinit", False)
+        assert not out.node(n).reinit
     new = out.module("out")
-    assert new.tlexp_reinit is True and new.in_features == 8 and new.out_features == 5
+    assert out.node("out").reinit is True and new.in_features == 8 and new.out_features == 5
+    assert not hasattr(new, "tlexp_reinit") and not hasattr(new, "tlexp_type")  # marks are the node's
     assert out.frozen == {"c", "bn", "r", "p"}
     y = run(out, X_IMG)
     assert y.shape == (2, 5) and torch.allclose(y.sum(1), torch.ones(2))
@@ -317,7 +318,7 @@ def test_replace_layer_keeps_name_and_connections():
     g = conv_chain()
     out = apply_ops(g, [{"op": "replace_layer", "name": "r", "type": "activation", "args": {"name": "tanh"}}])
     assert out.node_names == g.node_names and out.node("r").inputs == ["bn"] and out.node("p").inputs == ["r"]
-    assert out.module("r") is not g.module("r") and out.module("r").tlexp_reinit
+    assert out.module("r") is not g.module("r") and out.node("r").reinit
     assert all(out.module(n) is g.module(n) for n in g.node_names if n != "r")
     bn_out = run(g.split({"c", "bn"})[0], X_IMG)
     rest = out.split({"c", "bn", "r"})[1]
@@ -348,7 +349,7 @@ def test_n_out_replace_conv_resizes_batchnorm_and_the_dense_after_flatten():
     assert out.module("bn").num_features == 6
     assert out.module("fc1").in_features == 6 * 4 * 4
     for n in ("c", "bn", "fc1"):
-        assert out.module(n).tlexp_reinit and out.module(n) is not g.module(n)
+        assert out.node(n).reinit and out.module(n) is not g.module(n)
         assert n not in out.frozen and all(p.requires_grad for p in out.module(n).parameters())
     for n in ("r", "p", "f", "drop", "fc2"):
         assert out.module(n) is g.module(n)
@@ -366,7 +367,7 @@ def test_n_out_replace_output_layer_and_through_dropout():
     assert torch.equal(run(out.split(set(g.node_names[:-1]))[0], X_IMG), run(prefix, X_IMG))
     out = apply_ops(g, [{"op": "n_out_replace", "layer": "fc1", "n_out": 12}])
     assert out.module("fc1").out_features == 12 and out.module("fc2").in_features == 12
-    assert out.module("fc2").out_features == 3 and out.module("fc2").tlexp_reinit
+    assert out.module("fc2").out_features == 3 and out.node("fc2").reinit
     assert out.module("c") is g.module("c")
 
 
@@ -374,7 +375,7 @@ def test_n_out_replace_weight_init():
     g = conv_chain()
     out = apply_ops(g, [{"op": "n_out_replace", "layer": "fc1", "n_out": 5, "weight_init": "zeros"}])
     assert not out.module("fc1").weight.any() and not out.module("fc2").weight.any()
-    assert out.module("fc1").tlexp_weight_init == "zeros" == out.module("fc2").tlexp_weight_init
+    assert out.node("fc1").weight_init == "zeros" == out.node("fc2").weight_init
     out = apply_ops(g, [{"op": "n_out_replace", "layer": "fc1", "n_out": 5, "weight_init": "ones",
                          "weight_init_next": "zeros"}])
     assert bool((out.module("fc1").weight == 1).all()) and not out.module("fc2").weight.any()
@@ -484,7 +485,7 @@ def test_n_in_replace_first_layer_changes_the_declared_input():
     g = dense_chain()
     out = apply_ops(g, [{"op": "n_in_replace", "layer": "fc1", "n_in": 12}])
     assert out.graph_inputs[0].shape == (12,) and g.graph_inputs[0].shape == (16,)
-    assert out.module("fc1").in_features == 12 and out.module("fc1").tlexp_reinit
+    assert out.module("fc1").in_features == 12 and out.node("fc1").reinit
     assert out.module("fc2") is g.module("fc2")
     assert run(out, torch.rand(2, 12)).shape == (2, 4)
     conv = apply_ops(conv_chain(), [{"op": "n_in_replace", "layer": "c", "n_in": 3}])
@@ -568,7 +569,7 @@ def test_add_vertex_then_set_outputs_adds_a_third_head():
         {"op": "set_outputs", "outputs": ["o1", "o2", "o3", "both"]},
     ])
     assert out.outputs == ["o1", "o2", "o3", "both"] and out.node_names[-2:] == ["o3", "both"]
-    assert out.module("o3").in_features == 5 and out.module("o3").tlexp_reinit
+    assert out.module("o3").in_features == 5 and out.node("o3").reinit
     y = run(out, *AB)
     z = run(g, *AB)
     assert torch.equal(y[0], z[0]) and torch.equal(y[1], z[1])
@@ -631,7 +632,7 @@ def test_remove_vertex_and_connections_replacing_an_output_dl4j_style():
         {"op": "add_vertex", "name": "o1", "type": "dense", "out_features": 7, "inputs": ["r"]},
         {"op": "set_outputs", "outputs": ["o1", "o2"]},
     ])
-    assert out.outputs == ["o1", "o2"] and out.module("o1").out_features == 7 and out.module("o1").tlexp_reinit
+    assert out.outputs == ["o1", "o2"] and out.module("o1").out_features == 7 and out.node("o1").reinit
     y1, y2 = run(out, *AB)
     assert y1.shape == (2, 7) and torch.equal(y2, run(g, *AB)[1])
     with pytest.raises(ConfigError, match=r"surgery\.ops\[0\]\.name: removing 'o1' removes graph output\(s\) o1; add a set_outputs op after it"):
@@ -688,5 +689,5 @@ def test_the_documented_example_runs():
     ops = OmegaConf.create(block).surgery.ops
     out = apply_ops(conv_chain(), ops)
     assert out.outputs == ["output"] and out.node("act").inputs == ["fc1"]
-    assert out.module("act").tlexp_args == {"name": "relu", "alpha": None, "dim": -1}
+    assert out.node("act").args == {"name": "relu", "alpha": None, "dim": -1}
     assert torch.allclose(run(out, X_IMG).sum(1), torch.ones(2))

@@ -13,7 +13,7 @@ from torch import nn
 import tlexp
 from tlexp.errors import ConfigError, ShapeError, SourceError
 from tlexp.freeze import resolve_cut
-from tlexp.graph import build_layer
+from tlexp.graph import build_layer, built_spec
 from tlexp.sources import load_source
 from tlexp.sources.zoo import data_config, load_zoo, reset_classifier
 from tlexp.sources.zoo._trace import to_graph
@@ -272,8 +272,7 @@ def test_reset_classifier_follows_timm(graphs):
         assert again.eval()(*x).shape == (2, 7)
     assert again.meta["num_classes"] == 7 and again.node_names[-1] == "head.fc"
     # a classifier that is not a linear layer (dla's 1x1 conv) is left to surgery ops
-    odd = graph.rebuilt()
-    odd.meta = {**graph.meta, "classifier": "head.norm"}
+    odd = graph.rebuilt(meta={**graph.meta, "classifier": "head.norm"})
     with pytest.raises(ConfigError, match="not a linear layer"):
         reset_classifier(odd, 3)
     # created without a classifier: the same graph as reset to 0
@@ -340,7 +339,7 @@ def test_timm_module_layer_rebuilds_from_its_origin():
         build_layer("timm_module", {"model": "test_resnet", "path": "layer9"})
     with pytest.raises(ConfigError, match="no model"):
         build_layer("timm_module", {"model": "not_a_model", "path": "fc"})
-    assert json.loads(json.dumps(m.tlexp_args)) == {"model": "test_resnet", "path": "layer1.0", "kwargs": None, "call": None}
+    assert json.loads(json.dumps(built_spec(m).args)) == {"model": "test_resnet", "path": "layer1.0", "kwargs": None, "call": None}
     # a block called with more than its input (a ViT block with relative positions)
     call = {"args": [{"input": 0}], "kwargs": {"shared_rel_pos": None}}
     blk = build_layer("timm_module", {"model": "test_vit_relpos", "path": "blocks.0", "call": call}).eval()
@@ -359,7 +358,7 @@ def test_blocks_called_with_more_than_their_input(name, kwargs, tmp_path):
     torch.manual_seed(0)
     graph = load_zoo(name, **kwargs).eval()
     assert graph.meta["granularity"] == "block" and "blocks.1" in graph
-    assert "call" in graph.module("blocks.1").tlexp_args
+    assert "call" in graph.node("blocks.1").args
     x = graph.example_inputs(2)
     with torch.no_grad():
         full = graph(*x)

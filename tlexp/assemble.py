@@ -114,7 +114,7 @@ def load_graph(cfg: DictConfig, data: DataLike | None = None) -> tuple[LayerGrap
 
         reinit(graph, int(cfg.seed))  # the same architecture from scratch: the transfer-vs-scratch run
     finetune = plain(cfg.finetune)
-    overrides = (getattr(graph, "meta", None) or {}).get("finetune_overrides")
+    overrides = graph.meta.get("finetune_overrides")
     if overrides:
         from tlexp import finetune as ft
 
@@ -136,7 +136,7 @@ def edit_graph(cfg: DictConfig, graph: LayerGraph, data: DataLike | None = None)
     if data is not None:
         graph = _with_input_shape(graph, data)
     up_to = plain(cfg.freeze.up_to)
-    saved_cut = (getattr(graph, "meta", None) or {}).get("freeze_up_to")
+    saved_cut = graph.meta.get("freeze_up_to")
     if up_to is None and cfg.source.get("load_optimizer_state") and saved_cut:
         up_to = saved_cut  # continuing a saved run keeps its frozen set unless freeze.up_to says otherwise
     freeze(graph, up_to, cfg.freeze.mode)

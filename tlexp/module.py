@@ -13,7 +13,7 @@ from torchmetrics.classification import BinaryAUROC, BinaryF1Score, MulticlassAc
 
 from tlexp import finetune as ft
 from tlexp.errors import ConfigError
-from tlexp.graph import LayerGraph, get_layer_type, layer_spec
+from tlexp.graph import LayerGraph, get_layer_type
 
 __all__ = ["TransferModule", "output_kind", "make_metrics", "LOSSES"]
 
@@ -29,11 +29,10 @@ def output_kind(graph: LayerGraph) -> str:
     node = graph.node(graph.outputs[0]) if graph.outputs[0] in graph else None
     if node is None:
         return "logits"
-    spec = layer_spec(node.module)
-    if spec is None:
+    if node.spec is None:
         return "logits"
-    kind, args = spec
-    lt = get_layer_type(kind)
+    args = node.spec.args
+    lt = get_layer_type(node.spec.type)
     act = args.get("name") if lt.is_activation else args.get("activation") if lt.takes_activation else None
     return {"softmax": "probs", "log_softmax": "log_probs", "sigmoid": "sigmoid"}.get(act, "logits")
 

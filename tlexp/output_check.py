@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from tlexp.errors import ConfigError
-from tlexp.graph import LayerGraph, layer_spec
+from tlexp.graph import LayerGraph
 
 __all__ = ["output_activation", "check_output"]
 
@@ -25,10 +25,10 @@ def output_activation(graph: LayerGraph) -> tuple[str, str | None]:
     name = graph.outputs[0]
     if name not in graph:
         return name, None
-    spec = layer_spec(graph.node(name).module)
+    spec = graph.node(name).spec
     if spec is None:
         return name, None
-    kind, args = spec
+    kind, args = spec.type, spec.args
     act = args.get("name") if kind == "activation" else args.get("activation")
     return name, (str(act).lower() if act else None)
 

@@ -117,7 +117,7 @@ def prepare(cfg: DictConfig) -> Prepared:
     if data_cfg.get("type") == "image_folder":
         # image transforms follow the model (timm's data config): load the model first
         graph, finetune = load_graph(cfg)
-        meta = getattr(graph, "meta", None) or {}
+        meta = dict(graph.meta)
         extra = {"data_config": meta["data_config"]} if meta.get("data_config") else {}
         data = build_datamodule(data_cfg, seed=cfg.seed, **extra)
         data.setup()
@@ -125,7 +125,7 @@ def prepare(cfg: DictConfig) -> Prepared:
         data = build_datamodule(data_cfg, seed=cfg.seed)
         data.setup()
         graph, finetune = load_graph(cfg, data)
-    source_meta = getattr(graph, "meta", None) or {}
+    source_meta = dict(graph.meta)
     graph = edit_graph(cfg, graph, data)
     if all(g.shape is not None for g in graph.graph_inputs):
         shapes = graph.trace_shapes(where="model")
@@ -389,7 +389,7 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             "finetune": json.loads(json.dumps({k: prepared.finetune.get(k) for k in CONTINUE_KEYS if k in prepared.finetune},
                                               default=str)),
             "freeze_up_to": graph.boundary(cut) if cut else []}  # a continued run keeps this frozen set
-    source_meta = getattr(graph, "meta", None) or {}
+    source_meta = dict(graph.meta)
     if source_meta.get("data_config"):
         meta["data_config"] = source_meta["data_config"]  # how its images are to be prepared
     save_model(graph, out_dir / "model", optimizer_state=optimizer_state, meta=meta)

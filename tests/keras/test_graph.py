@@ -14,8 +14,8 @@ from tests.keras._util import FIXTURES, data, files, max_diff, run
 from tlexp.freeze import freeze
 from tlexp.graph import (
     build_layer,
+    build_layer_and_spec,
     get_layer_type,
-    layer_spec,
     list_layers,
 )
 from tlexp.sources import load_source
@@ -87,9 +87,9 @@ def test_image_outputs_follow_the_layout() -> None:
 
 def test_hard_sigmoid_follows_keras_version() -> None:
     k2, k3 = _load("k2", "activations"), _load("k3", "activations")
-    assert layer_spec(k2.module("act_hard_sigmoid"))[1]["name"] == "hard_sigmoid_keras2"
-    assert layer_spec(k3.module("act_hard_sigmoid"))[1]["name"] == "hard_sigmoid"
-    assert layer_spec(k2.module("dense_hard_sigmoid"))[1]["activation"] == "hard_sigmoid_keras2"
+    assert k2.node("act_hard_sigmoid").args["name"] == "hard_sigmoid_keras2"
+    assert k3.node("act_hard_sigmoid").args["name"] == "hard_sigmoid"
+    assert k2.node("dense_hard_sigmoid").args["activation"] == "hard_sigmoid_keras2"
     x = torch.tensor([[2.0]])
     assert torch.allclose(k2.module("act_hard_sigmoid")(x), torch.tensor([[0.9]]))
     assert torch.allclose(k3.module("act_hard_sigmoid")(x), torch.tensor([[5 / 6]]))
@@ -140,8 +140,8 @@ KERAS_TYPES = sorted(lt.name for lt in list_layers() if lt.provider.startswith(k
 @pytest.mark.parametrize("type_name", KERAS_TYPES)
 def test_keras_layer_types_rebuild_from_their_spec(type_name: str) -> None:
     lt = get_layer_type(type_name)
-    layer = build_layer(type_name, lt.example, lt.example_inputs)
-    t, args = layer_spec(layer)
+    layer, spec = build_layer_and_spec(type_name, lt.example, lt.example_inputs)
+    t, args = spec.type, spec.args
     again = build_layer(t, args)
     again.load_state_dict(layer.state_dict())
     xs = [torch.randn(2, *s) for s in lt.example_inputs]

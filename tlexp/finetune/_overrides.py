@@ -18,7 +18,7 @@ Each changed layer gets the same sub-modules that building it from the changed s
 (built on the meta device, so no memory and no random numbers are used), and the spec is
 updated too, so a saved model keeps the override. Weights are untouched.
 
-Init of new layers: modules that surgery marked ``tlexp_reinit = True``. With ``seed`` or
+Init of new layers: the nodes surgery marked new or re-initialized (``Node.reinit``). With ``seed`` or
 ``weight_init`` set, each first gets its layer's own init (torch's ``reset_parameters``),
 then ``weight_init`` replaces the weights (parameters with >= 2 dimensions) and ``bias_init``
 fills the biases. With ``seed`` this runs inside ``torch.random.fork_rng`` seeded with it:
@@ -37,10 +37,10 @@ from torch import nn
 
 from tlexp.finetune._params import check_group_patterns, is_weight
 from tlexp.finetune._settings import Settings, parse
-from tlexp.graph import LayerGraph, Node, build_layer, get_layer_type, layer_spec, set_spec
+from tlexp.graph import LayerGraph, Node, build_layer_and_spec, get_layer_type
 from tlexp.graph._weight_init import WEIGHT_INITS
 
-__all__ = ["apply_graph_overrides", "output_head", "reinit_modules"]
+__all__ = ["apply_graph_overrides", "output_head", "reinit_nodes"]
 
 _LINEAR = ("identity", "linear")
 
@@ -85,13 +85,13 @@ def _override_layers(graph: LayerGraph, s: Settings) -> None:
     names = {n.name for n in scope}
     dropout_set = False
     for node in scope:
-        spec = layer_spec(node.module)
-        if spec is None:  # a zoo block or a plain module: no spec to keep an override in
+        spec = node.spec
+        if spec is None:  # a plain module: no spec to keep an override in
             continue
-        changes = _changes(graph, node, spec[0], spec[1], s, names)
+        changes = _changes(graph, node, spec.type, spec.args, s, names)
         dropout_set = dropout_set or "dropout" in changes or "p" in changes
         if changes:
-            _respec(node, spec[0], {**spec[1], **changes})
+            _respec(node, spec.type, {**spec.args, **changes})
     if s.dropout is not None and not dropout_set:
         import warnings
 
@@ -124,24 +124,23 @@ def _changes(
 
 def _fed_by_dropout(graph: LayerGraph, node: Node, scope: set[str]) -> bool:
     return any(
-        i in scope and layer_spec(graph.node(i).module) is not None and get_layer_type(graph.node(i).type).is_dropout
+        i in scope and graph.node(i).spec is not None and get_layer_type(graph.node(i).type).is_dropout
         for i in node.inputs
     )
 
 
 def _respec(node: Node, type_name: str, args: dict[str, Any]) -> None:
+    """Change the node's module and its spec (the graph's own node: a saved model keeps it)."""
     with torch.device("meta"):
-        fresh = build_layer(type_name, args, where=f"finetune override of {node.name!r}")
+        fresh, spec = build_layer_and_spec(type_name, args, where=f"finetune override of {node.name!r}")
     _transplant(fresh, node.module)
-    spec = layer_spec(fresh)
-    assert spec is not None
-    set_spec(node.module, type_name, spec[1])
+    node.spec = spec
 
 
 def _transplant(src: nn.Module, dst: nn.Module) -> None:
     """Give ``dst`` the settings and tensor-free sub-modules of ``src``; keep its tensors."""
     for key, value in vars(src).items():
-        if key.startswith("_") or key.startswith("tlexp_") or key == "training" or isinstance(value, torch.Tensor):
+        if key.startswith("_") or key == "training" or isinstance(value, torch.Tensor):
             continue
         setattr(dst, key, value)
     for name, child in src.named_children():
@@ -158,32 +157,25 @@ def _has_tensors(module: nn.Module) -> bool:
 # ---- init of new layers ------------------------------------------------------------------------
 
 
-def reinit_modules(graph: LayerGraph) -> list[nn.Module]:
-    """Modules marked ``tlexp_reinit`` (outermost ones), in node order."""
-    out: list[nn.Module] = []
+def reinit_nodes(graph: LayerGraph) -> list[Node]:
+    """The nodes marked new or re-initialized (``Node.reinit``), in node order, each module once."""
+    out: list[Node] = []
     seen: set[int] = set()
     for node in graph.nodes:
-        stack = [node.module]
-        while stack:
-            m = stack.pop()
-            if id(m) in seen:
-                continue
-            seen.add(id(m))
-            if getattr(m, "tlexp_reinit", False):
-                out.append(m)
-            else:
-                stack.extend(reversed(list(m.children())))
+        if node.reinit and id(node.module) not in seen:
+            seen.add(id(node.module))
+            out.append(node)
     return out
 
 
 def _init_new_layers(graph: LayerGraph, s: Settings) -> None:
-    modules = reinit_modules(graph)
-    if not modules:
+    nodes = reinit_nodes(graph)
+    if not nodes:
         return
-    params = [p for m in modules for p in m.parameters()]
+    params = [p for n in nodes for p in n.module.parameters()]
     with _seeded(s.seed, params), torch.no_grad():
-        for m in modules:
-            _init_module(m, s)
+        for n in nodes:
+            _init_module(n.module, n.weight_init, s)
 
 
 @contextlib.contextmanager
@@ -199,9 +191,9 @@ def _seeded(seed: int | None, params: Sequence[torch.Tensor]) -> Iterator[None]:
         yield
 
 
-def _init_module(module: nn.Module, s: Settings) -> None:
+def _init_module(module: nn.Module, op_scheme: str | None, s: Settings) -> None:
     # a scheme named by the surgery op itself (n_out_replace weight_init=…) beats the config's
-    scheme = getattr(module, "tlexp_weight_init", None) or s.weight_init
+    scheme = op_scheme or s.weight_init
     if s.seed is not None or scheme is not None:
         for sub in module.modules():
             reset = getattr(sub, "reset_parameters", None)

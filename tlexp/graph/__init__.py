@@ -9,17 +9,18 @@ from tlexp.graph import _layers  # noqa: F401  (registers the built-in layer typ
 from tlexp.graph._activations import ACTIVATIONS, KERAS_LEAKY_SLOPE, TORCH_LEAKY_SLOPE, make_activation
 from tlexp.graph._graph import CONFIG_FORMAT, GraphInput, LayerGraph, Node, SummaryRow
 from tlexp.graph._registry import (
+    LayerSpec,
     LayerType,
     Role,
     build_layer,
+    build_layer_and_spec,
+    built_spec,
     get_layer_type,
     layer_names,
-    layer_spec,
     list_layers,
-    rebuild_layer,
+    rebuild_layer_and_spec,
     register_layer,
     register_provider,
-    set_spec,
 )
 
 __all__ = [
@@ -29,18 +30,19 @@ __all__ = [
     "TORCH_LEAKY_SLOPE",
     "GraphInput",
     "LayerGraph",
+    "LayerSpec",
     "LayerType",
     "Node",
     "Role",
     "SummaryRow",
     "build_layer",
+    "build_layer_and_spec",
+    "built_spec",
     "get_layer_type",
     "layer_names",
-    "layer_spec",
     "list_layers",
     "make_activation",
-    "rebuild_layer",
+    "rebuild_layer_and_spec",
     "register_layer",
     "register_provider",
-    "set_spec",
 ]

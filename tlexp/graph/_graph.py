@@ -9,14 +9,14 @@ freeze splits one, and saved/inspect serialize one.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
 
 from tlexp.errors import ConfigError, ShapeError, choices
-from tlexp.graph._registry import build_layer, layer_spec
+from tlexp.graph._registry import LayerSpec, build_layer_and_spec, built_spec
 
 __all__ = ["GraphInput", "Node", "LayerGraph", "SummaryRow", "CONFIG_FORMAT"]
 
@@ -36,14 +36,35 @@ class GraphInput:
 
 @dataclass
 class Node:
+    """A module and the names of its inputs, with what the graph knows about it.
+
+    ``spec``: the registry type and arguments the module was built from (what ``to_config``
+    saves); left out, it is the spec :func:`~tlexp.graph.build_layer` built the module from,
+    or None for a module not from the registry (it runs, it cannot be saved). ``reinit``: the
+    module is new or re-initialized (surgery marks it; fine-tune applies its weight init to it);
+    ``weight_init``: the scheme the op that re-initialized it named (kept by fine-tune's init).
+    These are data of the node, never attributes of the torch module.
+    """
+
     name: str
     module: nn.Module
     inputs: list[str]
+    spec: LayerSpec | None = None
+    reinit: bool = False
+    weight_init: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.spec is None:
+            self.spec = built_spec(self.module)
 
     @property
     def type(self) -> str:
-        spec = layer_spec(self.module)
-        return spec[0] if spec else type(self.module).__name__
+        return self.spec.type if self.spec is not None else type(self.module).__name__
+
+    @property
+    def args(self) -> dict[str, Any]:
+        """A copy of the spec's arguments ({} for a module not from the registry)."""
+        return dict(self.spec.args) if self.spec is not None else {}
 
 
 @dataclass(frozen=True)
@@ -113,7 +134,7 @@ class LayerGraph(nn.Module):
                 raise ConfigError(f"node {node.name!r}: has no inputs")
             known.add(node.name)
             self.layers[_key(node.name)] = node.module
-            self._nodes.append(Node(node.name, node.module, list(node.inputs)))
+            self._nodes.append(replace(node, inputs=list(node.inputs)))
         if not outputs:
             raise ConfigError("graph outputs: at least one output is needed")
         for out in outputs:
@@ -379,12 +400,12 @@ class LayerGraph(nn.Module):
         """The architecture as JSON-able data: registry type names and arguments, no code."""
         nodes = []
         for node in self._nodes:
-            spec = layer_spec(node.module)
-            if spec is None:
+            if node.spec is None:
                 raise ConfigError(
                     f"node {node.name!r}: {type(node.module).__name__} is not a registry layer and cannot be saved"
                 )
-            nodes.append({"name": node.name, "type": spec[0], "args": spec[1], "inputs": list(node.inputs)})
+            nodes.append({"name": node.name, "type": node.spec.type, "args": dict(node.spec.args),
+                          "inputs": list(node.inputs)})
         return {
             "format": CONFIG_FORMAT,
             "inputs": [
@@ -397,7 +418,8 @@ class LayerGraph(nn.Module):
         }
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any], infer_shapes: bool = True) -> LayerGraph:
+    def from_config(cls, cfg: dict[str, Any], infer_shapes: bool = True,
+                    meta: Mapping[str, Any] | None = None) -> LayerGraph:
         """Build a graph from ``to_config()`` data (or a hand-written equivalent).
 
         Missing size arguments (``in_features`` …) are inferred from the declared input shapes
@@ -447,7 +469,7 @@ class LayerGraph(nn.Module):
             in_shapes = None
             if in_tensors and all(isinstance(t, torch.Tensor) for t in in_tensors):
                 in_shapes = [tuple(t.shape[1:]) for t in in_tensors]  # type: ignore[union-attr]
-            module = build_layer(str(spec["type"]), dict(spec.get("args") or {}), in_shapes, where=f"{spec['name']}")
+            module, layer = build_layer_and_spec(str(spec["type"]), dict(spec.get("args") or {}), in_shapes, where=f"{spec['name']}")
             if in_shapes is not None:
                 module.eval()
                 try:
@@ -460,15 +482,16 @@ class LayerGraph(nn.Module):
                         f"{str(e).strip().splitlines()[0]}"
                     ) from None
                 module.train()
-            nodes.append(Node(str(spec["name"]), module, ins))
+            nodes.append(Node(str(spec["name"]), module, ins, spec=layer))
         outputs = cfg.get("outputs") or ([nodes[-1].name] if nodes else [])
         if isinstance(outputs, str):
             outputs = [outputs]
-        return cls(inputs, nodes, [str(o) for o in outputs], frozen=cfg.get("frozen") or ())
+        return cls(inputs, nodes, [str(o) for o in outputs], frozen=cfg.get("frozen") or (), meta=meta)
 
     def rebuilt(self, nodes: Sequence[Node] | None = None, outputs: Sequence[str] | None = None,
-                inputs: Sequence[GraphInput] | None = None) -> LayerGraph:
-        """A new graph from parts of this one, its ``meta`` kept: the one way graphs are edited.
+                inputs: Sequence[GraphInput] | None = None, meta: Mapping[str, Any] | None = None) -> LayerGraph:
+        """A new graph from parts of this one, its ``meta`` kept (or ``meta`` given instead): the
+        one way graphs are edited.
 
         It shares the modules it is given. A node stays frozen when it was frozen here and still
         holds the same module; a new or re-initialized module starts trainable (freezing fresh
@@ -481,7 +504,7 @@ class LayerGraph(nn.Module):
             nodes,
             self.outputs if outputs is None else outputs,
             frozen=frozen,
-            meta=self.meta,
+            meta=self.meta if meta is None else meta,
         )
         return graph.train(self.training)
 

@@ -75,6 +75,7 @@ import importlib
 import inspect
 import types
 import typing
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -92,9 +93,11 @@ __all__ = [
     "get_layer_type",
     "list_layers",
     "layer_names",
+    "LayerSpec",
     "build_layer",
-    "layer_spec",
-    "rebuild_layer",
+    "build_layer_and_spec",
+    "built_spec",
+    "rebuild_layer_and_spec",
 ]
 
 Shape = tuple[int, ...]
@@ -337,16 +340,44 @@ def _hint_name(hint: Any) -> str:
     return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
 
 
-def build_layer(
+@dataclass(frozen=True)
+class LayerSpec:
+    """What a node was built from: a registry type name and its arguments, every one filled in.
+
+    JSON data (lists, not tuples): ``LayerGraph.to_config`` saves it and ``from_config`` builds
+    the same layer from it. A node's spec lives on its :class:`~tlexp.graph.Node`, never on the
+    torch module.
+    """
+
+    type: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "args", _jsonable(dict(self.args)))
+
+    def replace(self, **changes: Any) -> LayerSpec:
+        """The same type with some arguments changed (not checked here; building checks)."""
+        return LayerSpec(self.type, {**self.args, **changes})
+
+
+# Modules build_layer made, with the spec each was built from: lets ``Node(name, module, inputs)``
+# take its spec when a source builds the module first (DL4J/Keras converters set its weights
+# before the node exists). Weak: the table never keeps a module alive, and it is read only when
+# a Node is made; from then on the Node's ``spec`` is the one that counts.
+_BUILT: weakref.WeakKeyDictionary[nn.Module, LayerSpec] = weakref.WeakKeyDictionary()
+
+
+def build_layer_and_spec(
     type_name: str,
     args: dict[str, Any] | None = None,
     input_shapes: Sequence[Shape] | None = None,
     where: str = "layer",
-) -> nn.Module:
-    """Build a layer from its registry name and arguments, checked.
+) -> tuple[nn.Module, LayerSpec]:
+    """Build a layer from its registry name and arguments, checked; return it and its full spec.
 
-    The returned module remembers its spec (``tlexp_type``, ``tlexp_args``) with every argument
-    filled in, so the architecture serializes to JSON and rebuilds identically.
+    Arguments left out are inferred from ``input_shapes`` where the type can (``in_features``),
+    else take the builder's defaults; the spec has every argument filled in, so the architecture
+    serializes to JSON and rebuilds identically.
     """
     lt = get_layer_type(type_name, f"{where}.type")
     given = dict(args or {})
@@ -384,13 +415,27 @@ def build_layer(
         module = lt.builder(**full)
     except (ValueError, TypeError, RuntimeError) as e:
         raise ConfigError(f"{where}: cannot build {type_name!r} with {full}: {e}") from None
-    set_spec(module, lt.name, full)
-    return module
+    spec = LayerSpec(lt.name, full)
+    _BUILT[module] = spec
+    return module, spec
 
 
-def set_spec(module: nn.Module, type_name: str, args: dict[str, Any]) -> None:
-    module.tlexp_type = type_name  # type: ignore[assignment]
-    module.tlexp_args = _jsonable(args)  # type: ignore[assignment]
+def build_layer(
+    type_name: str,
+    args: dict[str, Any] | None = None,
+    input_shapes: Sequence[Shape] | None = None,
+    where: str = "layer",
+) -> nn.Module:
+    """:func:`build_layer_and_spec`'s module alone; a ``Node`` made with it takes its spec."""
+    return build_layer_and_spec(type_name, args, input_shapes, where)[0]
+
+
+def built_spec(module: nn.Module) -> LayerSpec | None:
+    """The spec :func:`build_layer` built ``module`` from, or None (not built by the registry)."""
+    try:
+        return _BUILT.get(module)
+    except TypeError:  # not weak-referenceable: not ours
+        return None
 
 
 def _jsonable(v: Any) -> Any:
@@ -403,19 +448,6 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def layer_spec(module: nn.Module) -> tuple[str, dict[str, Any]] | None:
-    """The (type, args) a module was built from, or None for a module not from the registry."""
-    t = getattr(module, "tlexp_type", None)
-    if t is None:
-        return None
-    return t, dict(getattr(module, "tlexp_args", {}))
-
-
-def rebuild_layer(module: nn.Module, where: str = "layer", **changes: Any) -> nn.Module:
+def rebuild_layer_and_spec(spec: LayerSpec, where: str = "layer", **changes: Any) -> tuple[nn.Module, LayerSpec]:
     """A fresh (re-initialized) layer of the same type with some arguments changed."""
-    spec = layer_spec(module)
-    if spec is None:
-        raise ConfigError(f"{where}: {type(module).__name__} is not a registry layer; it cannot be rebuilt")
-    t, args = spec
-    args.update(changes)
-    return build_layer(t, args, where=where)
+    return build_layer_and_spec(spec.type, {**spec.args, **changes}, where=where)

@@ -3,8 +3,8 @@ layers it re-initializes and ``finetune.weight_init`` applies to new layers.
 
 One vocabulary, one definition: surgery and fine-tuning both read :data:`WEIGHT_INITS`.
 Only weight matrices and kernels (parameters with two or more axes) are set; biases and norm
-scales keep their construction values (``finetune.bias_init`` sets biases). The scheme's name
-stays on the module as ``tlexp_weight_init`` so the fine-tune init can tell it was chosen.
+scales keep their construction values (``finetune.bias_init`` sets biases). A surgery op that
+names a scheme records it on the node (``Node.weight_init``) so the fine-tune init keeps it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["WEIGHT_INITS", "apply_weight_init", "init_weights"]
+__all__ = ["WEIGHT_INITS", "init_weights"]
 
 
 def _fan_in(w: torch.Tensor) -> int:
@@ -42,15 +42,6 @@ WEIGHT_INITS: dict[str, Callable[[torch.Tensor], object] | None] = {
     "zeros": nn.init.zeros_,
     "ones": nn.init.ones_,
 }
-
-
-@torch.no_grad()
-def apply_weight_init(module: nn.Module, scheme: str) -> nn.Module:
-    """Initialize the weights of ``module`` with ``scheme`` (a key of WEIGHT_INITS) and note the
-    scheme on it (``tlexp_weight_init``: fine-tuning's init then keeps it)."""
-    init_weights(module, scheme)
-    module.tlexp_weight_init = scheme  # type: ignore[assignment]
-    return module
 
 
 @torch.no_grad()

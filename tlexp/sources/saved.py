@@ -128,9 +128,9 @@ def _read_config(directory: Path) -> dict[str, Any]:
 MAX_ELEMENTS = int(float(os.environ.get("TLEXP_MAX_PARAMS", "2e9")))
 
 
-def _build(architecture: Any, where: Path) -> LayerGraph:
+def _build(architecture: Any, where: Path, meta: Mapping[str, Any] | None = None) -> LayerGraph:
     try:
-        return LayerGraph.from_config(architecture, infer_shapes=False)
+        return LayerGraph.from_config(architecture, infer_shapes=False, meta=meta)
     except TlexpError as e:
         raise SourceError(f"source.path: {where}: {e}") from None
     except (TypeError, ValueError, RuntimeError, OverflowError, AttributeError, KeyError) as e:
@@ -183,7 +183,7 @@ def load_model(directory: str | os.PathLike[str]) -> LayerGraph:
     if not weights_path.is_file():
         raise SourceError(f"source.path: {str(directory)!r} has no {WEIGHTS_FILE}")
     _check_sizes(config["architecture"], directory / CONFIG_FILE, weights_path)
-    graph = _build(config["architecture"], directory / CONFIG_FILE)
+    graph = _build(config["architecture"], directory / CONFIG_FILE, dict(config.get("meta") or {}))
     try:
         weights = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as e:
@@ -201,7 +201,6 @@ def load_model(directory: str | os.PathLike[str]) -> LayerGraph:
                 f"the architecture needs {list(expected[k].shape)}"
             )
     graph.load_state_dict(weights)
-    graph.meta = dict(config.get("meta") or {})
     graph.eval()  # every loader returns inference mode (dropout off, batch-norm running statistics)
     return graph
 
@@ -229,7 +228,7 @@ def from_config(cfg: Mapping[str, Any]) -> LayerGraph:
     graph = load_model(resolve_path(str(path)))
     if cfg.get("load_optimizer_state"):
         # the saved state fits only the optimizer that made it: take its kind and groups back
-        saved = (graph.meta or {}).get("finetune") or {}  # type: ignore[attr-defined]
+        saved = graph.meta.get("finetune") or {}
         if saved:
-            graph.meta["finetune_overrides"] = dict(saved)  # type: ignore[attr-defined]
+            graph = graph.rebuilt(meta={**graph.meta, "finetune_overrides": dict(saved)})
     return graph

@@ -54,12 +54,13 @@ Built-in ops (DL4J names in brackets):
 Every op checks its arguments before it changes anything; after each op the edited graph runs
 on example inputs of the declared input shapes, so an impossible edit is a ShapeError naming
 the op, the layer and the shapes. The input graph is never changed: the result shares the
-modules no op touched. New and re-initialized modules carry ``tlexp_reinit = True`` (fine-tune
-applies its weight/bias init to them), and ``tlexp_weight_init`` when an op named a scheme (one weight-init table: tlexp.graph._weight_init).
+modules no op touched. The nodes of new and re-initialized modules are marked ``reinit`` (fine-tune
+applies its weight/bias init to them), with ``weight_init`` when an op named a scheme (one
+weight-init table: tlexp.graph._weight_init).
 Frozen nodes stay frozen if they keep their module; re-initialized ones start trainable.
 """
 
-from tlexp.graph._weight_init import WEIGHT_INITS, apply_weight_init
+from tlexp.graph._weight_init import WEIGHT_INITS, init_weights
 from tlexp.surgery import _layer_ops, _resize, _vertex_ops  # noqa: F401  (register the built-in ops)
 from tlexp.surgery._registry import OpContext, OpSpec, apply_ops, get_op, list_ops, register_op
 
@@ -68,7 +69,7 @@ __all__ = [
     "OpSpec",
     "WEIGHT_INITS",
     "apply_ops",
-    "apply_weight_init",
+    "init_weights",
     "get_op",
     "list_ops",
     "register_op",

@@ -8,6 +8,8 @@ change the caller's graph. Every op therefore starts from :func:`copy_nodes` and
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
 
 from tlexp.graph import GraphInput, LayerGraph, Node
 
@@ -15,7 +17,7 @@ __all__ = ["copy_nodes", "make_graph", "rewire"]
 
 
 def copy_nodes(graph: LayerGraph) -> list[Node]:
-    return [Node(n.name, n.module, list(n.inputs)) for n in graph.nodes]
+    return [replace(n, inputs=list(n.inputs)) for n in graph.nodes]
 
 
 def make_graph(
@@ -23,10 +25,11 @@ def make_graph(
     nodes: Sequence[Node],
     outputs: Sequence[str] | None = None,
     inputs: Sequence[GraphInput] | None = None,
+    meta: Mapping[str, Any] | None = None,
 ) -> LayerGraph:
-    """A new graph from edited parts of ``graph`` (:meth:`LayerGraph.rebuilt`: meta kept; a node
-    stays frozen only while it holds the same module)."""
-    return graph.rebuilt(nodes, outputs, inputs)
+    """A new graph from edited parts of ``graph`` (:meth:`LayerGraph.rebuilt`: meta kept unless
+    ``meta`` is given; a node stays frozen only while it holds the same module)."""
+    return graph.rebuilt(nodes, outputs, inputs, meta)
 
 
 def rewire(nodes: Iterable[Node], mapping: Mapping[str, str], skip: Iterable[str] = ()) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tlexp.errors import choices
-from tlexp.graph import GraphInput, LayerGraph, Node
+from tlexp.graph import GraphInput, LayerGraph
 from tlexp.surgery._edit import copy_nodes, make_graph, rewire
 from tlexp.surgery._registry import OpContext, register_op
 
@@ -91,9 +91,8 @@ def add_layer(
         src = graph.outputs[0]
     else:
         src = ctx.resolve(graph, after, "after", allow_inputs=True)
-    module = ctx.build(type, args, ctx.input_shapes([src]))
+    new = ctx.new_node(name, [src], type, args, ctx.input_shapes([src]))
     nodes = copy_nodes(graph)
-    new = Node(name, module, [src])
     if after is None:
         nodes.append(new)
         return make_graph(graph, nodes, [name])
@@ -116,11 +115,11 @@ def _add_with_inputs(graph: LayerGraph, ctx: OpContext, name: str, type: str, in
         raise ctx.error("inputs", f"layer {name!r} ({type}) is given {len(srcs)} inputs ({choices(srcs)}) without a "
                                   "merge; DL4J merges them itself, here add a concat vertex first "
                                   "({op: add_vertex, type: concat, inputs: [...]}) and give the layer that")
-    module = ctx.build(type, args, ctx.input_shapes(srcs))
+    new = ctx.new_node(name, srcs, type, args, ctx.input_shapes(srcs))
     nodes = copy_nodes(graph)
-    nodes.append(Node(name, module, srcs))
+    nodes.append(new)
     outputs = list(graph.outputs)
-    meta = dict(getattr(graph, "meta", None) or {})
+    meta = dict(graph.meta)
     kept = dict(meta.get("removed_keep_connections") or {})
     record = kept.pop(name, None)
     if record is not None and srcs == [record["input"]]:
@@ -134,11 +133,9 @@ def _add_with_inputs(graph: LayerGraph, ctx: OpContext, name: str, type: str, in
         # consumers come after the re-added layer in topological order
         nodes = [n for n in nodes if n.name != name]
         pos = max([j for j, n in enumerate(nodes) if n.name in srcs] + [-1]) + 1
-        nodes.insert(pos, Node(name, module, srcs))
-    out = make_graph(graph, nodes, outputs)
+        nodes.insert(pos, new)
     meta["removed_keep_connections"] = kept
-    out.meta = meta  # type: ignore[attr-defined]
-    return out
+    return make_graph(graph, nodes, outputs, meta=meta)
 
 
 @register_op("replace_layer", layer_args=True)
@@ -146,9 +143,8 @@ def replace_layer(graph: LayerGraph, ctx: OpContext, *, name: str | int, type: s
     """Replace a node's layer by a new one, keeping the node's name and connections."""
     target = ctx.resolve(graph, name, "name")
     old = graph.node(target)
-    module = ctx.build(type, args, ctx.input_shapes(old.inputs))
     nodes = copy_nodes(graph)
-    nodes[graph.index(target)] = Node(target, module, list(old.inputs))
+    nodes[graph.index(target)] = ctx.new_node(target, old.inputs, type, args, ctx.input_shapes(old.inputs))
     return make_graph(graph, nodes)
 
 
@@ -208,10 +204,10 @@ def set_input_preprocessor(
     gi = graph.graph_inputs[k]
     shape = _input_shape(ctx, gi, type, args, input_shape)
     known = shape is not None and all(d is not None for d in shape)
-    module = ctx.build(type, args, [tuple(shape)] if known else None)  # type: ignore[arg-type]
+    new = ctx.new_node(name, [input], type, args, [tuple(shape)] if known else None)  # type: ignore[arg-type]
     nodes = copy_nodes(graph)
     rewire(nodes, {input: name})
-    nodes.insert(0, Node(name, module, [input]))
+    nodes.insert(0, new)
     inputs = list(graph.graph_inputs)
     inputs[k] = GraphInput(gi.name, shape, gi.dtype)
     return make_graph(graph, nodes, [name if o == input else o for o in graph.outputs], inputs)

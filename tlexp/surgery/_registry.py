@@ -17,12 +17,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
-from torch import nn
-
 from tlexp.errors import ConfigError, choices
-from tlexp.graph import LayerGraph, build_layer, get_layer_type
+from tlexp.graph import LayerGraph, Node, build_layer_and_spec, get_layer_type
 
-__all__ = ["OpSpec", "OpContext", "register_op", "list_ops", "get_op", "apply_ops", "mark_new"]
+__all__ = ["OpSpec", "OpContext", "register_op", "list_ops", "get_op", "apply_ops"]
 
 Shape = tuple[int, ...]
 OpFn = Callable[..., LayerGraph]
@@ -133,8 +131,10 @@ class OpContext:
             out.append(s[0])
         return out
 
-    def build(self, type_name: str, args: Mapping[str, Any], input_shapes: Sequence[Shape] | None) -> nn.Module:
-        """A new layer from the registry (sizes inferred from ``input_shapes``), marked for init."""
+    def new_node(self, name: str, inputs: Sequence[str], type_name: str, args: Mapping[str, Any],
+                 input_shapes: Sequence[Shape] | None) -> Node:
+        """A node with a new layer from the registry (sizes inferred from ``input_shapes``),
+        marked new (``reinit``: fine-tune applies its weight init to it)."""
         lt = get_layer_type(type_name, f"{self.field}.type")
         for k in args:
             if k not in lt.params:
@@ -143,14 +143,8 @@ class OpContext:
         where = self.field
         if args and all(v.startswith("args.") for v in self.arg_fields.values()):
             where = f"{self.field}.args"
-        module = build_layer(type_name, dict(args), input_shapes, where=where)
-        return mark_new(module)
-
-
-def mark_new(module: nn.Module) -> nn.Module:
-    """Mark a new or re-initialized module so fine-tune applies its weight/bias init to it."""
-    module.tlexp_reinit = True  # type: ignore[assignment]
-    return module
+        module, spec = build_layer_and_spec(type_name, dict(args), input_shapes, where=where)
+        return Node(name, module, list(inputs), spec=spec, reinit=True)
 
 
 # ---- parsing ops -------------------------------------------------------------------------
@@ -274,8 +268,8 @@ def apply_ops(graph: LayerGraph, ops: Sequence[Mapping[str, Any]] | None, field:
     its own references (layer names, indexes) before it changes anything, and after each op the
     new graph is run on example inputs of the declared input shapes, so an edit that makes the
     shapes impossible is a ShapeError naming the op, the layer and the shapes. The result shares
-    the modules it did not change with ``graph``; new and re-initialized modules carry
-    ``tlexp_reinit = True``.
+    the modules it did not change with ``graph``; the nodes of new and re-initialized modules
+    are marked ``reinit``.
     """
     ops = _plain(ops)
     if ops is None:

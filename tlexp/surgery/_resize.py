@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import nn
 
 from tlexp.errors import ShapeError, choices
 from tlexp.graph import (
@@ -24,20 +23,19 @@ from tlexp.graph import (
     Node,
     Role,
     get_layer_type,
-    layer_spec,
     list_layers,
-    rebuild_layer,
+    rebuild_layer_and_spec,
 )
-from tlexp.graph._weight_init import WEIGHT_INITS, apply_weight_init
+from tlexp.graph._weight_init import WEIGHT_INITS, init_weights
 from tlexp.surgery._edit import copy_nodes, make_graph
-from tlexp.surgery._registry import OpContext, mark_new, register_op
+from tlexp.surgery._registry import OpContext, register_op
 
 __all__ = ["resizable_next", "can_replace_n_out", "can_replace_n_in"]
 
 
 def _type(node: Node) -> LayerType | None:
     """The registry type of a node, or None for a plain module (not from the registry)."""
-    return get_layer_type(node.type) if layer_spec(node.module) is not None else None
+    return get_layer_type(node.type) if node.spec is not None else None
 
 
 def resizable_next() -> list[str]:
@@ -120,12 +118,14 @@ class _Tracer:
             node.module.train(was)
 
 
-def _rebuild(node: Node, ctx: OpContext, changes: dict[str, Any], scheme: str | None) -> nn.Module:
-    module = rebuild_layer(node.module, where=f"{ctx.label}: layer {node.name!r}", **changes)
-    mark_new(module)
+def _rebuild(node: Node, ctx: OpContext, changes: dict[str, Any], scheme: str | None) -> None:
+    """Give ``node`` (a copy, never the input graph's own) a fresh layer with ``changes``, marked
+    re-initialized."""
+    assert node.spec is not None
+    module, node.spec = rebuild_layer_and_spec(node.spec, where=f"{ctx.label}: layer {node.name!r}", **changes)
+    node.module, node.reinit, node.weight_init = module, True, scheme
     if scheme is not None:
-        apply_weight_init(module, scheme)
-    return module
+        init_weights(module, scheme)
 
 
 def _in_changes(node: Node, ctx: OpContext, shapes: list[tuple[int, ...]] | None, size: int | None) -> dict[str, Any]:
@@ -133,7 +133,7 @@ def _in_changes(node: Node, ctx: OpContext, shapes: list[tuple[int, ...]] | None
     lt = get_layer_type(node.type)
     key = lt.n_in if lt.role is Role.WEIGHTS else lt.follow
     assert key is not None
-    old = (layer_spec(node.module) or ("", {}))[1].get(key)
+    old = node.args.get(key)
     if shapes is not None:
         if isinstance(old, list):  # a shape (layer norm's normalized_shape): its trailing axes
             return {key: list(shapes[0][-len(old):])}
@@ -146,7 +146,7 @@ def _in_changes(node: Node, ctx: OpContext, shapes: list[tuple[int, ...]] | None
 
 
 def _out_size(node: Node, n_out: int) -> int:
-    args = (layer_spec(node.module) or ("", {}))[1]
+    args = node.args
     return get_layer_type(node.type).produced_size(args, n_out)
 
 
@@ -186,7 +186,7 @@ def n_out_replace(
     changes: dict[str, Any] = {lt.n_out: n_out}
     if lt.role is Role.FOLLOW:  # sized by its input: n_out is a multiple of it (depthwise conv)
         assert lt.follow is not None
-        in_ch = (layer_spec(node.module) or ("", {}))[1][lt.follow]
+        in_ch = node.args[lt.follow]
         if n_out % in_ch:
             raise ctx.error("n_out", f"{n_out} is not a multiple of the {in_ch} input channels of "
                                      f"layer {target!r} ({node.type}); valid: {in_ch}, {2 * in_ch}, …")
@@ -199,15 +199,14 @@ def n_out_replace(
     for n in copy_nodes(graph):
         kind = plan.get(n.name)
         if kind == "out":
-            n.module = _rebuild(n, ctx, changes, weight_init)
+            _rebuild(n, ctx, changes, weight_init)
             sizes[n.name] = _out_size(n, n_out)
         elif kind in ("follow", "in"):
             size = sizes.get(n.inputs[0])
-            n.module = _rebuild(n, ctx, _in_changes(n, ctx, tracer.shapes(n.inputs) if tracer else None, size),
-                                scheme_next)
+            _rebuild(n, ctx, _in_changes(n, ctx, tracer.shapes(n.inputs) if tracer else None, size), scheme_next)
             if kind == "follow":
                 follow_type = get_layer_type(n.type)
-                args = (layer_spec(n.module) or ("", {}))[1]
+                args = n.args
                 mult = args.get(follow_type.n_out, 1) if follow_type.n_out else 1
                 sizes[n.name] = None if size is None else size * mult
         elif kind == "pass":
@@ -239,7 +238,7 @@ def n_in_replace(
         raise ctx.error("n_in", f"{n_in} is not a size; valid: a positive int")
     nodes = copy_nodes(graph)
     k = graph.index(target)
-    nodes[k].module = _rebuild(nodes[k], ctx, {lt.n_in: n_in}, weight_init)
+    _rebuild(nodes[k], ctx, {lt.n_in: n_in}, weight_init)
     inputs = list(graph.graph_inputs)
     src = node.inputs[0]
     if src in graph.inputs:

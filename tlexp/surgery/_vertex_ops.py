@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tlexp.errors import choices
-from tlexp.graph import LayerGraph, Node, get_layer_type, layer_spec, list_layers
+from tlexp.graph import LayerGraph, Node, get_layer_type, list_layers
 from tlexp.surgery._edit import copy_nodes, make_graph, rewire
 from tlexp.surgery._layer_ops import check_new_name
 from tlexp.surgery._registry import OpContext, register_op
@@ -19,7 +19,7 @@ def variadic_types() -> list[str]:
 
 
 def _variadic(node: Node) -> bool:
-    return layer_spec(node.module) is not None and get_layer_type(node.type).variadic
+    return node.spec is not None and get_layer_type(node.type).variadic
 
 
 def _refs(value: Any) -> list[Any]:
@@ -36,9 +36,9 @@ def add_vertex(
     if not refs:
         raise ctx.error("inputs", f"a vertex needs at least one input; valid: {choices([*graph.inputs, *graph.node_names])}")
     srcs = [ctx.resolve(graph, r, f"inputs[{j}]", allow_inputs=True) for j, r in enumerate(refs)]
-    module = ctx.build(type, args, ctx.input_shapes(srcs))
+    new = ctx.new_node(name, srcs, type, args, ctx.input_shapes(srcs))
     nodes = copy_nodes(graph)
-    nodes.append(Node(name, module, srcs))  # last: every input is already defined
+    nodes.append(new)  # last: every input is already defined
     return make_graph(graph, nodes)
 
 
@@ -60,16 +60,14 @@ def remove_vertex_keep_connections(graph: LayerGraph, ctx: OpContext, *, name: s
                                 "at least one layer must produce each output")
     nodes = [n for n in copy_nodes(graph) if n.name != target]
     rewire(nodes, {target: src})
-    out = make_graph(graph, nodes, [src if o == target else o for o in graph.outputs])
     # remembered so that re-adding the name (DL4J's removeVertexKeepConnections("x").addLayer("x",
     # …, src)) gives the new layer back the removed one's consumers and output slots
-    meta = dict(getattr(out, "meta", None) or {})
+    meta = dict(graph.meta)
     kept = dict(meta.get("removed_keep_connections") or {})
     kept[target] = {"input": src, "consumers": list(users),
                     "outputs": [i for i, o in enumerate(graph.outputs) if o == target]}
     meta["removed_keep_connections"] = kept
-    out.meta = meta  # type: ignore[attr-defined]
-    return out
+    return make_graph(graph, nodes, [src if o == target else o for o in graph.outputs], meta=meta)
 
 
 @register_op("add_inputs")

@@ -233,7 +233,7 @@ def load_dl4j(path: str | Path, normalizer: bool = True, load_optimizer_state: b
     except ND4JFormatError as e:
         raise SourceError(f"source.path: {e}") from None
     _assign(built, params, str(path))
-    graph.meta = {
+    meta: dict[str, Any] = {
         "source": "dl4j",
         "dl4j_network": kind,
         "dl4j_dtype": str(params.dtype),
@@ -253,10 +253,11 @@ def load_dl4j(path: str | Path, normalizer: bool = True, load_optimizer_state: b
         except ND4JFormatError as e:
             raise SourceError(f"source.path: {e}") from None
         mapped = map_updater_state(conf, built, state, _iterations(conf), build_graph)
-        graph.meta["finetune_overrides"] = mapped["finetune_overrides"]  # type: ignore[attr-defined]
-        graph.meta["optimizer_state"] = {"by_name": mapped["by_name"]}  # type: ignore[attr-defined]
-        graph.meta["dl4j_updater"] = mapped["updater"]  # type: ignore[attr-defined]
-        graph.meta["dl4j_iteration"] = mapped["iteration"]  # type: ignore[attr-defined]
+        meta["finetune_overrides"] = mapped["finetune_overrides"]
+        meta["optimizer_state"] = {"by_name": mapped["by_name"]}
+        meta["dl4j_updater"] = mapped["updater"]
+        meta["dl4j_iteration"] = mapped["iteration"]
+    graph = graph.rebuilt(meta=meta)
     if normalizer and "normalizer.bin" in entries:
         from tlexp.sources.dl4j._normalizer import add_normalizer
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import struct
+from dataclasses import replace
 
 import numpy as np
 
@@ -102,13 +103,8 @@ def _prepend(graph: LayerGraph, module) -> LayerGraph:
     if len(graph.graph_inputs) != 1:
         raise SourceError("normalizer.bin: a normalizer for a graph with several inputs is not supported")
     inp = graph.graph_inputs[0].name
-    nodes = [Node("normalizer", module, [inp])]
-    for n in graph._nodes:
-        nodes.append(Node(n.name, n.module, ["normalizer" if s == inp else s for s in n.inputs]))
-    out = LayerGraph(graph.graph_inputs, nodes, graph.outputs)
-    out.meta = dict(getattr(graph, "meta", {}), normalizer=kind_name(module))
-    return out
-
-
-def kind_name(module) -> str:
-    return getattr(module, "tlexp_type", type(module).__name__)
+    first = Node("normalizer", module, [inp])
+    nodes = [first]
+    for n in graph.nodes:
+        nodes.append(replace(n, inputs=["normalizer" if s == inp else s for s in n.inputs]))
+    return LayerGraph(graph.graph_inputs, nodes, graph.outputs, meta={**graph.meta, "normalizer": first.type})

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from tlexp.graph import LayerGraph, layer_spec
+from tlexp.graph import LayerGraph
 from tlexp.sources.dl4j._ndarray import write_array, write_utf
 
 __all__ = ["write_dense_mln", "churn_dl4j_model"]
@@ -92,10 +92,9 @@ def write_dense_mln(path: str | Path, layers: list[tuple[np.ndarray, np.ndarray,
 def _dense_layers(graph: LayerGraph) -> list[tuple[np.ndarray, np.ndarray, str, float]]:
     layers = []
     for node in graph._nodes:
-        spec = layer_spec(node.module)
-        if spec is None or spec[0] != "dense":
+        if node.type != "dense":
             raise ValueError(f"node {node.name!r} is not a dense layer")
-        args = spec[1]
+        args = node.args
         w = node.module.weight.detach().numpy().copy()
         b = node.module.bias.detach().numpy().copy()
         layers.append((w, b, args.get("activation", "identity"), 1.0 - float(args.get("dropout", 0.0))))

@@ -291,10 +291,9 @@ def load_zoo(name: str, path: str | Path | None = None, num_classes: int | None 
     conf = zoo_config(name, num_classes, input_size)
     graph, built, _ = build_graph(conf, f"dl4j zoo {name}")
     shape = tuple(input_size or DEFAULTS[name][0])
-    out = LayerGraph([GraphInput("input", shape)], [Node(n.name, n.module, n.inputs) for n in graph._nodes],
-                     graph.outputs)
-    out.meta = {"source": "dl4j_zoo", "name": name, "dl4j_num_params": sum(b.n_params for b in built),
-                "data_config": data_config(name, list(shape))}
+    meta = {"source": "dl4j_zoo", "name": name, "dl4j_num_params": sum(b.n_params for b in built),
+            "data_config": data_config(name, list(shape))}
+    out = LayerGraph([GraphInput("input", shape)], graph.nodes, graph.outputs, meta=meta)
     del _assign
     out.eval()
     return out
@@ -328,10 +327,9 @@ def from_config(cfg: Any) -> LayerGraph:
     size = cfg.get("input_size")
     graph = load_zoo(str(name), path if init == "pretrained" or path else None, cfg.get("num_classes"), init,
                      list(size) if size else None)
-    meta = getattr(graph, "meta", None) or {}
-    meta.setdefault("data_config", data_config(str(name)))
-    graph.meta = meta
-    return graph
+    if "data_config" in graph.meta:
+        return graph
+    return graph.rebuilt(meta={**graph.meta, "data_config": data_config(str(name))})
 
 
 # ---- Yolo2OutputLayer (inference) --------------------------------------------------------------

@@ -97,9 +97,7 @@ def load_keras(
             f"to apply them): {'; '.join(labels + unsupported)}",
             stacklevel=2,
         )
-    graph.meta = meta
-    graph.eval()  # every loader returns inference mode
-    return graph
+    return graph.rebuilt(meta=meta).eval()  # every loader returns inference mode
 
 
 def from_config(cfg: Mapping[str, Any]) -> LayerGraph:

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from torch import nn
 
 from tlexp.errors import ConfigError, ShapeError
-from tlexp.graph import LayerGraph, Node, build_layer, layer_spec
+from tlexp.graph import LayerGraph, Node, build_layer_and_spec
 from tlexp.sources.zoo._create import WEIGHT_SUFFIXES, check_name, create_model
 from tlexp.sources.zoo._trace import LEVELS, BadInput, Unsupported, classifier_path, to_graph
 
@@ -95,7 +96,7 @@ def load_zoo(
             f"timm's default is {list(_data_config(model, None, in_chans)['input_size'])}; "
             "models made for one size take it as source.kwargs.img_size"
         ) from None
-    graph.meta = {
+    return graph.rebuilt(meta={
         "source": "zoo",
         "model": name,
         "pretrained": bool(pretrained or weights),
@@ -106,8 +107,7 @@ def load_zoo(
         "classifier": classifier_path(model) if level != "model" else None,
         "num_classes": int(getattr(model, "num_classes", 0) or 0),
         "data_config": data,
-    }
-    return graph
+    })
 
 
 def _check_args(pretrained: Any, num_classes: Any, in_chans: Any, input_size: Any, kwargs: Mapping[str, Any]) -> None:
@@ -181,15 +181,14 @@ def data_config(graph_or_name: LayerGraph | str) -> dict[str, Any]:
     if isinstance(graph_or_name, str):
         cfg = get_pretrained_cfg(check_name(graph_or_name))
         return _normalize(resolve_data_config(pretrained_cfg=cfg.to_dict() if cfg else {"input_size": (3, 224, 224)}), 3)
-    meta = getattr(graph_or_name, "meta", None) or {}
+    meta = graph_or_name.meta
     if isinstance(meta.get("data_config"), Mapping):
         return json.loads(json.dumps(meta["data_config"]))
     for node in graph_or_name:
-        spec = layer_spec(node.module)
-        if spec and spec[0] == "timm_module":
-            kwargs = spec[1].get("kwargs") or {}
+        if node.type == "timm_module":
+            kwargs = node.args.get("kwargs") or {}
             in_chans = int(kwargs.get("in_chans", 3))
-            cfg = get_pretrained_cfg(spec[1]["model"])
+            cfg = get_pretrained_cfg(node.args["model"])
             args = {}
             shape = graph_or_name.graph_inputs[0].shape
             if shape is not None and len(shape) == 3 and all(isinstance(d, int) for d in shape):
@@ -206,7 +205,7 @@ def reset_classifier(graph: LayerGraph, num_classes: int) -> LayerGraph:
 
     Returns a new graph sharing every other node's module (and weights) with ``graph``.
     """
-    meta = dict(getattr(graph, "meta", None) or {})
+    meta = dict(graph.meta)
     cls = meta.get("classifier")
     if not cls:
         raise ConfigError("reset_classifier: the model has no classifier timm knows of (graph.meta['classifier'])")
@@ -225,13 +224,11 @@ def reset_classifier(graph: LayerGraph, num_classes: int) -> LayerGraph:
         raise ConfigError(f"reset_classifier: no node {cls!r} and more than one output")
     nodes = [n for n in graph if n.name != cls]
     outputs = [feat if o == cls else o for o in graph.outputs]
-    nodes = [Node(n.name, n.module, [feat if i == cls else i for i in n.inputs]) for n in nodes]
+    nodes = [replace(n, inputs=[feat if i == cls else i for i in n.inputs]) for n in nodes]
     if num_classes > 0:
         shapes = graph.trace_shapes()
-        dense = build_layer("dense", {"out_features": num_classes}, shapes[feat], where=cls)
+        dense, spec = build_layer_and_spec("dense", {"out_features": num_classes}, shapes[feat], where=cls)
         at = graph.index(cls) if cls in graph else len(nodes)
-        nodes.insert(at, Node(cls, dense, [feat]))
+        nodes.insert(at, Node(cls, dense, [feat], spec=spec))
         outputs = [cls if o == feat else o for o in outputs]
-    out = graph.rebuilt(nodes, outputs)
-    out.meta = {**meta, "num_classes": num_classes}
-    return out
+    return graph.rebuilt(nodes, outputs, meta={**meta, "num_classes": num_classes})

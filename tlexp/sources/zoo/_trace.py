@@ -30,7 +30,7 @@ import torch
 from torch import fx, nn
 
 from tlexp.errors import TlexpError
-from tlexp.graph import GraphInput, LayerGraph, Node, build_layer, set_spec
+from tlexp.graph import GraphInput, LayerGraph, LayerSpec, Node, build_layer
 from tlexp.sources.zoo._layers import ATTRIBUTES, METHODS, TimmCall, function_name, is_computed_buffer
 
 __all__ = ["to_graph", "classifier_path", "LEVELS", "Unsupported", "BadInput"]
@@ -259,15 +259,16 @@ class _Builder:
             # a node's input may be a cut's boundary tensor, made under inference mode (featurize)
             # or stored; the same values computed out of place leave it untouched
             module.inplace = False
+        spec = None  # the dense classifier's comes from build_layer
         if path == self.classifier and isinstance(module, nn.Linear) and call is None:
             module = _as_dense(module)
         elif call is None:
-            set_spec(module, "timm_module", {**self.origin, "path": path})
+            spec = LayerSpec("timm_module", {**self.origin, "path": path})
         else:
             module = TimmCall(module, call, buffers)
-            set_spec(module, "timm_module", {**self.origin, "path": path, "call": call})
+            spec = LayerSpec("timm_module", {**self.origin, "path": path, "call": call})
         self.names[n] = self._unique(path)
-        self.nodes.append(Node(self.names[n], module, inputs))
+        self.nodes.append(Node(self.names[n], module, inputs, spec=spec))
 
     def add_dropout(self, n: fx.Node) -> bool:
         """``F.dropout(x, p, training=self.training)`` as a dropout layer, which follows the node's mode."""
@@ -361,8 +362,8 @@ def _as_dense(linear: nn.Linear) -> nn.Module:
 
 
 def _whole(model: nn.Module, origin: dict[str, Any], input_shape: Sequence[int]) -> LayerGraph:
-    set_spec(model, "timm_module", {**origin, "path": ""})
-    return LayerGraph([GraphInput(INPUT, tuple(input_shape))], [Node("model", model, [INPUT])], ["model"])
+    spec = LayerSpec("timm_module", {**origin, "path": ""})
+    return LayerGraph([GraphInput(INPUT, tuple(input_shape))], [Node("model", model, [INPUT], spec=spec)], ["model"])
 
 
 def _as_tuple(y: Any) -> tuple[Any, ...]:
@@ -426,17 +427,9 @@ def to_graph(model: nn.Module, origin: dict[str, Any], input_shape: Sequence[int
                 graph = _at_level(model, level, origin, input_shape, x, expected)
         except Unsupported as e:
             reasons.append(f"{level}: {e}")
-            _strip_specs(model)
             continue
         if reasons:
             log.warning("%s split at %r granularity only (%s)", origin.get("model"), level, "; ".join(reasons))
         return graph, level
     raise Unsupported("; ".join(reasons))
 
-
-def _strip_specs(model: nn.Module) -> None:
-    # a failed attempt may have tagged some submodules; the next level tags its own
-    for m in model.modules():
-        for attr in ("tlexp_type", "tlexp_args"):
-            if attr in m.__dict__:
-                delattr(m, attr)
