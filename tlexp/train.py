@@ -153,7 +153,20 @@ def prepare(cfg: DictConfig) -> Prepared:
     if not any(p.requires_grad for p in graph.parameters()):
         frozen = f"freeze.up_to={_container(cfg.freeze.up_to)!r} freezes every layer" if graph.frozen else "the model has no parameters"
         raise ConfigError(f"freeze.up_to: nothing is left to train ({frozen}); freeze up to an earlier layer")
+    _check_optimizer(graph, finetune)
     return Prepared(graph, data, set(graph.frozen), finetune, optimizer_state)
+
+
+def _check_optimizer(graph: LayerGraph, finetune: Mapping[str, Any]) -> None:
+    """Build the optimizer once over the trainable parameters before any compute, so an optimizer
+    it refuses (a ``_target_`` that cannot take these arguments, a bad momentum) is one line
+    before featurizing, baselines or Lightning's logs, not after them. Building it allocates no
+    state (optimizers make their state at the first step); the fit builds its own."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fit's own build warns (e.g. a group matching nothing)
+        ft.build_optimizer(graph, finetune)
 
 
 def _device(cfg: DictConfig) -> torch.device:
