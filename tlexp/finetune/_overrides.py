@@ -86,12 +86,18 @@ def _override_layers(graph: LayerGraph, s: Settings) -> None:
     dropout_set = False
     for node in scope:
         spec = node.spec
-        if spec is None:  # a plain module: no spec to keep an override in
+        # a plain module has no spec to keep an override in; a shared layer's module is changed
+        # (or not) at its first use, for every use
+        if spec is None or graph.shares(node.name):
             continue
         changes = _changes(graph, node, spec.type, spec.args, s, names)
         dropout_set = dropout_set or "dropout" in changes or "p" in changes
         if changes:
             _respec(node, spec.type, {**spec.args, **changes})
+    for node in graph.nodes:
+        owner = graph.shares(node.name)
+        if owner is not None:
+            node.spec = graph.node(owner).spec
     if s.dropout is not None and not dropout_set:
         import warnings
 

@@ -119,6 +119,9 @@ class LayerGraph(nn.Module):
         self.layers = nn.ModuleDict()
         self._nodes: list[Node] = []
         known = {i.name for i in self.graph_inputs}
+        #: node -> the earlier node whose module it uses (a shared layer); first uses are not listed
+        self._shares: dict[str, str] = {}
+        owners: dict[int, str] = {}
         if len(known) != len(self.graph_inputs):
             raise ConfigError("graph inputs: names must be unique")
         for node in nodes:
@@ -133,7 +136,11 @@ class LayerGraph(nn.Module):
             if not node.inputs:
                 raise ConfigError(f"node {node.name!r}: has no inputs")
             known.add(node.name)
-            self.layers[_key(node.name)] = node.module
+            owner = owners.setdefault(id(node.module), node.name)
+            if owner == node.name:
+                self.layers[_key(node.name)] = node.module
+            else:
+                self._shares[node.name] = owner
             self._nodes.append(replace(node, inputs=list(node.inputs)))
         if not outputs:
             raise ConfigError("graph outputs: at least one output is needed")
@@ -197,6 +204,13 @@ class LayerGraph(nn.Module):
     def module(self, ref: str | int) -> nn.Module:
         return self.node(ref).module
 
+    def shares(self, name: str) -> str | None:
+        """The earlier node whose module this node uses (a shared layer), or None."""
+        return self._shares.get(name)
+
+    def _frozen_modules(self, names: Iterable[str] | None = None) -> set[int]:
+        return {id(self._nodes[self._index[n]].module) for n in (self.frozen if names is None else names)}
+
     def consumers(self, name: str) -> list[str]:
         return [n.name for n in self._nodes if name in n.inputs]
 
@@ -259,10 +273,12 @@ class LayerGraph(nn.Module):
             if n not in self._index:
                 raise ConfigError(f"freeze: no layer named {n!r}; valid: {choices(self.node_names)}")
         before, self.frozen = self.frozen, names
+        frozen_modules = self._frozen_modules(names)  # a shared module is frozen at every use
         for node in self._nodes:
+            frozen = id(node.module) in frozen_modules
             for p in node.module.parameters():
-                p.requires_grad_(node.name not in names)
-            if node.name in names:
+                p.requires_grad_(not frozen)
+            if frozen:
                 node.module.eval()
             elif node.name in before:
                 node.module.train(self.training)  # unfrozen: back to the graph's mode
@@ -322,8 +338,10 @@ class LayerGraph(nn.Module):
                 raise
             shapes = {}
         rows = []
+        frozen_modules = self._frozen_modules()
         for i, node in enumerate(self._nodes):
-            params = list(node.module.parameters())
+            # a shared layer's weights are counted at its first use
+            params = [] if node.name in self._shares else list(node.module.parameters())
             rows.append(
                 SummaryRow(
                     index=i,
@@ -332,8 +350,8 @@ class LayerGraph(nn.Module):
                     inputs=tuple(node.inputs),
                     output_shape=shapes.get(node.name),
                     params=sum(p.numel() for p in params),
-                    trainable=any(p.requires_grad for p in params),
-                    frozen=node.name in self.frozen,
+                    trainable=any(p.requires_grad for p in node.module.parameters()),
+                    frozen=id(node.module) in frozen_modules,
                 )
             )
         return rows
@@ -380,7 +398,11 @@ class LayerGraph(nn.Module):
         if not prefix_nodes:
             # Nothing frozen: the prefix is the identity on the inputs.
             prefix_outputs = list(self.inputs)
-        prefix = LayerGraph(self.graph_inputs, prefix_nodes, prefix_outputs, frozen=self.frozen & cut)
+        # a shared module frozen at one use stays frozen at its uses on the other side
+        frozen_modules = self._frozen_modules()
+        prefix_frozen = (self.frozen & cut) | {n.name for n in prefix_nodes if id(n.module) in frozen_modules}
+        suffix_frozen = (self.frozen - cut) | {n.name for n in suffix_nodes if id(n.module) in frozen_modules}
+        prefix = LayerGraph(self.graph_inputs, prefix_nodes, prefix_outputs, frozen=prefix_frozen)
         suffix_inputs = []
         for b in boundary:
             if b in in_dtypes:
@@ -388,7 +410,7 @@ class LayerGraph(nn.Module):
             else:
                 shp = shapes.get(b)
                 suffix_inputs.append(GraphInput(b, shp[0] if shp and len(shp) == 1 else None))
-        suffix = LayerGraph(suffix_inputs, suffix_nodes, self.outputs, frozen=self.frozen - cut)
+        suffix = LayerGraph(suffix_inputs, suffix_nodes, self.outputs, frozen=suffix_frozen)
         # the parts share modules with this graph: keep them in this graph's mode
         prefix.train(self.training)
         suffix.train(self.training)
@@ -398,8 +420,11 @@ class LayerGraph(nn.Module):
 
     def to_config(self) -> dict[str, Any]:
         """The architecture as JSON-able data: registry type names and arguments, no code."""
-        nodes = []
+        nodes: list[dict[str, Any]] = []
         for node in self._nodes:
+            if node.name in self._shares:
+                nodes.append({"name": node.name, "shares": self._shares[node.name], "inputs": list(node.inputs)})
+                continue
             if node.spec is None:
                 raise ConfigError(
                     f"node {node.name!r}: {type(node.module).__name__} is not a registry layer and cannot be saved"
@@ -451,8 +476,8 @@ class LayerGraph(nn.Module):
         nodes: list[Node] = []
         for i, spec in enumerate(cfg["nodes"]):
             where = f"nodes[{i}]" + (f" ({spec.get('name')})" if isinstance(spec, dict) and spec.get("name") else "")
-            if not isinstance(spec, dict) or "name" not in spec or "type" not in spec:
-                raise ConfigError(f"architecture.{where}: each node needs 'name' and 'type'")
+            if not isinstance(spec, dict) or "name" not in spec or ("type" not in spec and "shares" not in spec):
+                raise ConfigError(f"architecture.{where}: each node needs 'name' and 'type' (or 'shares': an earlier node)")
             ins = spec.get("inputs")
             if ins is None:
                 ins = [nodes[-1].name] if nodes else [inputs[0].name]
@@ -469,7 +494,16 @@ class LayerGraph(nn.Module):
             in_shapes = None
             if in_tensors and all(isinstance(t, torch.Tensor) for t in in_tensors):
                 in_shapes = [tuple(t.shape[1:]) for t in in_tensors]  # type: ignore[union-attr]
-            module, layer = build_layer_and_spec(str(spec["type"]), dict(spec.get("args") or {}), in_shapes, where=f"{spec['name']}")
+            if spec.get("shares") is not None:
+                # the same module as an earlier node (a shared layer: one set of weights)
+                owner = next((n for n in nodes if n.name == str(spec["shares"])), None)
+                if owner is None:
+                    raise ConfigError(f"architecture.{where}: shares {spec['shares']!r}, which is not an earlier node; "
+                                      f"valid: {choices([n.name for n in nodes])}")
+                module, layer = owner.module, owner.spec
+            else:
+                module, layer = build_layer_and_spec(str(spec["type"]), dict(spec.get("args") or {}), in_shapes,
+                                                     where=f"{spec['name']}")
             if in_shapes is not None:
                 module.eval()
                 try:
@@ -478,7 +512,7 @@ class LayerGraph(nn.Module):
                 except (RuntimeError, ValueError, IndexError, TypeError) as e:
                     shp = ", ".join(str(list(s)) for s in in_shapes)
                     raise ShapeError(
-                        f"layer {spec['name']!r} ({spec['type']}) does not accept input shape {shp}: "
+                        f"layer {spec['name']!r} ({spec.get('type') or 'shared'}) does not accept input shape {shp}: "
                         f"{str(e).strip().splitlines()[0]}"
                     ) from None
                 module.train()

@@ -4,7 +4,8 @@ A Sequential model is a chain; a functional model lists each layer's calls (``in
 Keras 2 writes ``[[name, node_index, tensor_index, kwargs], ...]``, Keras 3 writes
 ``{"args": [...keras_history...], "kwargs": {...}}``). A model used as a layer is expanded in
 place, its layers named ``outer/inner``; a layer called twice (a shared layer) becomes two nodes
-with equal weights, the second named ``name:1``.
+that use one module (one set of weights, updated once by an optimizer step), the second named
+``name:1``.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch import nn
 
 from tlexp.errors import ConfigError, SourceError, choices
-from tlexp.graph import GraphInput, LayerGraph
+from tlexp.graph import GraphInput, LayerGraph, Node
 from tlexp.sources.keras._builder import CF, CL, Builder, MetaUnsupported, Op, T
 from tlexp.sources.keras._convert import CONVERTERS, KLayer, convert_layer, supported_classes
 from tlexp.sources.keras._read import KerasFile, is_model, layer_name, model_layers
@@ -36,6 +38,8 @@ class _Ctx:
         self.n_inputs = 0
         #: the model's spatial layers compute channels-first (Theano-era and some Keras 2 models)
         self.channels_first = _channels_first_model(kf.model_config)
+        #: the modules holding each Keras layer's weights (by weight path), from its first call
+        self.layer_modules: dict[tuple[str, ...], list[nn.Module]] = {}
 
 
 # ---- data formats -----------------------------------------------------------------------------
@@ -201,7 +205,35 @@ def _call(ctx: _Ctx, lc: dict[str, Any], prefix: str, wpath: tuple[str, ...], in
         if len(masks) == 1:
             masks = masks + [None] * (len(ins) - 1)
         ins = [T(t.ref, t.rank, t.layout, t.index, m) for t, m in zip(ins, masks)] + ins[len(masks):]
-    return convert_layer(ctx.b, k, ins)
+    first = len(ctx.b.nodes)
+    outs = convert_layer(ctx.b, k, ins)
+    _tie(ctx, (*wpath, name), ctx.b.nodes[first:])
+    return outs
+
+
+def _has_state(module: nn.Module) -> bool:
+    return next(module.parameters(), None) is not None or next(module.buffers(), None) is not None
+
+
+def _tie(ctx: _Ctx, key: tuple[str, ...], nodes: list[Node]) -> None:
+    """A Keras layer called again (a shared layer, or a nested model called twice) uses the
+    modules of its first call: one set of weights at every call, as in Keras."""
+    stateful = [n for n in nodes if _has_state(n.module)]
+    if not stateful:
+        return
+    first = ctx.layer_modules.get(key)
+    if first is None:
+        ctx.layer_modules[key] = [n.module for n in stateful]
+        return
+    shapes = [[(k, v.shape) for k, v in m.state_dict().items()] for m in first]
+    if len(first) != len(stateful) or any(
+        type(m) is not type(n.module) or s != [(k, v.shape) for k, v in n.module.state_dict().items()]
+        for m, s, n in zip(first, shapes, stateful)
+    ):
+        raise SourceError(f"keras layer {nodes[0].name!r}: a shared layer's calls convert to different weights; "
+                          "tlexp cannot keep them one layer")
+    for m, n in zip(first, stateful):
+        n.module = m
 
 
 def _sequential(ctx: _Ctx, cfg: dict[str, Any], prefix: str, wpath: tuple[str, ...], ins: list[T] | None) -> list[T]:

@@ -66,9 +66,16 @@ def parse_constraint(v: Any) -> dict[str, Any] | None:
 
 def _modules(graph: Any, terms: Iterable[dict[str, Any]]) -> Iterable[tuple[dict[str, Any], nn.Module]]:
     names = set(graph.node_names) if hasattr(graph, "node_names") else {n.name for n in graph.nodes}
+    seen: set[tuple[Any, ...]] = set()
     for t in terms:
         if t["node"] in names:
-            yield t, graph.node(t["node"]).module
+            module = graph.node(t["node"]).module
+            # a shared layer's calls use one module: its weights count once, and its output hook
+            # (one per module) already sees every call, as Keras adds an activity loss per call
+            key = (id(module), t.get("param"), bool(t.get("output")), t.get("kind"))
+            if key not in seen:
+                seen.add(key)
+                yield t, module
 
 
 def _param(module: nn.Module, name: str) -> torch.Tensor:

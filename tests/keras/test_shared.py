@@ -1,0 +1,129 @@
+"""Shared layers stay one module: a Keras layer applied at several places is one module used at
+several graph nodes, so an optimizer step updates it once and a saved model keeps the tie."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from tests.keras._live import check, inputs, keras, randomize, run
+from tlexp.errors import ConfigError
+from tlexp.graph import GraphInput, LayerGraph, Node, build_layer
+from tlexp.sources.keras import load_keras
+from tlexp.sources.saved import load_model, save_model
+from tlexp.surgery import apply_ops
+
+
+def _graph() -> LayerGraph:
+    """x -> a -> (dense) -> b -> (same dense) -> out; plus a head."""
+    torch.manual_seed(0)
+    dense = build_layer("dense", {"in_features": 4, "out_features": 4})
+    nodes = [
+        Node("d1", dense, ["x"]),
+        Node("act", build_layer("activation", {"name": "tanh"}), ["d1"]),
+        Node("d2", dense, ["act"]),
+        Node("head", build_layer("dense", {"in_features": 4, "out_features": 2}), ["d2"]),
+    ]
+    return LayerGraph([GraphInput("x", (4,))], nodes, ["head"])
+
+
+def test_one_module_registered_once_and_saved_once(tmp_path) -> None:
+    g = _graph()
+    assert g.module("d1") is g.module("d2") and g.shares("d2") == "d1" and g.shares("d1") is None
+    assert len(list(g.parameters())) == 4  # the shared dense's weight and bias once, the head's
+    assert not any(k.startswith("layers.d2.") for k in g.state_dict())
+    cfg = g.to_config()
+    assert cfg["nodes"][2] == {"name": "d2", "shares": "d1", "inputs": ["act"]}
+    again = LayerGraph.from_config(cfg)
+    assert again.module("d1") is again.module("d2")
+    rows = g.summary()
+    assert [r.params for r in rows] == [20, 0, 0, 10]  # counted at the first use
+    save_model(g, tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert loaded.module("d1") is loaded.module("d2") and loaded.shares("d2") == "d1"
+    x = torch.randn(3, 4)
+    g.eval()
+    assert torch.equal(loaded(x), g(x))
+
+
+def test_freezing_one_use_freezes_the_module_and_split_keeps_it_frozen() -> None:
+    g = _graph()
+    g.set_frozen({"d1"})
+    assert not any(p.requires_grad for p in g.module("d2").parameters())
+    assert g.module("head").weight.requires_grad
+    assert [r.frozen for r in g.summary()] == [True, False, True, False]
+    prefix, suffix = g.split({"d1"})
+    assert "d2" in suffix.frozen and not any(p.requires_grad for p in suffix.parameters() if p.dim() and p.shape[0] == 4)
+    x = torch.randn(3, 4)
+    g.eval()
+    assert torch.allclose(suffix(prefix(x)), g(x))
+    g.set_frozen(set())
+    assert all(p.requires_grad for p in g.parameters())
+
+
+def test_removing_one_use_keeps_the_other() -> None:
+    g = _graph()
+    out = apply_ops(g, [{"op": "remove_vertex_keep_connections", "name": "d1"}])
+    assert out.node_names == ["act", "d2", "head"]
+    assert out.module("d2") is g.module("d1") and out.shares("d2") is None
+    assert any(k.startswith("layers.d2.") for k in out.state_dict())
+
+
+def test_a_shared_module_that_is_not_an_earlier_node_is_refused() -> None:
+    cfg = _graph().to_config()
+    cfg["nodes"][2]["shares"] = "head"
+    with pytest.raises(ConfigError, match="shares 'head', which is not an earlier node"):
+        LayerGraph.from_config(cfg)
+
+
+def _step(graph: LayerGraph, x: list[torch.Tensor]) -> None:
+    graph.train()
+    opt = torch.optim.SGD(graph.parameters(), lr=0.1)
+    out = graph(*x)
+    loss = sum(o.square().mean() for o in (out if isinstance(out, tuple) else (out,)))
+    loss.backward()
+    opt.step()
+
+
+def test_keras_shared_dense_and_conv_stay_tied(tmp_path) -> None:
+    K = keras()
+    L = K.layers
+    a = K.Input((6, 6, 2), name="a")
+    b = K.Input((6, 6, 2), name="b")
+    conv = L.Conv2D(3, 3, padding="same", name="conv")
+    ca, cb = conv(a), conv(b)
+    dense = L.Dense(3, name="dense")
+    fa = dense(L.GlobalAveragePooling2D(name="gap_a")(ca))
+    fb = dense(L.GlobalAveragePooling2D(name="gap_b")(cb))
+    y = L.Dense(2, name="out")(L.Concatenate(name="cat")([fa, fb]))
+    model = K.Model([a, b], [y, fa])
+    randomize(model, 3)
+    xs = inputs((6, 6, 2), (6, 6, 2))
+    check(model, xs, tmp_path, "shared")  # parity in every format and layout
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        g = load_keras(tmp_path / "shared.keras")
+    assert g.module("conv") is g.module("conv:1") and g.module("dense") is g.module("dense:1")
+    n_keras = sum(int(np.prod(w.shape)) for w in model.weights)
+    assert sum(p.numel() for p in g.parameters()) == n_keras
+    x = [torch.from_numpy(v).permute(0, 3, 1, 2).contiguous() for v in xs]
+    before = g.module("dense").weight.detach().clone()
+    _step(g, x)
+    w1, w2 = g.module("dense").weight, g.module("dense:1").weight
+    assert w1 is w2 and not torch.equal(w1, before)  # one Parameter, updated once
+    assert torch.equal(g.module("conv").conv.weight, g.module("conv:1").conv.weight)
+
+    save_model(g, tmp_path / "saved")
+    again = load_model(tmp_path / "saved")
+    assert again.module("dense") is again.module("dense:1") and again.module("conv") is again.module("conv:1")
+    g.eval()
+    with torch.no_grad():
+        assert all(torch.equal(p, q) for p, q in zip(g(*x), again(*x)))
+    _step(again, x)
+    assert again.module("dense").weight is again.module("dense:1").weight
+    assert max(float(np.abs(u - v).max()) for u, v in zip(run(again, xs, "channels_first"),
+                                                         run(g, xs, "channels_first"))) > 0
