@@ -50,26 +50,33 @@ def _featurizations(sweep: Path) -> int:
     return n
 
 
-def bench_a(work: Path, epochs: int, gpu: bool) -> list[list[str]]:
+def sweep_overrides(epochs: int, gpu: bool) -> list[tuple[str, list[str]]]:
+    """(a)'s two sweeps: each launcher's name and its ``tlexp -m`` overrides (less the folders)."""
     grid = ["freeze.up_to=pool2,flatten", "finetune.lr=1e-3,3e-3,1e-2", f"trainer.max_epochs={epochs}",
             "trainer.enable_progress_bar=false", "logger=none"]
     if gpu:
         grid.append("trainer=gpu")
     pool = ["hydra/launcher=gpu_pool"] + (["hydra.launcher.jobs_per_gpu=2"] if gpu else
                                           ["hydra.launcher.slots=2", "hydra.launcher.devices=[]"])
+    return [("basic", grid), ("gpu_pool (jobs_per_gpu=2)" if gpu else "gpu_pool slots=2", [*pool, *grid])]
+
+
+def bench_a(work: Path, epochs: int, gpu: bool) -> list[list[str]]:
     rows = []
     base = None
-    for name, extra in (("basic", []), ("gpu_pool (jobs_per_gpu=2)" if gpu else "gpu_pool slots=2", pool)):
+    for name, args in sweep_overrides(epochs, gpu):
         sweep, cache = work / f"a_{len(rows)}", work / f"a_cache_{len(rows)}"
+        load = os.getloadavg()[0]
         t0 = time.perf_counter()
-        res = _tlexp(["-m", *extra, *grid, f"hydra.sweep.dir={sweep}", f"paths.cache_dir={cache}"], work)
+        res = _tlexp(["-m", *args, f"hydra.sweep.dir={sweep}", f"paths.cache_dir={cache}"], work)
         wall = time.perf_counter() - t0
         jobs = len(list(sweep.glob("*/metrics.json")))
         if res.returncode != 0:
             print(res.stderr[-2000:], file=sys.stderr)
         jpm = jobs / wall * 60
         base = base or jpm
-        rows.append([name, f"{wall:.1f} s", str(jobs), f"{jpm:.2f}", f"{jpm / base:.2f}×", str(_featurizations(sweep))])
+        rows.append([name, f"{wall:.1f} s", str(jobs), f"{jpm:.2f}", f"{jpm / base:.2f}×", str(_featurizations(sweep)),
+                     f"{load:.1f} → {os.getloadavg()[0]:.1f}"])
     return rows
 
 
@@ -127,12 +134,14 @@ def main() -> None:
     ap.add_argument("--only", choices=("a", "b"), default=None)
     args = ap.parse_args()
     console = Console()
-    console.print(f"cores: {os.cpu_count()}, gpu: {args.gpu}")
+    console.print(f"cores: {os.cpu_count()}, gpu: {args.gpu}, load average: "
+                  + " ".join(f"{v:.2f}" for v in os.getloadavg()))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if args.only in (None, "a"):
             t = Table(title=f"(a) 2 cuts × 3 lr digits sweep, {args.epochs} epochs per job")
-            for c in ("launcher", "wall", "jobs", "jobs/min", "vs basic", "featurizations (train passes)"):
+            for c in ("launcher", "wall", "jobs", "jobs/min", "vs basic", "featurizations (train passes)",
+                      "load avg (1 min) before → after"):
                 t.add_column(c)
             for row in bench_a(work, args.epochs, args.gpu):
                 t.add_row(*row)
@@ -144,6 +153,7 @@ def main() -> None:
             for row in bench_b(work, args.per_class, args.gpu):
                 t.add_row(*row)
             console.print(t)
+    console.print("load average at the end: " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
 
 
 if __name__ == "__main__":

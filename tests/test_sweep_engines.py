@@ -65,6 +65,35 @@ def test_optuna_search_of_three_trials_on_gpu_pool(tmp_path: Path) -> None:
     assert set(best.best_params) == {"freeze.up_to", "finetune.lr"}
 
 
+@pytest.mark.slow
+def test_optuna_search_goes_on_past_a_failed_trial(tmp_path: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "sweep"
+    # lr=-1 is refused by the run that gets it; with this seed the sampler draws it in each batch of 2
+    res = run_cli(["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
+                   "freeze.up_to=flatten", "finetune.lr=choice(0.01,-1)", "seed=10",
+                   "hydra/launcher=gpu_pool", "hydra.launcher.slots=2", "hydra.launcher.devices=[]",
+                   "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "logger=none",
+                   f"hydra.sweep.dir={sweep}", f"paths.cache_dir={tmp_path / 'cache'}"],
+                  cwd=tmp_path, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Failed experiment" in res.stdout + res.stderr
+    pool = json.loads((sweep / "gpu_pool.json").read_text())["jobs"]
+    assert len(pool) == 4  # every trial ran: the failed one did not stop the search
+    failed = [j for j in pool if j["status"] == "failed"]
+    assert failed and all("finetune.lr=-1" in j["overrides"] for j in failed)
+    assert len(failed) < 4
+    jobs = [m for m in _jobs(sweep) if m["status"] == "completed"]
+    assert len(jobs) == 4 - len(failed)
+    from omegaconf import OmegaConf
+
+    best = OmegaConf.create((sweep / "optimization_results.yaml").read_text())
+    assert best.best_params["finetune.lr"] == 0.01
+    assert best.best_value == pytest.approx(max(m["val"]["accuracy"] for m in jobs))
+    report = (sweep / "report.csv").read_text().strip().splitlines()
+    assert len(report) == 1 + 4 and sum("failed" in r for r in report[1:]) == len(failed)
+
+
 @pytest.mark.parametrize(("launcher", "target", "keys"), [
     ("slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
      {"partition", "timeout_min", "gpus_per_node", "mem_gb", "cpus_per_task"}),
@@ -84,3 +113,36 @@ def test_launcher_configs_compose(launcher: str, target: str, keys: set[str]) ->
     assert keys <= set(node)
     if launcher == "ray":
         assert node.ray.remote.max_calls == 1  # a fresh worker per job
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_throughput_benchmark_sweeps_compose(gpu: bool) -> None:
+    """benchmarks/sweep_throughput.py's sweeps compose as written (``--gpu``: jobs_per_gpu=2 on
+    trainer=gpu), so a GPU machine runs them without a first failed try."""
+    import importlib.util
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from tests.conftest import REPO
+    from tlexp._resources import CONF_DIR
+
+    spec = importlib.util.spec_from_file_location("sweep_throughput", REPO / "benchmarks" / "sweep_throughput.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    (basic_name, basic), (pool_name, pool) = bench.sweep_overrides(3, gpu)
+    assert basic_name == "basic" and not any(a.startswith("hydra/launcher") for a in basic)
+    parser = OverridesParser.create()
+    # the first job of the sweep, as the launcher composes it
+    first = [o.key_or_group + "=" + str(next(iter(o.sweep_string_iterator())) if o.is_sweep_override() else o.value())
+             for o in parser.parse_overrides(pool)]
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=first, return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("GpuPoolLauncher")
+    if gpu:
+        assert cfg.hydra.launcher.jobs_per_gpu == 2 and cfg.hydra.launcher.devices is None
+        assert cfg.trainer.accelerator == "gpu"
+    else:
+        assert cfg.hydra.launcher.slots == 2 and list(cfg.hydra.launcher.devices) == []
+    assert cfg.trainer.max_epochs == 3 and cfg.freeze.up_to == "pool2"

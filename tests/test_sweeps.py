@@ -19,7 +19,7 @@ from tests.conftest import REPO, run_cli
 
 # A Hydra app that records what its process saw: the GPU it was given, its threads, its times.
 APP = '''
-import json, os, time
+import json, os, sys, time
 from datetime import datetime, timezone
 
 import hydra
@@ -31,10 +31,13 @@ def task(cfg):
     import torch
 
     start = datetime.now(timezone.utc).isoformat()
+    # this app never imports Lightning: loaded here means the job was forked from the warm pool
+    preloaded = "pytorch_lightning" in sys.modules
     time.sleep(float(cfg.sleep))
     out = HydraConfig.get().runtime.output_dir
     seen = {"cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "threads": torch.get_num_threads(), "pid": os.getpid(),
-            "start": start, "end": datetime.now(timezone.utc).isoformat()}
+            "start": start, "end": datetime.now(timezone.utc).isoformat(),
+            "preloaded": preloaded, "ppid": os.getppid()}
     with open(os.path.join(out, "seen.json"), "w") as f:
         json.dump(seen, f)
     return float(cfg.sleep)
@@ -79,9 +82,24 @@ def test_gpu_pool_hands_each_job_one_of_four_simulated_gpus_and_refills_a_freed_
         assert seen[n]["threads"] == max(1, (os.cpu_count() or 1) // 4)
     assert {seen[n]["cuda"] for n in range(4)} == {"0", "1", "2", "3"}  # the first four: one per GPU
     assert len({seen[n]["pid"] for n in seen}) == 5  # a fresh process per job
+    assert all(seen[n]["preloaded"] for n in seen)  # forked from the warm fork server
     # job 4 took a slot freed by a short job while job 0 still held GPU 0
     assert seen[4]["cuda"] != seen[0]["cuda"]
     assert _t(jobs[4]["started_at"]) < _t(jobs[0]["finished_at"])
+
+
+@pytest.mark.slow
+def test_gpu_pool_without_zygote_starts_a_fresh_interpreter_per_job(tmp_path: Path) -> None:
+    app, sweep = _app(tmp_path), tmp_path / "sweep"
+    res = subprocess.run(
+        [sys.executable, str(app), "-m", "hydra/launcher=gpu_pool", "hydra.launcher.devices=[]", "hydra.launcher.slots=2",
+         "hydra.launcher.zygote=false", "+sleep=0,0", f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    jobs = json.loads((sweep / "gpu_pool.json").read_text())["jobs"]
+    seen = [json.loads((Path(j["dir"]) / "seen.json").read_text()) for j in jobs]
+    assert [s["cuda"] for s in seen] == ["", ""] and not any(s["preloaded"] for s in seen)
+    assert len({s["pid"] for s in seen}) == 2
 
 
 @pytest.mark.slow
@@ -135,6 +153,7 @@ def test_depth_sweep_on_gpu_pool_one_pass_failure_recorded_and_report(tmp_path: 
             m = json.loads((d / "metrics.json").read_text())
             assert m["status"] == "completed"
             assert m["featurize"]["cache_hit"] is True  # the plan featurized before the jobs started
+            assert "before_fit" in m["baseline"]
     # two jobs ran at once: their started/finished intervals overlap
     spans = [(_t(m["timing"]["started_at"]), _t(m["timing"]["finished_at"]))
              for m in (json.loads((Path(j["dir"]) / "metrics.json").read_text()) for j in jobs.values()
@@ -152,6 +171,17 @@ def test_depth_sweep_on_gpu_pool_one_pass_failure_recorded_and_report(tmp_path: 
     rows = (sweep / "report.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 6
     assert sum("failed" in r for r in rows[1:]) == 2
+    # each run's baseline (the model before fitting) beside its fine-tuned result, in the CSV and the table
+    import csv
+
+    table = {r["job"]: r for r in csv.DictReader((sweep / "report.csv").open())}
+    for j in jobs.values():
+        if j["status"] == "completed":
+            m = json.loads((Path(j["dir"]) / "metrics.json").read_text())
+            row = table[str(j["num"])]
+            assert float(row["before_fit/accuracy"]) == pytest.approx(m["baseline"]["before_fit"]["accuracy"], abs=1e-6)
+            assert float(row["test/accuracy"]) == pytest.approx(m["test"]["accuracy"], abs=1e-6)
+    assert "| before_fit/accuracy |" in (sweep / "report.md").read_text()
     assert "best run by val/accuracy" in report.stdout
     import matplotlib.image
 
@@ -297,3 +327,48 @@ def test_gpu_pool_slots_follow_the_visible_devices(monkeypatch) -> None:
     assert [s.device for s in GpuPoolLauncher(slots=2).make_slots()] == [None, None]  # CPU slots
     with pytest.raises(ValueError, match="jobs_per_gpu"):
         GpuPoolLauncher(jobs_per_gpu=0)
+
+
+def test_cache_lock_says_when_it_holds_on_this_machine_only(tmp_path: Path, monkeypatch, caplog) -> None:
+    from tlexp.featurize import _index
+
+    shared = tmp_path / "shared dir"
+    (shared / "cache").mkdir(parents=True)
+    point = str(shared.resolve()).replace(" ", "\\040")  # mountinfo escapes a space
+
+    def mounts(fstype: str, options: str) -> Path:
+        f = tmp_path / f"mountinfo-{fstype}-{len(options)}"
+        f.write_text("22 1 0:21 / / rw,relatime - ext4 /dev/sda1 rw\n"
+                     f"90 22 0:50 / {point} rw,relatime - {fstype} server:/export {options}\n")
+        return f
+
+    cache = shared / "cache"
+    ok = "rw,vers=4.2,hard,proto=tcp,local_lock=none,addr=10.0.0.1"
+    assert _index.lock_scope_problem(cache, mounts("nfs4", ok)) is None
+    assert _index.lock_scope_problem(tmp_path, mounts("nfs", "rw,nolock")) is None  # not under the mount
+    for fstype, options, word in (("nfs", "rw,vers=3,nolock,local_lock=all", "local_lock=all"),
+                                  ("nfs4", "rw,local_lock=flock", "local_lock=flock"),
+                                  ("cifs", "rw,nobrl", "nobrl"), ("lustre", "rw,localflock", "localflock")):
+        problem = _index.lock_scope_problem(cache, mounts(fstype, options))
+        assert problem and problem.startswith("paths.cache_dir:") and word in problem and "this machine only" in problem
+    # a run's key lock warns once per cache folder, and still locks
+    monkeypatch.setattr(_index, "MOUNTINFO", str(mounts("nfs", "rw,nolock,local_lock=all")))
+    monkeypatch.setattr(_index, "_warned", set())
+    with caplog.at_level("WARNING"), _index.key_lock(cache, "k1"), _index.key_lock(cache, "k2"):
+        pass
+    assert sum("this machine only" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_cache_lock_refuses_a_file_system_without_locks(tmp_path: Path, monkeypatch) -> None:
+    import errno
+    import fcntl
+
+    from tlexp.errors import ConfigError
+    from tlexp.featurize import _index
+
+    def no_locks(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(ConfigError, match="paths.cache_dir: .* does not support file locks"), _index.key_lock(tmp_path, "k"):
+        pass

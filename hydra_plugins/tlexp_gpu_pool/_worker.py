@@ -8,11 +8,13 @@ passed. A failed job's traceback goes to ``error.txt`` in its own folder.
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import inspect
 import os
 import pickle
 import runpy
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -50,9 +52,8 @@ def _error_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
-def main() -> int:
-    job = pickle.loads(sys.stdin.buffer.read())
-    out = os.fdopen(job["result_fd"], "wb")
+def run_payload(job: dict[str, Any]) -> tuple[int, bytes]:
+    """Run one job as the launcher described it: its exit status and its pickled outcome."""
     error_file = Path(job["error_file"])
     outcome: dict[str, Any]
     code = 0
@@ -98,9 +99,55 @@ def main() -> int:
     except Exception:  # noqa: BLE001 - a return value that cannot be sent back
         data = pickle.dumps({"status": outcome["status"], "return_value": repr(outcome.get("return_value")),
                              "error_line": outcome.get("error_line")})
+    return code, data
+
+
+def main() -> int:
+    """The fresh-interpreter way (``hydra.launcher.zygote=false``): the job on stdin."""
+    job = pickle.loads(sys.stdin.buffer.read())
+    out = os.fdopen(job["result_fd"], "wb")
+    code, data = run_payload(job)
     out.write(data)
     out.close()
     return code
+
+
+def forked_main(payload: bytes, env: dict[str, str], output: str, result: Any) -> None:
+    """The zygote way: a child forked from the warm fork server (torch, Lightning and the task's
+    modules already imported, CUDA not started). It becomes its own process group, takes the
+    job's environment (``CUDA_VISIBLE_DEVICES`` before anything starts CUDA), sends its output
+    to the job's ``job.out`` and its outcome down ``result`` (a one-way pipe)."""
+    os.setsid()
+    os.environ.clear()
+    os.environ.update(env)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    # Ctrl-C reaches the sweep, which stops this job's group; keep Python's default here
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    code, data = run_payload(pickle.loads(payload))
+    try:
+        result.send_bytes(data)
+        result.close()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    # a fresh interpreter's shutdown: this job's exit handlers (loggers, files) run here
+    atexit._run_exitfuncs()
+    sys.exit(code)
+
+
+def preload(modules: list[str]) -> None:
+    """Imported once in the fork server: each job then starts with them already loaded."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - a job that needs it imports it (and says why it cannot)
+            pass
 
 
 if __name__ == "__main__":

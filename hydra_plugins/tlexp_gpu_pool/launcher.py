@@ -1,16 +1,20 @@
 """The pool: slots over the visible GPUs (or CPU slots), a fresh process per job.
 
-Each job runs in ``python -m hydra_plugins.tlexp_gpu_pool._worker``, started with its own
-``CUDA_VISIBLE_DEVICES`` (so the device is fixed before CUDA starts) and its own thread count,
-in its own process group. The parent starts the next job the moment any job ends, records every
-job in ``gpu_pool.json`` in the sweep folder (device, pid, started/finished, status, exit code,
-error), and on Ctrl-C or SIGTERM stops every job's process group before it returns.
+Each job is a fresh process with its own ``CUDA_VISIBLE_DEVICES`` (so the device is fixed before
+CUDA starts) and its own thread count, in its own process group. By default (``zygote``) it is
+forked from a warm fork server (multiprocessing's forkserver) that imported torch, Lightning and the
+task's modules once and never started CUDA, so a job starts in milliseconds; ``zygote=false`` starts
+a fresh interpreter per job (``python -m hydra_plugins.tlexp_gpu_pool._worker``). The parent starts
+the next job the moment any job ends, records every job in ``gpu_pool.json`` in the sweep folder
+(device, pid, started/finished, status, exit code, error), and on Ctrl-C or SIGTERM stops every
+job's process group before it returns.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import pickle
 import signal
@@ -85,10 +89,54 @@ class Job:
     config: DictConfig
     dir: Path
     slot: Slot | None = None
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen | _Forked | None = None
     reader: threading.Thread | None = None
     result: bytes = b""
     record: dict[str, Any] = field(default_factory=dict)
+
+
+class _Forked:
+    """A job forked from the zygote, answering the few ``subprocess.Popen`` calls the pool makes."""
+
+    def __init__(self, process: Any) -> None:
+        self.process = process
+        self.pid: int = process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.exitcode
+
+    def poll(self) -> int | None:
+        return self.process.exitcode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self.process.join(timeout)
+        if self.process.exitcode is None:
+            raise subprocess.TimeoutExpired("gpu_pool job", timeout or 0)
+        return int(self.process.exitcode)
+
+
+#: the environment variable through which the fork server learns what to preload
+PRELOAD_ENV = "TLEXP_POOL_PRELOAD"
+
+
+def zygote_context(modules: Sequence[str]) -> Any:
+    """multiprocessing's forkserver, started (once per launching process) with ``modules``
+    imported. Its children are forks of that warm process: fresh processes that skip the imports."""
+    from multiprocessing import forkserver
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["hydra_plugins.tlexp_gpu_pool._preload"])
+    before = os.environ.get(PRELOAD_ENV)
+    os.environ[PRELOAD_ENV] = ",".join(modules)
+    try:
+        forkserver.ensure_running()
+    finally:
+        if before is None:
+            os.environ.pop(PRELOAD_ENV, None)
+        else:
+            os.environ[PRELOAD_ENV] = before
+    return ctx
 
 
 def _task_reference(task_function: TaskFunction) -> dict[str, Any]:
@@ -110,7 +158,8 @@ def _task_reference(task_function: TaskFunction) -> dict[str, Any]:
 class GpuPoolLauncher(Launcher):
     def __init__(self, slots: int | None = None, jobs_per_gpu: int = 1, devices: Sequence[Any] | None = None,
                  threads_per_job: int | None = None, kill_timeout_s: float = 10.0,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, zygote: bool = True,
+                 preload: Sequence[str] | None = None) -> None:
         if jobs_per_gpu < 1:
             raise ValueError(f"hydra.launcher.jobs_per_gpu: {jobs_per_gpu} must be at least 1")
         if slots is not None and slots < 1:
@@ -118,6 +167,9 @@ class GpuPoolLauncher(Launcher):
         self.slots_cfg, self.jobs_per_gpu, self.devices_cfg = slots, jobs_per_gpu, devices
         self.threads_per_job, self.kill_timeout_s = threads_per_job, kill_timeout_s
         self.env = dict(env or {})
+        self.zygote = zygote
+        self.preload = list(preload) if preload is not None else ["torch", "pytorch_lightning"]
+        self._ctx: Any = None
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
@@ -156,6 +208,14 @@ class GpuPoolLauncher(Launcher):
         task_ref = _task_reference(self.task_function)
         where = ", ".join(f"GPU {s.device}" for s in slots) if slots[0].device is not None else f"CPU, {threads} thread(s) each"
         log.info("gpu_pool: %d job(s) over %d slot(s) (%s)", len(job_overrides), len(slots), where)
+        if self.zygote and self._ctx is None:
+            modules = [*self.preload, *([task_ref["module"]] if task_ref["path"] is None else [])]
+            try:
+                self._ctx = zygote_context(modules)
+            except Exception as e:  # noqa: BLE001 - fresh interpreters still work, only slower
+                log.warning("gpu_pool: no fork server (%s: %s); each job starts a fresh interpreter",
+                            type(e).__name__, e)
+                self.zygote = False
 
         jobs = [self._make_job(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
         # a sweeper that launches in batches (Optuna) calls launch again: keep the earlier batches' jobs
@@ -241,12 +301,44 @@ class GpuPoolLauncher(Launcher):
         # the worker imports this package the way the parent did
         here = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join([p for p in [*sys.path, env.get("PYTHONPATH", "")] if p] + [here])
-        read_fd, write_fd = os.pipe()
-        payload = pickle.dumps({
+        job_data = {
             "task": task_ref, "config": job.config, "hydra_context": self.hydra_context,
-            "singleton_state": {"instances": Singleton.get_state()["instances"]}, "threads": threads, "result_fd": write_fd,
+            "singleton_state": {"instances": Singleton.get_state()["instances"]}, "threads": threads,
             "error_file": str(job.dir / JOB_ERROR),
-        })
+        }
+        started = False
+        if self.zygote and self._ctx is not None:
+            try:
+                self._fork(job, env, job_data)
+                started = True
+            except Exception as e:  # noqa: BLE001 - the fork server is gone: fresh interpreters from now on
+                log.warning("gpu_pool: fork server failed (%s: %s); jobs start fresh interpreters", type(e).__name__, e)
+                self.zygote = False
+        if not started:
+            self._exec(job, env, job_data)
+        assert job.proc is not None
+        job.record.update(status="running", pid=job.proc.pid, slot=slot.index, device=slot.device,
+                          started_at=now_iso())
+        log.info("gpu_pool: #%d started on %s: %s", job.num, f"GPU {slot.device}" if slot.device else "CPU",
+                 " ".join(job.record["overrides"]))
+
+    def _fork(self, job: Job, env: dict[str, str], job_data: dict[str, Any]) -> None:
+        from hydra_plugins.tlexp_gpu_pool._worker import forked_main
+
+        read_conn, write_conn = self._ctx.Pipe(duplex=False)
+        process = self._ctx.Process(target=forked_main, name=f"gpu_pool-{job.num}",
+                                    args=(pickle.dumps(job_data), env, str(job.dir / JOB_OUTPUT), write_conn))
+        try:
+            process.start()
+        finally:
+            write_conn.close()
+        job.proc = _Forked(process)
+        job.reader = threading.Thread(target=self._receive_result, args=(job, read_conn), daemon=True)
+        job.reader.start()
+
+    def _exec(self, job: Job, env: dict[str, str], job_data: dict[str, Any]) -> None:
+        read_fd, write_fd = os.pipe()
+        payload = pickle.dumps({**job_data, "result_fd": write_fd})
         out = open(job.dir / JOB_OUTPUT, "wb")
         try:
             job.proc = subprocess.Popen(
@@ -262,10 +354,15 @@ class GpuPoolLauncher(Launcher):
         assert job.proc.stdin is not None
         job.proc.stdin.write(payload)
         job.proc.stdin.close()
-        job.record.update(status="running", pid=job.proc.pid, slot=slot.index, device=slot.device,
-                          started_at=now_iso())
-        log.info("gpu_pool: #%d started on %s: %s", job.num, f"GPU {slot.device}" if slot.device else "CPU",
-                 " ".join(job.record["overrides"]))
+
+    @staticmethod
+    def _receive_result(job: Job, conn: Any) -> None:
+        try:
+            job.result = conn.recv_bytes()
+        except (EOFError, OSError):  # the job died before it could say how it ended
+            job.result = b""
+        finally:
+            conn.close()
 
     @staticmethod
     def _read_result(job: Job, fd: int) -> None:
@@ -318,7 +415,10 @@ class GpuPoolLauncher(Launcher):
             try:
                 os.killpg(proc.pid, sig)
             except ProcessLookupError:
-                return
+                try:  # a forked job stopped before it made its own process group
+                    os.kill(proc.pid, sig)
+                except ProcessLookupError:
+                    return
             try:
                 proc.wait(timeout=self.kill_timeout_s if sig == signal.SIGTERM else 30)
             except subprocess.TimeoutExpired:

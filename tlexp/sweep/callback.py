@@ -22,6 +22,7 @@ class SweepCallback(Callback):
         self.report = report
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _warm_pool(config)
         if not self.one_pass:
             return
         from tlexp.sweep.plan import make_plan
@@ -45,3 +46,17 @@ class SweepCallback(Callback):
             print_sweep_report(str(config.hydra.sweep.dir))
         except Exception as e:  # noqa: BLE001 - the sweep itself succeeded; say why there is no table
             log.warning("sweep report: %s", e)
+
+
+def _warm_pool(config: DictConfig) -> None:
+    """Under ``hydra/launcher=gpu_pool``: start its fork server now, so its imports run while the
+    plan featurizes (the launcher finds it running)."""
+    launcher = config.hydra.get("launcher") or {}
+    if not str(launcher.get("_target_", "")).endswith("GpuPoolLauncher") or not launcher.get("zygote", True):
+        return
+    try:
+        from hydra_plugins.tlexp_gpu_pool.launcher import zygote_context
+
+        zygote_context([*(launcher.get("preload") or []), "tlexp.cli"])
+    except Exception as e:  # noqa: BLE001 - the launcher tries again (and says why it cannot)
+        log.debug("gpu_pool fork server not started early: %s", e)
