@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from tlexp.errors import SourceError, TlexpError
-from tlexp.graph import GraphInput, Node, build_layer
+from tlexp.graph import GraphInput, Node, build_layer, built_spec
 
 __all__ = ["T", "Op", "Builder", "Chain", "CL", "CF", "MetaUnsupported", "run_example"]
 
@@ -61,30 +61,52 @@ def to_cl_dims(rank: int) -> list[int]:
 
 
 def load_state(module: nn.Module, state: dict[str, np.ndarray], where: str) -> None:
-    """Copy converted weights into a freshly built module; a shape mismatch is a SourceError."""
+    """Give a freshly built module the converted weights; a shape mismatch is a SourceError.
+
+    The module takes the arrays themselves (``assign``): one copy from the file's layout into
+    torch's, none into tensors the module allocated for nothing."""
     current = module.state_dict()
     new = dict(current)
     for key, value in state.items():
         if key not in current:
             raise RuntimeError(f"{where}: converter produced unknown state key {key!r}")
-        arr = np.asarray(value, dtype=np.float32)
-        tensor = torch.from_numpy(np.ascontiguousarray(arr) if arr.ndim else arr.copy())  # (keeps a scalar 0-d)
+        # a C-ordered copy of its own (never memory another module or the file's arrays share)
+        tensor = torch.from_numpy(np.array(value, dtype=np.float32, order="C", copy=True))
         if tuple(tensor.shape) != tuple(current[key].shape):
             raise SourceError(
                 f"weights: {where}: the file's array for {key} has shape {list(value.shape)} (torch layout), the "
                 f"architecture needs {list(current[key].shape)}; the weights do not fit the architecture"
             )
         new[key] = tensor.to(current[key].dtype)
-    module.load_state_dict(new)
+    module.load_state_dict(new, assign=True)
 
 
 class MetaUnsupported(Exception):
     """A layer that cannot run on meta tensors: the build starts again with real example values."""
 
 
+#: elementwise layer types: on meta tensors their output is their input's shape, no need to run
+_SAME_SHAPE = ("activation", "keras_activation")
+_BATCH_NORMS = {"batchnorm1d": (2, 3), "batchnorm2d": (4,), "batchnorm3d": (5,)}
+
+
+def _same_shape(module: nn.Module, args: list[Any]) -> bool:
+    """Does ``module`` give its (meta) input's shape back? Only types whose answer is known
+    without running them (torch's meta kernels for batch norm run a slow Python decomposition)."""
+    spec = built_spec(module)
+    if spec is None or len(args) != 1 or not isinstance(args[0], torch.Tensor) or not args[0].is_floating_point():
+        return False
+    if spec.type in _SAME_SHAPE:
+        return True
+    ranks = _BATCH_NORMS.get(spec.type)
+    return ranks is not None and args[0].dim() in ranks and args[0].shape[1] == getattr(module, "num_features", None)
+
+
 def run_example(module: nn.Module, args: list[Any], meta: bool) -> Any:
     """``module(*args)`` in inference mode; with ``meta``, on shapes only (weights as meta tensors),
     which costs nothing however large the images are."""
+    if meta and _same_shape(module, args):
+        return torch.empty_like(args[0], device="meta")
     module.eval()
     try:
         with torch.no_grad():
