@@ -15,6 +15,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from tlexp.data.preprocessing import PREPROCESSING_MODES
 from tlexp.finetune._settings import GRADIENT_NORMALIZATIONS, SCHEDULES
 from tlexp.freeze import MODES
 
@@ -30,6 +31,7 @@ __all__ = [
     "Accelerator",
     "InspectFormat",
     "MonitorMode",
+    "PreprocessingMode",
     "plain_choices",
 ]
 
@@ -105,11 +107,17 @@ class MonitorMode(Choice):
     auto = "auto"
 
 
+class PreprocessingMode(Choice):
+    source = "source"
+    refit = "refit"
+
+
 #: each closed choice and the tuple of the room that acts on it (a test keeps them equal)
 CHOICES_OF: dict[type[Choice], tuple[str, ...]] = {
     FreezeMode: MODES,
     Schedule: SCHEDULES,
     GradientNormalization: GRADIENT_NORMALIZATIONS,
+    PreprocessingMode: PREPROCESSING_MODES,
 }
 
 def plain_choices(cfg: DictConfig) -> DictConfig:
@@ -299,6 +307,9 @@ class SplitData:
     split_seed: int = 42
     batch_size: int = 64
     num_workers: int = 0
+    #: starting from a saved model: source (its saved preprocessing: column layout, statistics,
+    #: image normalization) or refit (re-estimated on this run's training split)
+    preprocessing: PreprocessingMode = PreprocessingMode.source
 
 
 @dataclass

@@ -114,15 +114,23 @@ def prepare(cfg: DictConfig) -> Prepared:
     cfg = plain_choices(cfg)
     validate(cfg)
     data_cfg = plain(cfg.data)
+    source_pre = _source_preprocessing(cfg)
     if data_cfg.get("type") == "image_folder":
         # image transforms follow the model (timm's data config): load the model first
         graph, finetune = load_graph(cfg)
         meta = dict(graph.meta)
         extra = {"data_config": meta["data_config"]} if meta.get("data_config") else {}
+        if source_pre is not None and data_cfg.get("preprocessing", "source") == "source":
+            from tlexp.data.preprocessing import ImagePreprocessing
+
+            if not isinstance(source_pre, ImagePreprocessing):
+                raise ConfigError(f"data.preprocessing: the source model was trained on {source_pre.kind} data, these are "
+                                  "images; set data.preprocessing=refit")
+            extra = {"data_config": source_pre.data_config}  # the size and normalization it was trained with
         data = build_datamodule(data_cfg, seed=cfg.seed, **extra)
         data.setup()
     else:
-        data = build_datamodule(data_cfg, seed=cfg.seed)
+        data = build_datamodule(data_cfg, seed=cfg.seed, source_preprocessing=source_pre)
         data.setup()
         graph, finetune = load_graph(cfg, data)
     source_meta = dict(graph.meta)
@@ -167,6 +175,15 @@ def _check_optimizer(graph: LayerGraph, finetune: Mapping[str, Any]) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the fit's own build warns (e.g. a group matching nothing)
         ft.build_optimizer(graph, finetune)
+
+
+def _source_preprocessing(cfg: DictConfig) -> Any:
+    """The preprocessing a saved source model carries (None: another source, or saved without one)."""
+    if cfg.source.get("type") != "saved" or not cfg.source.get("path"):
+        return None
+    from tlexp.data.preprocessing import load_preprocessing
+
+    return load_preprocessing(str(cfg.source.path))
 
 
 def _device(cfg: DictConfig) -> torch.device:
@@ -390,6 +407,8 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "num_classes": data.num_classes,
         "samples": {s: len(data.dataset(s)) for s in ("train", "val", "test")},
         "optimizer_state_loaded": prepared.optimizer_state is not None,
+        # whose statistics prepared the inputs: the saved source model's, or this run's training split
+        "preprocessing": "source" if getattr(data, "fitted", None) is not None else "fitted",
     }
     if len(phases) > 1:
         metrics["phases"] = [ph.summary(graph) for ph in phases]
@@ -405,7 +424,8 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     source_meta = dict(graph.meta)
     if source_meta.get("data_config"):
         meta["data_config"] = source_meta["data_config"]  # how its images are to be prepared
-    save_model(graph, out_dir / "model", optimizer_state=optimizer_state, meta=meta)
+    # how this model's inputs were prepared travels with it (model/preprocessing.json)
+    save_model(graph, out_dir / "model", optimizer_state=optimizer_state, meta=meta, preprocessing=data.preprocessing())
     metrics["timing"]["total_s"] = round(time.perf_counter() - t_start, 4)
     return metrics
 

@@ -40,14 +40,29 @@ DATA_MODULES: dict[str, str] = {
 _PASS_TYPE = {"churn", "csv"}
 
 
-def build_datamodule(cfg: Mapping[str, Any], seed: int, **extra: Any) -> TlexpDataModule:
-    """The data module that the ``data`` config node describes (``seed`` orders the batches)."""
+def build_datamodule(cfg: Mapping[str, Any], seed: int, source_preprocessing: Any = None, **extra: Any) -> TlexpDataModule:
+    """The data module that the ``data`` config node describes (``seed`` orders the batches).
+
+    ``source_preprocessing``: the preprocessing a saved source model carries
+    (:mod:`tlexp.data.preprocessing`); a table applies it under ``data.preprocessing=source``
+    (the default) instead of fitting its own, and ``refit`` ignores it.
+    """
+    from tlexp.data.preprocessing import TabularPreprocessing, check_mode
+
     cfg = dict(cfg)
     kind = cfg.pop("type", None)
+    mode = check_mode(str(cfg.pop("preprocessing", "source")))
     if kind not in DATA_MODULES:
         raise ConfigError(f"data.type: unknown data set {kind!r}; valid: {choices(DATA_MODULES)}")
     mod_name, cls_name = DATA_MODULES[kind].split(":")
     cls = getattr(importlib.import_module(mod_name), cls_name)
     if kind in _PASS_TYPE:
         cfg["type"] = kind
+        if mode == "source" and source_preprocessing is not None:
+            if not isinstance(source_preprocessing, TabularPreprocessing):
+                raise ConfigError(
+                    f"data.preprocessing: the source model was trained on {source_preprocessing.kind} data, this is a "
+                    "table; set data.preprocessing=refit"
+                )
+            extra["fitted"] = source_preprocessing
     return cls(seed=seed, **cfg, **extra)

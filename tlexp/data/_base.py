@@ -53,6 +53,10 @@ class TlexpDataModule(pl.LightningDataModule):
         """The split with its random training transform; the plain split when there is none."""
         return self.dataset(split)
 
+    def preprocessing(self) -> Any:
+        """How samples were prepared (:mod:`tlexp.data.preprocessing`), saved with a trained model."""
+        return None
+
     # ---- shared ----------------------------------------------------------------------------
 
     def setup(self, stage: str | None = None) -> None:

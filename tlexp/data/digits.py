@@ -54,6 +54,11 @@ class DigitsDataModule(TlexpDataModule):
             for name, ids in (("train", train), ("val", val), ("test", test))
         }
 
+    def preprocessing(self) -> Any:
+        from tlexp.data.preprocessing import DigitsPreprocessing
+
+        return DigitsPreprocessing(classes=list(self.class_names))
+
     def identity(self) -> dict[str, Any]:
         return {
             "data": "digits",

@@ -279,6 +279,11 @@ class ImageFolderDataModule(TlexpDataModule):
             return self.dataset(split)
         return _Images(self._split_samples[split], self.transform(True), self._mode)
 
+    def preprocessing(self) -> Any:
+        from tlexp.data.preprocessing import ImagePreprocessing
+
+        return ImagePreprocessing(data_config=json.loads(json.dumps(self.data_config)), classes=list(self.class_names))
+
     def labels(self, split: str) -> torch.Tensor:
         return torch.as_tensor([y for _, y in self._split_samples[split]], dtype=torch.long)
 

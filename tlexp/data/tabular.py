@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from tlexp.data._base import TlexpDataModule
 from tlexp.data._split import cap_per_class, check_fractions, stratified_split
+from tlexp.data.preprocessing import TabularPreprocessing
 from tlexp.errors import ConfigError, SourceError, choices
 
 __all__ = ["TabularDataModule", "CHURN_COLUMNS", "synthetic_churn", "write_csv", "read_csv"]
@@ -127,8 +129,11 @@ class TabularDataModule(TlexpDataModule):
         category_order: Mapping[str, Sequence[str]] | None = None,
         dropna: bool = False,
         fillna: float | None = None,
+        fitted: TabularPreprocessing | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
+        #: the source model's preprocessing, applied instead of fitting one (data.preprocessing=source)
+        self.fitted = fitted
         if path is None and type != "churn":
             raise ConfigError("data.path: a CSV file is needed (data.path=FILE)")
         check_fractions(val_fraction, test_fraction)
@@ -179,10 +184,26 @@ class TabularDataModule(TlexpDataModule):
         # categories and number checks cover the whole table, so a filtered run (data.where) keeps
         # the input width and a malformed file fails whatever rows the filter keeps
         skip = set(self.drop) | {self.label}
-        numeric = [h for h in header if h not in skip and h not in self.categorical]
+        inputs = [h for h in header if h not in skip]
+        if self.fitted is not None:
+            self._check_fitted(inputs)
+            # the source's layout: its column order, its categorical columns and their categories
+            inputs = list(self.fitted.columns)
+            numeric = [h for h in inputs if h not in self.fitted.categorical]
+        else:
+            numeric = [h for h in inputs if h not in self.categorical]
         rows = self._missing_values(rows, col, numeric, origin)
         cats = {c: sorted({r[col[c]] for r in rows}) for c in self.categorical}
-        for c, order in self.category_order.items():
+        if self.fitted is not None:
+            cats = {c: list(v) for c, v in self.fitted.categorical.items()}
+            for c, known in cats.items():
+                unknown = sorted({r[col[c]] for r in rows} - set(known))
+                if unknown:
+                    raise SourceError(
+                        f"data.preprocessing: column {c!r} of {origin} has value(s) {unknown[:5]} the source model's "
+                        f"preprocessing does not know (known: {choices(known)}); data.preprocessing=refit re-fits it"
+                    )
+        for c, order in ({} if self.fitted is not None else self.category_order).items():
             if c not in cats:
                 raise ConfigError(f"data.category_order: {c!r} is not a categorical column; valid: {choices(cats)}")
             if sorted(order) != cats[c]:
@@ -214,9 +235,9 @@ class TabularDataModule(TlexpDataModule):
         y = np.array([classes.index(v) for v in labels_raw], dtype=np.int64)
         features: list[np.ndarray] = []
         names: list[str] = []
-        for h in header:
-            if h in skip:
-                continue
+        self._columns = list(inputs)
+        self._categories = cats
+        for h in inputs:
             if h in cats:
                 values = [r[col[h]] for r in rows]
                 for category in cats[h][1:]:
@@ -227,6 +248,8 @@ class TabularDataModule(TlexpDataModule):
                 names.append(h)
         if not features:
             raise ConfigError("data.drop: every column is dropped; nothing is left to learn from")
+        if self.fitted is not None and names != self.fitted.features:  # the same columns give the same layout
+            raise SourceError(f"data.preprocessing: the encoded features {names} differ from the source's {self.fitted.features}")
         self.feature_names = names
         self.input_shape = (len(names),)
         self._origin = origin
@@ -261,11 +284,15 @@ class TabularDataModule(TlexpDataModule):
         x, y = self._encoded
         train, val, test = stratified_split(y, self.val_fraction, self.test_fraction, self.split_seed)
         train = cap_per_class(train, y, self.max_per_class)
-        mean = x[train].mean(axis=0)
-        std = x[train].std(axis=0)
-        std[std == 0] = 1.0
-        if not self.standardize:
-            mean, std = np.zeros_like(mean), np.ones_like(std)
+        if self.fitted is not None:  # the source model's statistics, not this population's
+            mean = np.asarray(self.fitted.mean, dtype=np.float32)
+            std = np.asarray(self.fitted.std, dtype=np.float32)
+        else:
+            mean = x[train].mean(axis=0)
+            std = x[train].std(axis=0)
+            std[std == 0] = 1.0
+            if not self.standardize:
+                mean, std = np.zeros_like(mean), np.ones_like(std)
         self.stats = {"mean": mean.tolist(), "std": std.tolist()}
         xs = ((x - mean) / std).astype(np.float32)
         return {
@@ -273,10 +300,36 @@ class TabularDataModule(TlexpDataModule):
             for name, ids in (("train", train), ("val", val), ("test", test))
         }
 
+    def _check_fitted(self, inputs: list[str]) -> None:
+        """The data's input columns and categorical columns are the source preprocessing's."""
+        assert self.fitted is not None
+        self.fitted.check_columns(inputs, where="data.preprocessing=source")
+        mine, theirs = sorted(self.categorical), sorted(self.fitted.categorical)
+        if mine != theirs:
+            raise ConfigError(
+                f"data.categorical: {mine} but the source model's preprocessing encodes {theirs} as categorical; "
+                f"set data.categorical={theirs} or data.preprocessing=refit"
+            )
+
+    def preprocessing(self) -> TabularPreprocessing:
+        """What this module fitted (or took from the source): saved with the model it trains."""
+        self.setup()
+        return TabularPreprocessing(
+            label=self.label, classes=list(self.class_names), columns=list(self._columns),
+            categorical={c: list(v) for c, v in self._categories.items()}, features=list(self.feature_names),
+            mean=[float(v) for v in self.stats["mean"]], std=[float(v) for v in self.stats["std"]],
+            drop=list(self.drop), fillna=self.fillna,
+        )
+
     def identity(self) -> dict[str, Any]:
         ident = self._identity()
         if self.category_order:
             ident["category_order"] = self.category_order
+        if self.fitted is not None:  # the features depend on the source's statistics
+            from tlexp.data.preprocessing import to_dict
+
+            blob = json.dumps(to_dict(self.fitted), sort_keys=True).encode()
+            ident["preprocessing"] = f"the source model's: {hashlib.sha256(blob).hexdigest()}"
         return ident
 
     def _identity(self) -> dict[str, Any]:

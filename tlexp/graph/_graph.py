@@ -115,6 +115,8 @@ class LayerGraph(nn.Module):
         #: what the source knows beyond the layers (timm's data config, the classifier's name,
         #: a Keras file's training config …); JSON data, saved with the model
         self.meta: dict[str, Any] = dict(meta or {})
+        #: how a saved model's inputs were prepared (tlexp.data.preprocessing; set by load_model)
+        self.preprocessing: Any = None
         self.graph_inputs: list[GraphInput] = [i if isinstance(i, GraphInput) else GraphInput(i) for i in inputs]
         self.layers = nn.ModuleDict()
         self._nodes: list[Node] = []

@@ -73,8 +73,12 @@ def save_model(
     directory: str | os.PathLike[str],
     optimizer_state: Mapping[str, Any] | None = None,
     meta: Mapping[str, Any] | None = None,
+    preprocessing: Any = None,
 ) -> Path:
     """Write ``graph`` (and optionally an optimizer state) as a model folder, atomically.
+
+    ``preprocessing`` (:mod:`tlexp.data.preprocessing`; by default the graph's own, as
+    :func:`load_model` set it) is written beside it as ``preprocessing.json``.
 
     The folder is assembled under a temporary name beside the target and renamed into place,
     so a crash leaves the previous folder (or none), never a half-written one.
@@ -93,6 +97,12 @@ def save_model(
         if optimizer_state is not None:
             tensors, ometa = optimizer_state_to_tensors(optimizer_state)
             save_file(tensors, str(tmp / OPTIMIZER_FILE), metadata=ometa)
+        if preprocessing is None:
+            preprocessing = getattr(graph, "preprocessing", None)
+        if preprocessing is not None:
+            from tlexp.data.preprocessing import save_preprocessing
+
+            save_preprocessing(preprocessing, tmp)
         for f in tmp.iterdir():  # safetensors writes 0600
             f.chmod(umask_mode())
         if target.exists():
@@ -201,6 +211,10 @@ def load_model(directory: str | os.PathLike[str]) -> LayerGraph:
                 f"the architecture needs {list(expected[k].shape)}"
             )
     graph.load_state_dict(weights)
+    from tlexp.data.preprocessing import load_preprocessing
+
+    # how its inputs were prepared (None for a model saved without it): new data the same way
+    graph.preprocessing = load_preprocessing(directory)
     graph.eval()  # every loader returns inference mode (dropout off, batch-norm running statistics)
     return graph
 
