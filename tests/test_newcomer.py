@@ -15,6 +15,7 @@ from tests.conftest import run_cli
 from tlexp._resources import MODELS_DIR
 
 QUICK = ["trainer.enable_progress_bar=false", "print_table=false"]
+KERAS_H5 = Path(__file__).parent / "fixtures" / "keras" / "k2" / "digits.h5"
 
 
 def _own_csv(path: Path, width: int = 4, rows: int = 300) -> Path:
@@ -58,8 +59,7 @@ def test_experiment_continue_loads_the_optimizer_state(tmp_path: Path) -> None:
     assert metrics["optimizer_state_loaded"] is True and metrics["freeze"]["frozen"] == ["dense0", "dense1"]
     assert "state loaded from" in res.stdout
     # console hygiene: no Lightning advertisement, in the console or the log
-    for text in (res.stdout, res.stderr, (tmp_path / "b" / "tlexp.log").read_text()):
-        assert "litlogger" not in text.lower() and "Tip:" not in text
+    _assert_no_lightning_ads(res.stdout, res.stderr, (tmp_path / "b" / "tlexp.log").read_text())
 
 
 def test_spec_on_csv_selects_defaults_for_a_fresh_network(compose_cfg) -> None:
@@ -99,13 +99,29 @@ def test_spec_model_on_csv_learns_with_the_defaults(tmp_path: Path) -> None:
     data = _xor_csv(tmp_path / "t.csv")
     layers = ("source.layers=[{name: h, type: dense, out_features: 16, activation: relu}, "
               "{name: out, type: dense, out_features: auto, activation: softmax}]")
+    run_dir = tmp_path / "outputs" / "a_run_folder_with_a_long_name_that_does_not_fit_in_eighty_columns_at_all"
+    # not a terminal, 80 columns: the summary table is printed as a user piping it would see it
     res = run_cli(["source=spec", "data=csv", f"data.path={data}", "data.label=y", layers,
-                   f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", *QUICK], cwd=tmp_path)
+                   f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}", "trainer.enable_progress_bar=false"],
+                  cwd=tmp_path, env={"COLUMNS": "80"})
     assert res.returncode == 0, res.stderr[-2000:]
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["num_classes"] == 2
     assert metrics["val"]["accuracy"] >= 0.85 and metrics["test"]["accuracy"] >= 0.85, (metrics["val"], metrics["test"])
     assert metrics["epochs"] > 10  # more than the generic 10 epochs (early stopping may end it before 100)
+    # console hygiene on a real run: no Lightning banner or advertisement, in the console or tlexp.log
+    _assert_no_lightning_ads(res.stdout, res.stderr, (run_dir / "tlexp.log").read_text())
+    # the table fits 80 columns and folds the long run folder instead of cutting it to "…"
+    assert "tlexp run:" in res.stdout and "…" not in res.stdout
+    assert max(len(line) for line in res.stdout.splitlines()) <= 80
+    assert run_dir.name[:30] in res.stdout and run_dir.name[-12:] in res.stdout
+
+
+def _assert_no_lightning_ads(*texts: str) -> None:
+    for text in texts:
+        for ad in ("GPU available", "TPU available", "HPU available", "\N{ELECTRIC LIGHT BULB}", "Tip:", "litlogger",
+                   "litmodels", "lightning.ai"):
+            assert ad.lower() not in text.lower(), (ad, text[-3000:])
 
 
 def test_spec_layers_take_auto_sizes(compose_cfg) -> None:
@@ -172,6 +188,48 @@ def test_warnings_are_one_line_without_source(capsys) -> None:
         warnings.showwarning = saved
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert err == ["tlexp: warning: something odd"]
+
+
+def test_library_warnings_are_one_line_without_source() -> None:
+    """Python's own display of a warning (what a library user sees) is one line: tlexp's
+    warnings point at no source line, so no `  warnings.warn(` echo follows them."""
+    from tlexp.sources.keras import load_keras
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_keras(KERAS_H5)  # a Keras file with a training config, which is ignored
+    shown = [warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line) for w in caught]
+    assert len(shown) == 1 and "training config" in shown[0], shown
+    assert shown[0].count("\n") == 1 and "warn(" not in shown[0]
+
+
+@pytest.mark.slow
+def test_inspect_prints_a_warning_as_one_line(tmp_path: Path) -> None:
+    res = run_cli([f"source.path={KERAS_H5}", "source=keras"], cwd=tmp_path, script="tlexp-inspect",
+                  env={"PYTHONWARNINGS": "default", "COLUMNS": "80"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("tlexp: warning: digits.h5: the stored Keras training config"), lines
+    assert "…" not in res.stdout and max(len(line) for line in res.stdout.splitlines()) <= 80
+
+
+def test_cache_list_fits_80_columns_without_cutting_paths(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from tlexp.featurize._admin import CacheEntry, list_table
+
+    model = "/home/someone/projects/transfer/experiments/2026-12-02/a_long_folder_name/model"
+    table_csv = "/data/some/where/quite/deep/inside/a/tree/train_set_2026.csv"
+    entry = CacheEntry("ab" * 32, [], {"up_to": "layer4", "source": f"saved: {model}", "dtype": "float32",
+                                       "data": {"data": "csv", "path": table_csv}, "writer": "host:1234"})
+    console = Console(width=80, record=True)
+    console.print(list_table([entry], tmp_path / "cache"))
+    text = console.export_text()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    assert "abababababab" in text and "float32" in text
+    rows = [line.split("│")[1:-1] for line in text.splitlines() if line.startswith("│")]
+    column = ["".join(cells[i].strip() for cells in rows) for i in range(len(rows[0]))]
+    assert column[2] == f"saved:{model}" and column[3] == f"csv:{table_csv}"  # folded, whole
 
 
 @pytest.mark.slow

@@ -184,6 +184,12 @@ def _without_schemas(help_text: str) -> str:
     return "\n".join(out)
 
 
+#: Lightning's start-up lines that say nothing about the run: the device banner (tlexp's table
+#: says where it ran), tips and advertisements for Lightning's cloud products
+_ADS = re.compile(r"^(GPU|TPU|HPU|IPU) available:|Tip:|\N{ELECTRIC LIGHT BULB}|litlogger|litmodels|lightning\.ai",
+                  re.IGNORECASE | re.MULTILINE)
+
+
 def _quiet_console() -> None:
     """The console shows tlexp's lines: a warning is one line (never Python's source-line echo),
     and Lightning's advertisements are dropped (from tlexp.log too)."""
@@ -192,15 +198,16 @@ def _quiet_console() -> None:
 
     def one_line(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
         text = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
-        logging.getLogger("tlexp.warnings").warning("%s: %s (%s:%d)", category.__name__, text, filename, lineno)
+        to_log = logging.getLogger("tlexp.warnings")
+        if to_log.hasHandlers():  # a run's tlexp.log (tlexp-inspect logs nowhere: no last-resort echo)
+            to_log.warning("%s: %s (%s:%d)", category.__name__, text, filename, lineno)
         print(f"tlexp: warning: {text}", file=sys.stderr)
 
     warnings.showwarning = one_line
 
     class _NoAds(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:
-            msg = record.getMessage()
-            return not ("Tip:" in msg or "litlogger" in msg.lower() or "lightning.ai" in msg.lower())
+            return _ADS.search(record.getMessage()) is None
 
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero",
                  "lightning_fabric.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
@@ -244,6 +251,7 @@ def inspect_main() -> None:
     # inspecting writes nothing: no run folder, no log file
     quiet = ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
     sys.argv = [sys.argv[0], *argv, *quiet]
+    _quiet_console()  # warnings (a Keras file's ignored training config, …) as one line each
     _guard(_inspect_app)
 
 

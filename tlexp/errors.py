@@ -8,9 +8,11 @@ its traceback.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
+from typing import Any
 
-__all__ = ["TlexpError", "ConfigError", "ShapeError", "SourceError", "choices"]
+__all__ = ["TlexpError", "ConfigError", "ShapeError", "SourceError", "choices", "warn"]
 
 
 class TlexpError(ValueError):
@@ -37,3 +39,15 @@ def choices(values: Iterable[object], limit: int = 40) -> str:
     if len(vals) > limit:
         return ", ".join(vals[:limit]) + f", … ({len(vals)} in all)"
     return ", ".join(vals)
+
+
+#: the "once per location" registry of tlexp's own warnings (see :func:`warn`)
+_WARNED: dict[Any, Any] = {}
+
+
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
+    """Warn in one line. Python shows a ``warnings.warn`` as ``file:line: Category: message``
+    followed by the source line of the call (``  warnings.warn(``), code the user never wrote;
+    this goes through the same machinery (filters, ``-W``, ``pytest.warns``, ``catch_warnings``)
+    but points at no source line, so a library user sees ``tlexp:0: UserWarning: message``."""
+    warnings.warn_explicit(message, category, filename="tlexp", lineno=0, module="tlexp", registry=_WARNED)

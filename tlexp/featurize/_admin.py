@@ -113,7 +113,9 @@ def list_table(entries: list[CacheEntry], cache_dir: str | Path) -> Table:
     total = sum(e.size for e in entries)
     table = Table(title=f"feature cache {cache_dir}: {len(entries)} key(s), {human_bytes(total)}")
     for col in ("key", "cut", "source", "data", "dtype", "size", "last used", "written by"):
-        table.add_column(col, justify="right" if col == "size" else "left")
+        # at 80 columns (a pipe, a CI log) paths fold onto the next line, never cut to "…"
+        table.add_column(col, justify="right" if col == "size" else "left",
+                         **({"no_wrap": True} if col in ("key", "size", "dtype") else {"overflow": "fold"}))  # type: ignore[arg-type]
     for e in entries:
         table.add_row(e.key[:12], _cut(e.info), str(e.info.get("source", "?")), _data_name(e.info),
                       str(e.info.get("dtype", "?")), human_bytes(e.size), _when(e.last_used),

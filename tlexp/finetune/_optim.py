@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import functools
 import inspect
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from tlexp.errors import ConfigError
+from tlexp.errors import ConfigError, warn
 from tlexp.finetune._params import is_weight, rule_for, trainable_params
 from tlexp.finetune._settings import GroupRule, Settings, parse
 from tlexp.graph import LayerGraph
@@ -72,10 +71,9 @@ def param_groups(graph: LayerGraph, s: Settings, native_decay: bool) -> list[dic
     for rule in (None, *s.groups):
         index = -1 if rule is None else rule.index
         if rule is not None and (index, True) not in buckets and (index, False) not in buckets:
-            warnings.warn(
+            warn(
                 f"finetune.groups[{index}]: pattern {rule.label!r} matches no trainable parameter; "
-                "the entry has no effect",
-                stacklevel=3,
+                "the entry has no effect"
             )
         lr, wd = _lr_and_decay(s, rule)
         label = "default" if rule is None else rule.label

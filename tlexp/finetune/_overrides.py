@@ -99,13 +99,12 @@ def _override_layers(graph: LayerGraph, s: Settings) -> None:
         if owner is not None:
             node.spec = graph.node(owner).spec
     if s.dropout is not None and not dropout_set:
-        import warnings
+        from tlexp.errors import warn
 
-        warnings.warn(
+        warn(
             f"finetune.dropout: the override (drop probability {s.dropout:g}) changes no layer: no unfrozen layer "
             "takes dropout (frozen layers and the output layer are left alone; finetune.apply_to_output=true "
-            "includes the output layer)",
-            stacklevel=3,
+            "includes the output layer)"
         )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -284,7 +285,7 @@ def print_sweep_report(sweep_dir: str | Path, metric: str | None = None, console
     rep = load_sweep(sweep_dir, metric)
     if console is None:
         console = Console()
-        if not console.is_terminal:  # a log file or a pipe: room for the columns
+        if not console.is_terminal and not os.environ.get("COLUMNS"):  # a log file or a pipe: room for the columns
             console = Console(width=140)
     console.print(render_table(rep))
     console.print(_best_line(rep))

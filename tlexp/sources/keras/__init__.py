@@ -18,12 +18,11 @@ does. Node names are the Keras layer names (``outer/inner`` inside nested models
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tlexp.errors import ConfigError, SourceError, TlexpError
+from tlexp.errors import ConfigError, SourceError, TlexpError, warn
 from tlexp.graph import LayerGraph
 from tlexp.sources.keras._convert import supported_classes
 from tlexp.sources.keras._model import LAYOUTS
@@ -69,10 +68,9 @@ def load_keras(
     if enforce_training_config:
         meta["finetune_overrides"] = map_training_config(kf.training_config)
     elif kf.training_config and kf.training_config.get("optimizer_config"):
-        warnings.warn(
+        warn(
             f"{Path(path).name}: the stored Keras training config (optimizer, loss) is ignored; the run's finetune "
-            "config applies (set source.enforce_training_config=true to use the stored one)",
-            stacklevel=2,
+            "config applies (set source.enforce_training_config=true to use the stored one)"
         )
     try:
         graph = _build_graph(kf, input_layout, _shapes(input_shape))
@@ -92,10 +90,9 @@ def load_keras(
         if terms:
             meta["training_terms"] = KerasTerms(terms)
     elif labels or unsupported:
-        warnings.warn(
+        warn(
             f"{Path(path).name}: Keras regularizers/constraints are not applied (set source.enforce_training_config=true "
-            f"to apply them): {'; '.join(labels + unsupported)}",
-            stacklevel=2,
+            f"to apply them): {'; '.join(labels + unsupported)}"
         )
     return graph.rebuilt(meta=meta).eval()  # every loader returns inference mode
 

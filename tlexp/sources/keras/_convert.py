@@ -8,14 +8,13 @@ OIHW, (in, out) -> (out, in), GRU gates z, r, h -> r, z, n, ...).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from tlexp.errors import SourceError, choices
+from tlexp.errors import SourceError, choices, warn
 from tlexp.sources.keras import _layers_more  # noqa: F401  (registers the layer types below need)
 from tlexp.sources.keras._builder import CF, CL, Builder, Chain, Op, T, to_cl_dims
 from tlexp.sources.keras._layers import KERAS_ACTIVATIONS
@@ -966,7 +965,7 @@ def _rnn_settings(k: KLayer, cfg: dict[str, Any]) -> dict[str, Any]:
     if cfg.get("time_major"):
         raise SourceError(f"keras layer {k.name!r}: time_major=True is not supported; inputs are (batch, time, features)")
     if cfg.get("stateful"):
-        warnings.warn(f"keras layer {k.name!r}: stateful=True is imported as stateless", stacklevel=3)
+        warn(f"keras layer {k.name!r}: stateful=True is imported as stateless")
     return {
         "units": int(cfg["units"]),
         "activation": activation_name(sub, "activation", "tanh"),
