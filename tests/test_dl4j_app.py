@@ -128,3 +128,74 @@ def test_continuing_a_saved_run_keeps_its_frozen_set(compose_cfg, tmp_path: Path
     assert train_run(cont)["freeze"]["frozen"] == ["layer0"]
     told = compose_cfg("source=saved", f"source.path={model}", "source.load_optimizer_state=false", *common, out="c")
     assert train_run(told)["freeze"]["frozen"] == []
+
+
+# ---- continuing a saved run: the schedule and the counters come back with the optimizer state --
+
+
+def _moon_common(tmp_path: Path) -> tuple[str, ...]:
+    csv = _moons_csv(tmp_path / "moons.csv")
+    return ("experiment=none", "data=csv", f"data.path={csv}", "data.label=label", "freeze.mode=in_model",
+            "freeze.up_to=layer0", "finetune=nesterov", "finetune.lr=0.1")
+
+
+def test_continued_step_schedule_uses_the_lr_an_uninterrupted_run_would(compose_cfg, tmp_path: Path) -> None:
+    common = (*_moon_common(tmp_path), "finetune.schedule=step", "finetune.schedule_args={step_size: 1, gamma: 0.5}")
+    whole = train_run(compose_cfg("source=dl4j", f"source.path={MOON}", *common, "trainer.max_epochs=3", out="whole"))
+    train_run(compose_cfg("source=dl4j", f"source.path={MOON}", *common, "trainer.max_epochs=2", out="a"))
+    # continued without naming a schedule: the saved one comes back, where it stopped
+    cont = train_run(compose_cfg("source=saved", f"source.path={tmp_path / 'a' / 'model'}",
+                                 "source.load_optimizer_state=true", *_moon_common(tmp_path)[:-2],
+                                 "trainer.max_epochs=1", out="b"))
+    p, w = cont["progress"], whole["progress"]
+    assert p["schedule_restored"] is True
+    assert p["lr_first"] == pytest.approx(0.1 * 0.5**2) == pytest.approx(w["lr_last"])
+    assert p["continued_from"]["epochs"] == 2 and p["epochs"] == w["epochs"] == 3
+    assert p["global_step"] == w["global_step"] == 3 * (p["global_step"] - p["continued_from"]["global_step"])
+    saved = json.loads((tmp_path / "b" / "metrics.json").read_text())["progress"]
+    assert saved["epochs"] == 3 and saved["lr_first"] == pytest.approx(0.025)
+    # told to start afresh (load_optimizer_state=false): the configured lr, counters from zero
+    fresh = train_run(compose_cfg("source=saved", f"source.path={tmp_path / 'a' / 'model'}",
+                                  "source.load_optimizer_state=false", *common, "trainer.max_epochs=1", out="c"))
+    assert fresh["progress"]["lr_first"] == pytest.approx(0.1) and fresh["progress"]["epochs"] == 1
+
+
+def test_continued_cosine_schedule_steps_on_from_its_position(compose_cfg, tmp_path: Path) -> None:
+    common = (*_moon_common(tmp_path), "finetune.schedule=cosine", "finetune.schedule_args={min_lr: 0.01}",
+              "trainer.max_epochs=1")
+    first = train_run(compose_cfg("source=dl4j", f"source.path={MOON}", *common, out="a"))
+    steps = first["progress"]["global_step"]
+    cont = train_run(compose_cfg("source=saved", f"source.path={tmp_path / 'a' / 'model'}",
+                                 "source.load_optimizer_state=true", *common, out="b"))
+    # the same scheduler stepped on without a break: torch's CosineAnnealingLR over the first run's steps
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.1)
+    ref = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=0.01)
+    lrs = []
+    for _ in range(2 * steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        ref.step()
+    assert first["progress"]["lr_first"] == pytest.approx(lrs[0]) and first["progress"]["lr_last"] == pytest.approx(lrs[steps - 1])
+    assert cont["progress"]["schedule_restored"] is True
+    assert cont["progress"]["lr_first"] == pytest.approx(lrs[steps])  # not 0.1: the schedule did not restart
+    assert cont["progress"]["lr_last"] == pytest.approx(lrs[2 * steps - 1])
+    assert cont["progress"]["global_step"] == 2 * steps
+
+
+def test_dl4j_iteration_and_epoch_counts_carry_into_a_continued_run(compose_cfg, tmp_path: Path) -> None:
+    import zipfile
+
+    src = zipfile.ZipFile(MOON)
+    conf = json.loads(src.read("configuration.json"))
+    conf["iterationCount"], conf["epochCount"] = 7, 3
+    for c in conf["confs"]:
+        c["iterationCount"], c["epochCount"] = 7, 3
+    path = tmp_path / "moon_trained.zip"
+    with zipfile.ZipFile(path, "w") as out:
+        for name in src.namelist():
+            out.writestr(name, json.dumps(conf) if name == "configuration.json" else src.read(name))
+    m = train_run(compose_cfg("source=dl4j", f"source.path={path}", "source.load_optimizer_state=true",
+                              *_moon_common(tmp_path)[:-2], "trainer.max_epochs=1"))
+    assert m["progress"]["continued_from"] == {"epochs": 3, "global_step": 7}
+    assert m["progress"]["epochs"] == 4 and m["progress"]["global_step"] > 7

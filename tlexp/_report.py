@@ -40,6 +40,13 @@ def print_run_table(cfg: Any, metrics: Mapping[str, Any], out_dir: Path, console
                              "source.pretrained=true (download) or source.weights=FILE")
     if metrics.get("optimizer_state_loaded"):
         t.add_row("optimizer", f"state loaded from {src.get('path')} (training continues)")
+        prog = metrics.get("progress") or {}
+        if prog.get("continued_from"):
+            was = prog["continued_from"]
+            restored = prog.get("schedule_restored")
+            sched = ("continued" if restored is True else restored) if restored else "none saved"
+            t.add_row("continued", f"from epoch {was.get('epochs', 0)}, step {was.get('global_step', 0)}; "
+                                   f"now {prog.get('epochs')} epochs, {prog.get('global_step')} steps; schedule {sched}")
     t.add_row("surgery", f"{len(cfg.surgery.ops)} op(s)" + (": " + ", ".join(str(o.get('op')) for o in cfg.surgery.ops) if cfg.surgery.ops else ""))
     frz = metrics["freeze"]
     t.add_row("frozen", f"up to {frz['up_to']!r}: {len(frz['frozen'])} layer(s)" if frz["frozen"] else "nothing")

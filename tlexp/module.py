@@ -105,6 +105,13 @@ class TransferModule(pl.LightningModule):
         self.automatic_optimization = False
         self._step_scheduler: Any = None
         self._epoch_scheduler: Any = None
+        #: where a continued run starts (a saved run's counters, DL4J's iteration/epoch counts)
+        #: and what this run did: optimizer steps, the lr of its first and last step
+        self.progress_before: dict[str, Any] = dict((optimizer_state or {}).get("progress") or {})
+        self.schedule_restored: bool | str = False
+        self.steps_done = 0
+        self.lr_first: float | None = None
+        self.lr_last: float | None = None
         self.test_metrics = make_metrics(num_classes).clone(prefix="test/")
         #: val/auroc is computed per epoch only when it chooses the epoch (it needs every score)
         self.val_auroc = monitor == "val/auroc" and num_classes == 2
@@ -140,7 +147,12 @@ class TransferModule(pl.LightningModule):
         extra = self.training_terms.penalty(self.model) if self.training_terms is not None else 0.0
         self.manual_backward(loss + ft.regularization_loss(self.model, self.settings) + extra)
         ft.normalize_gradients(self.model, self.settings)
+        lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
+        self.steps_done += 1
+        self.lr_last = float(lr)
+        if self.lr_first is None:
+            self.lr_first = float(lr)
         ft.apply_constraints(self.model, self.settings)
         if self.training_terms is not None:
             self.training_terms.after_step(self.model)
@@ -211,12 +223,72 @@ class TransferModule(pl.LightningModule):
         scheduler = ft.build_scheduler(optimizer, self.settings, max_epochs=int(self.trainer.max_epochs or 1), steps_per_epoch=steps)
         if scheduler is None:
             return optimizer
+        saved = self.progress_before.get("schedule")
+        if saved and self.optimizer_state is not None:
+            self.schedule_restored = self._restore_schedule(optimizer, scheduler, saved, steps)
         # stepped by training_step / on_train_epoch_end (manual optimization steps nothing itself)
         if scheduler.get("interval", "epoch") == "step":
             self._step_scheduler = scheduler["scheduler"]
         else:
             self._epoch_scheduler = scheduler["scheduler"]
         return optimizer
+
+    def _restore_schedule(self, optimizer: torch.optim.Optimizer, scheduler: Mapping[str, Any],
+                          saved: Mapping[str, Any], steps_per_epoch: int) -> bool | str:
+        """Continue the saved run's schedule where it stopped (True), or say why it starts fresh."""
+        why = _same_schedule(saved, self.settings)
+        if why is not None:
+            return f"started fresh: {why}"
+        state = saved.get("state") or {}
+        total = state.get("total_steps")
+        if total is not None:  # OneCycleLR cannot step past its cycle
+            left = int(total) - int(state.get("last_epoch", 0))
+            need = steps_per_epoch * int(self.trainer.max_epochs or 1)
+            if need > left:
+                raise ConfigError(
+                    f"finetune.schedule: the saved onecycle schedule has {left} steps left, this run takes {need}; "
+                    "set trainer.max_epochs lower or choose another finetune.schedule (it starts fresh)"
+                )
+        ft.restore_scheduler(optimizer, scheduler["scheduler"], state, (self.optimizer_state or {}).get("param_groups"))
+        return True
+
+    def progress(self, epochs: int) -> dict[str, Any]:
+        """The counters a continued run starts from (saved with the optimizer state) and this
+        run's own: epochs and optimizer steps in all, the lr of the first and last step."""
+        before = self.progress_before
+        out: dict[str, Any] = {
+            "epochs": int(before.get("epochs", 0)) + epochs,
+            "global_step": int(before.get("global_step", 0)) + self.steps_done,
+            "lr_first": self.lr_first,
+            "lr_last": self.lr_last,
+        }
+        if before:
+            out["continued_from"] = {k: before[k] for k in ("epochs", "global_step") if k in before}
+            out["schedule_restored"] = self.schedule_restored
+        sched = self._step_scheduler or self._epoch_scheduler
+        if sched is not None:
+            out["schedule"] = _schedule_record(self.settings, sched)
+        return out
+
+
+def _same_schedule(saved: Mapping[str, Any], settings: Any) -> str | None:
+    """Why a saved schedule cannot continue as this run's (None: it can)."""
+    if saved.get("name") != settings.schedule:
+        return f"the saved run used schedule {saved.get('name')!r}, this run {settings.schedule!r}"
+    if _plain_json(saved.get("args") or {}) != _plain_json(dict(settings.schedule_args)):
+        return f"schedule_args differ from the saved run's ({saved.get('args')})"
+    return None
+
+
+def _schedule_record(settings: Any, scheduler: Any) -> dict[str, Any]:
+    return {"name": settings.schedule, "args": _plain_json(dict(settings.schedule_args)),
+            "state": ft.scheduler_state(scheduler)}
+
+
+def _plain_json(value: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(value, default=str))
 
 
 def state_by_name(optimizer: torch.optim.Optimizer, model: torch.nn.Module, by_name: Mapping[str, Any]) -> dict[str, Any]:

@@ -389,7 +389,10 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     val = evaluate(graph, data.val_dataloader(), data.num_classes, device)
     test = evaluate(graph, data.test_dataloader(), data.num_classes, device)
     graph.cpu()
+    progress = _progress([ph.trainer.lightning_module for ph in phases], epochs_run)
     optimizer_state = trainer.optimizers[0].state_dict() if prepared.finetune.get("save_optimizer_state", True) and trainer.optimizers else None
+    if optimizer_state is not None:
+        optimizer_state = {**optimizer_state, "progress": progress}
     metrics = {
         "name": cfg.name,
         "status": "completed",
@@ -409,6 +412,9 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "optimizer_state_loaded": prepared.optimizer_state is not None,
         # whose statistics prepared the inputs: the saved source model's, or this run's training split
         "preprocessing": "source" if getattr(data, "fitted", None) is not None else "fitted",
+        # epochs / optimizer steps in all (a continued run counts on from the saved ones), the lr
+        # of this run's first and last step, whether a saved schedule continued
+        "progress": {k: v for k, v in progress.items() if k != "schedule"},
     }
     if len(phases) > 1:
         metrics["phases"] = [ph.summary(graph) for ph in phases]
@@ -420,7 +426,12 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             # what a continued run (experiment=continue) needs to rebuild the same optimizer
             "finetune": json.loads(json.dumps({k: prepared.finetune.get(k) for k in CONTINUE_KEYS if k in prepared.finetune},
                                               default=str)),
-            "freeze_up_to": graph.boundary(cut) if cut else []}  # a continued run keeps this frozen set
+            "freeze_up_to": graph.boundary(cut) if cut else [],  # a continued run keeps this frozen set
+            # the schedule a continued run takes back (with its position, from optimizer.safetensors)
+            "schedule": json.loads(json.dumps({"schedule": prepared.finetune.get("schedule") or "none",
+                                               "schedule_args": prepared.finetune.get("schedule_args") or {}},
+                                              default=str)),
+            "progress": {k: progress[k] for k in ("epochs", "global_step")}}
     source_meta = dict(graph.meta)
     if source_meta.get("data_config"):
         meta["data_config"] = source_meta["data_config"]  # how its images are to be prepared
@@ -428,6 +439,20 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     save_model(graph, out_dir / "model", optimizer_state=optimizer_state, meta=meta, preprocessing=data.preprocessing())
     metrics["timing"]["total_s"] = round(time.perf_counter() - t_start, 4)
     return metrics
+
+
+def _progress(modules: list[Any], epochs_run: int) -> dict[str, Any]:
+    """Counters over every phase, on from a continued run's; the schedule is the last phase's."""
+    progress = modules[-1].progress(epochs_run)
+    first = modules[0]
+    before = first.progress_before
+    progress["epochs"] = int(before.get("epochs", 0)) + epochs_run
+    progress["global_step"] = int(before.get("global_step", 0)) + sum(m.steps_done for m in modules)
+    progress["lr_first"] = first.lr_first
+    if before:
+        progress["continued_from"] = {k: before[k] for k in ("epochs", "global_step") if k in before}
+        progress["schedule_restored"] = first.schedule_restored
+    return progress
 
 
 def _source_name(cfg: DictConfig) -> str:

@@ -24,7 +24,7 @@ parameters, as Deeplearning4j's ``l2`` / ``weightDecay`` do.
 from tlexp.finetune._grads import apply_constraints, normalize_gradients, regularization_loss
 from tlexp.finetune._optim import build_optimizer, load_optimizer_state
 from tlexp.finetune._overrides import apply_graph_overrides
-from tlexp.finetune._schedule import build_scheduler
+from tlexp.finetune._schedule import build_scheduler, restore_scheduler, scheduler_state
 from tlexp.finetune._settings import (
     GRADIENT_NORMALIZATIONS,
     OPTIMIZERS,
@@ -52,6 +52,8 @@ __all__ = [
     "apply_constraints",
     "parse_finetune",
     "regularization_loss",
+    "restore_scheduler",
+    "scheduler_state",
     "validate_finetune",
 ]
 

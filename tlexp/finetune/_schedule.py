@@ -10,6 +10,8 @@ learning rate (``finetune.groups``); ``min_lr`` is absolute and the same for eve
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -18,7 +20,7 @@ from torch.optim import lr_scheduler as sched
 from tlexp.errors import ConfigError
 from tlexp.finetune._settings import parse
 
-__all__ = ["build_scheduler"]
+__all__ = ["build_scheduler", "scheduler_state", "restore_scheduler"]
 
 
 def build_scheduler(
@@ -118,3 +120,54 @@ _BUILDERS = {
     "warmup_cosine": _warmup_cosine,
     "onecycle": _onecycle,
 }
+
+
+# ---- continuing a run: the schedule where it stopped ------------------------------------------
+
+#: param-group values a schedule moves (and reads back: torch's schedulers are chained, each
+#: step starts from the group's current lr), restored with the schedule's own state
+_SCHEDULED_KEYS = ("lr", "initial_lr", "max_lr", "min_lr", "base_momentum", "max_momentum")
+
+
+def scheduler_state(scheduler: Any) -> dict[str, Any]:
+    """``scheduler.state_dict()`` as plain JSON values (saved beside the optimizer state)."""
+    import json
+
+    return json.loads(json.dumps(scheduler.state_dict(), default=_jsonable))
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return v.tolist()
+    raise TypeError(f"{type(v).__name__} is not JSON")
+
+
+def _from_json(state: Any) -> Any:
+    if isinstance(state, dict):
+        out = {k: _from_json(v) for k, v in state.items()}
+        if isinstance(out.get("milestones"), dict):  # MultiStepLR keeps a Counter of ints
+            out["milestones"] = Counter({int(k): int(v) for k, v in out["milestones"].items()})
+        return out
+    if isinstance(state, list):
+        return [_from_json(v) for v in state]
+    return state
+
+
+def restore_scheduler(optimizer: torch.optim.Optimizer, scheduler: Any, state: Mapping[str, Any],
+                      saved_groups: list[Mapping[str, Any]] | None) -> None:
+    """Put ``scheduler`` (built as the saved run built it) where the saved run stopped.
+
+    The schedule's own counters come from ``state``; each param group's scheduled values (lr,
+    initial_lr, OneCycle's max/min lr and momentum) from the saved optimizer's groups, so the
+    next step uses the learning rate an uninterrupted run would have used.
+    """
+    scheduler.load_state_dict(_from_json(dict(state)))
+    cycle = bool(state.get("cycle_momentum"))
+    for group, saved in zip(optimizer.param_groups, saved_groups or []):
+        for key in _SCHEDULED_KEYS + (("momentum", "betas") if cycle else ()):
+            if key in saved:
+                group[key] = tuple(saved[key]) if key == "betas" else saved[key]
+    last = state.get("_last_lr")
+    if last and not saved_groups:
+        for group, lr in zip(optimizer.param_groups, last):
+            group["lr"] = lr

@@ -48,6 +48,9 @@ def optimizer_state_to_tensors(state: Mapping[str, Any]) -> tuple[dict[str, torc
             else:
                 scalars.setdefault(str(pid), {})[k] = v
     meta = {"param_groups": json.dumps(state["param_groups"]), "scalars": json.dumps(scalars)}
+    if state.get("progress"):
+        # the schedule's state and the epoch / step counters, restored with the optimizer state
+        meta["progress"] = json.dumps(state["progress"])
     return tensors, meta
 
 
@@ -65,7 +68,10 @@ def _optimizer_state_from_file(path: Path) -> dict[str, Any]:
         state.setdefault(int(pid), {})[name] = t
     for pid, vals in json.loads(meta.get("scalars", "{}")).items():
         state.setdefault(int(pid), {}).update(vals)
-    return {"state": state, "param_groups": json.loads(meta["param_groups"])}
+    out = {"state": state, "param_groups": json.loads(meta["param_groups"])}
+    if meta.get("progress"):
+        out["progress"] = json.loads(meta["progress"])
+    return out
 
 
 def save_model(
@@ -245,4 +251,8 @@ def from_config(cfg: Mapping[str, Any]) -> LayerGraph:
         saved = graph.meta.get("finetune") or {}
         if saved:
             graph = graph.rebuilt(meta={**graph.meta, "finetune_overrides": dict(saved)})
+        schedule = graph.meta.get("schedule")
+        if schedule and schedule.get("schedule", "none") != "none":
+            # the saved run's schedule continues unless the config names one (assemble)
+            graph = graph.rebuilt(meta={**graph.meta, "schedule_default": dict(schedule)})
     return graph

@@ -254,7 +254,9 @@ def load_dl4j(path: str | Path, normalizer: bool = True, load_optimizer_state: b
             raise SourceError(f"source.path: {e}") from None
         mapped = map_updater_state(conf, built, state, _iterations(conf), build_graph)
         meta["finetune_overrides"] = mapped["finetune_overrides"]
-        meta["optimizer_state"] = {"by_name": mapped["by_name"]}
+        # DL4J's counters (configuration.json iterationCount / epochCount): a run continues them
+        progress = {"epochs": _epochs(conf), "global_step": mapped["iteration"]}
+        meta["optimizer_state"] = {"by_name": mapped["by_name"], "progress": progress}
         meta["dl4j_updater"] = mapped["updater"]
         meta["dl4j_iteration"] = mapped["iteration"]
     graph = graph.rebuilt(meta=meta)
@@ -266,14 +268,22 @@ def load_dl4j(path: str | Path, normalizer: bool = True, load_optimizer_state: b
     return graph
 
 
-def _iterations(conf: dict[str, Any]) -> int:
-    counts = [conf.get("iterationCount") or 0]
+def _counter(conf: dict[str, Any], key: str) -> int:
+    counts = [conf.get(key) or 0]
     for c in conf.get("confs") or []:
-        counts.append(c.get("iterationCount") or 0)
+        counts.append(c.get(key) or 0)
     for v in (conf.get("vertices") or {}).values():
         lv = v.get("LayerVertex", v) if isinstance(v, dict) else {}
-        counts.append((lv.get("layerConf") or {}).get("iterationCount") or 0)
+        counts.append((lv.get("layerConf") or {}).get(key) or 0)
     return int(max(int(c) for c in counts))
+
+
+def _iterations(conf: dict[str, Any]) -> int:
+    return _counter(conf, "iterationCount")
+
+
+def _epochs(conf: dict[str, Any]) -> int:
+    return _counter(conf, "epochCount")
 
 
 def from_config(cfg: Mapping[str, Any]) -> LayerGraph:
