@@ -120,7 +120,7 @@ def load_graph(cfg: DictConfig, data: DataLike | None = None) -> tuple[LayerGrap
 
         finetune.update(overrides)
         ft.validate_finetune(finetune)
-    schedule = (getattr(graph, "meta", None) or {}).get("schedule_default")
+    schedule = graph.meta.get("schedule_default")
     if schedule and (finetune.get("schedule") or "none") == "none":
         # a continued run keeps the saved run's schedule (and its position) unless told otherwise
         finetune.update(schedule)
