@@ -68,3 +68,27 @@ def test_masks_on_padded_batches(tmp_path) -> None:
     f[0, 3:] = 0.0
     f[2, 1] = 0.0
     check(model, [_padded_ids(), f], tmp_path, "masks")
+
+
+def test_conv_lstm(tmp_path) -> None:
+    """ConvLSTM2D (sequences, last step, states, backwards, strides, dilation, channels_first) and
+    ConvLSTM1D, followed by layers that read their outputs."""
+    K = keras()
+    L = K.layers
+    x = K.Input((4, 7, 6, 2), name="video")
+    seq = L.ConvLSTM2D(3, 3, padding="same", return_sequences=True, name="cl_seq")(x)
+    last, h, c = L.ConvLSTM2D(2, (3, 2), strides=2, return_state=True, go_backwards=True,
+                              recurrent_activation="hard_sigmoid", name="cl_state")(x)
+    dil = L.ConvLSTM2D(2, 2, dilation_rate=2, activation="relu", use_bias=False, name="cl_dil")(x)
+    cf = L.ConvLSTM2D(2, 3, padding="same", data_format="channels_first", name="cl_cf")(
+        L.Permute((1, 4, 2, 3), name="to_cf")(x))
+    head = L.Dense(2, name="head")(L.Flatten(name="flat")(L.Conv2D(2, 3, name="conv_after")(last)))
+    model = K.Model(x, [seq, last, h, c, dil, L.Permute((2, 3, 1), name="cf_back")(cf), head])
+    randomize(model, 12)
+    check(model, inputs((4, 7, 6, 2), seed=2), tmp_path, "conv_lstm")
+
+    s = K.Input((5, 8, 3), name="seq")
+    y = L.ConvLSTM1D(2, 3, padding="same", return_sequences=True, go_backwards=True, name="cl1")(s)
+    model1 = K.Model(s, [y, L.ConvLSTM1D(3, 2, name="cl1_last")(y)])
+    randomize(model1, 13)
+    check(model1, inputs((5, 8, 3), seed=3), tmp_path, "conv_lstm1d")

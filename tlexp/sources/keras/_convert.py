@@ -1083,6 +1083,41 @@ def _bidirectional(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
     return _rnn_outputs(ctx, k, _RNN_CELLS[cls], s, x, ins[1:], op, 2 if merge == "none" else 1)
 
 
+@converter("ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D")
+def _conv_lstm(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+    dims = int(k.cls[-2])
+    if len(ins) != 1:
+        raise SourceError(f"keras layer {k.name!r} ({k.cls}): initial states are not supported")
+    if ins[0].mask is not None:
+        raise SourceError(f"keras layer {k.name!r} ({k.cls}): a step mask (Masking) into it is not supported")
+    if k.get("stateful"):
+        warnings.warn(f"keras layer {k.name!r}: stateful=True is imported as stateless", stacklevel=3)
+    use_bias = bool(k.get("use_bias", True))
+    w = k.expect(3 if use_bias else 2)
+    perm = (dims + 1, dims, *range(dims))  # Keras (*kernel, in, out) -> torch (out, in, *kernel)
+    state = {"kernel": w[0].transpose(perm), "recurrent_kernel": w[1].transpose(perm)}
+    if use_bias:
+        state["bias"] = w[2]
+    seq, ret_state = bool(k.get("return_sequences", False)), bool(k.get("return_state", False))
+    args = {
+        "dims": dims, "in_channels": int(w[0].shape[dims]), "filters": int(k.get("filters")),
+        "kernel_size": _tuple(k.get("kernel_size"), dims), "strides": _tuple(k.get("strides", 1), dims),
+        "padding": str(k.get("padding", "valid")).lower(), "dilation": _tuple(k.get("dilation_rate", 1), dims),
+        "activation": activation_name(k, "activation", "tanh"),
+        "recurrent_activation": activation_name(k, "recurrent_activation", "sigmoid"),
+        "use_bias": use_bias, "return_sequences": seq, "go_backwards": bool(k.get("go_backwards", False)),
+        "return_state": ret_state, "channels_last": k.get("data_format", "channels_last") != "channels_first",
+    }
+    if args["padding"] not in ("valid", "same"):
+        raise SourceError(f"keras layer {k.name!r} ({k.cls}): padding {args['padding']!r}; supported: valid, same")
+    x = ctx.layout(ins[0], CL)
+    rank = dims + 2 if seq else dims + 1
+    out = ctx.add(k.name, Op("keras_conv_lstm", args, state), [x], rank, CL)
+    if not ret_state:
+        return [out]
+    return [T(out.ref, rank, CL, 0), T(out.ref, dims + 1, CL, 1), T(out.ref, dims + 1, CL, 2)]
+
+
 @converter("TimeDistributed")
 def _time_distributed(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
     inner = k.get("layer") or {}

@@ -17,7 +17,7 @@ from torch import nn
 
 from tlexp.graph import Role, register_layer
 from tlexp.graph._layers import Conv, _act, _Pool
-from tlexp.sources.keras._layers import Crop, KerasActivationName, KerasRNN, ZeroPad, _rnn_out
+from tlexp.sources.keras._layers import Crop, KerasActivationName, KerasRNN, ZeroPad, _rnn_out, keras_activation
 
 IntOrTuple = int | tuple[int, ...]
 Padding = str | int | tuple[int, ...]
@@ -736,3 +736,104 @@ def keras_attention(kind: Literal["dot", "concat", "additive"] = "dot", dim: int
     """Keras Attention / AdditiveAttention over (T, dim) queries and (S, dim) values (then any of
     key, query_mask, value_mask as ``inputs`` names them)."""
     return KerasDotAttention(kind, dim, use_scale, dropout, causal, list(inputs or []))
+
+
+# ---- ConvLSTM1D / 2D / 3D -------------------------------------------------------------------
+
+
+def _same_pads(size: int, k: int, s: int, d: int) -> tuple[int, int]:
+    """TensorFlow's "same" padding (before, after) on one axis."""
+    out = -(-size // s)
+    total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+class KerasConvLSTM(nn.Module):
+    """Keras ConvLSTM1D/2D/3D over (N, T, *spatial, C) (``channels_last``) or (N, T, C, *spatial):
+    LSTM gates i, f, c, o from a convolution of the input (the layer's strides, padding and
+    dilation) plus a "same" convolution of the previous state. Weights in torch's conv layout."""
+
+    def __init__(self, dims: int, in_channels: int, filters: int, kernel_size: list[int], strides: list[int],
+                 padding: str, dilation: list[int], activation: str, recurrent_activation: str, use_bias: bool,
+                 return_sequences: bool, go_backwards: bool, return_state: bool, channels_last: bool) -> None:
+        super().__init__()
+        self.dims, self.filters = dims, filters
+        self.kernel_size, self.strides, self.dilation = list(kernel_size), list(strides), list(dilation)
+        self.padding, self.use_bias = padding, use_bias
+        self.return_sequences, self.go_backwards, self.return_state = return_sequences, go_backwards, return_state
+        self.channels_last = channels_last
+        self.act = keras_activation(activation)
+        self.rec_act = keras_activation(recurrent_activation)
+        self.kernel = nn.Parameter(torch.empty(4 * filters, in_channels, *kernel_size))
+        self.recurrent_kernel = nn.Parameter(torch.empty(4 * filters, filters, *kernel_size))
+        self.bias = nn.Parameter(torch.zeros(4 * filters)) if use_bias else None
+        nn.init.xavier_uniform_(self.kernel)
+        nn.init.orthogonal_(self.recurrent_kernel.view(4 * filters, -1))
+        self._conv = (F.conv1d, F.conv2d, F.conv3d)[dims - 1]
+
+    def _pad(self, x: torch.Tensor, strides: list[int], dilation: list[int]) -> torch.Tensor:
+        pads: list[int] = []
+        for i in reversed(range(self.dims)):  # F.pad lists the last axis first
+            pads.extend(_same_pads(x.shape[2 + i], self.kernel_size[i], strides[i], dilation[i]))
+        return F.pad(x, pads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        if self.channels_last:  # (N, T, *S, C) -> (N, T, C, *S)
+            x = x.permute(0, 1, x.dim() - 1, *range(2, x.dim() - 1))
+        n, steps = x.shape[0], x.shape[1]
+        xs = x.reshape(n * steps, *x.shape[2:])
+        if self.padding == "same":
+            xs = self._pad(xs, self.strides, self.dilation)
+        xw = self._conv(xs, self.kernel, self.bias, stride=self.strides, dilation=self.dilation)
+        xw = xw.reshape(n, steps, *xw.shape[1:])
+        if self.go_backwards:
+            xw = xw.flip(1)
+        ones = [1] * self.dims
+        h = xw.new_zeros(n, self.filters, *xw.shape[3:])
+        c = torch.zeros_like(h)
+        outs = []
+        for t in range(steps):
+            z = xw[:, t] + self._conv(self._pad(h, ones, ones), self.recurrent_kernel, None)
+            i, f, g, o = z.split(self.filters, dim=1)
+            c = self.rec_act(f) * c + self.rec_act(i) * self.act(g)
+            h = self.rec_act(o) * self.act(c)
+            outs.append(h)
+        y = torch.stack(outs, dim=1) if self.return_sequences else h
+        if self.channels_last:
+            y = y.movedim(2 if self.return_sequences else 1, -1)
+            h, c = h.movedim(1, -1), c.movedim(1, -1)
+        return (y, h, c) if self.return_state else y
+
+
+@register_layer(
+    "keras_conv_lstm",
+    role=Role.WEIGHTS,
+    n_in="in_channels",
+    n_out="filters",
+    size_axis=-1,
+    infer=lambda s: {"in_channels": s[0][-1]},
+    example={"dims": 2, "filters": 3, "kernel_size": [3, 3], "padding": "same", "return_sequences": True},
+    example_inputs=((3, 5, 5, 2),),
+)
+def keras_conv_lstm(
+    dims: Literal[1, 2, 3],
+    in_channels: int,
+    filters: int,
+    kernel_size: list[int],
+    strides: list[int] | None = None,
+    padding: Literal["valid", "same"] = "valid",
+    dilation: list[int] | None = None,
+    activation: KerasActivationName = "tanh",
+    recurrent_activation: KerasActivationName = "sigmoid",
+    use_bias: bool = True,
+    return_sequences: bool = False,
+    go_backwards: bool = False,
+    return_state: bool = False,
+    channels_last: bool = True,
+) -> nn.Module:
+    """Keras ConvLSTM1D/2D/3D (inputs (T, *spatial, C), or (T, C, *spatial) with channels_last=false)."""
+    if len(kernel_size) != dims:
+        raise ValueError(f"kernel_size needs {dims} values")
+    return KerasConvLSTM(dims, in_channels, filters, kernel_size, strides or [1] * dims, padding,
+                         dilation or [1] * dims, activation, recurrent_activation, use_bias, return_sequences,
+                         go_backwards, return_state, channels_last)
