@@ -1091,7 +1091,7 @@ def _conv_lstm(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
     if ins[0].mask is not None:
         raise SourceError(f"keras layer {k.name!r} ({k.cls}): a step mask (Masking) into it is not supported")
     if k.get("stateful"):
-        warnings.warn(f"keras layer {k.name!r}: stateful=True is imported as stateless", stacklevel=3)
+        warn(f"keras layer {k.name!r}: stateful=True is imported as stateless")
     use_bias = bool(k.get("use_bias", True))
     w = k.expect(3 if use_bias else 2)
     perm = (dims + 1, dims, *range(dims))  # Keras (*kernel, in, out) -> torch (out, in, *kernel)
