@@ -127,3 +127,51 @@ def test_keras_shared_dense_and_conv_stay_tied(tmp_path) -> None:
     assert again.module("dense").weight is again.module("dense:1").weight
     assert max(float(np.abs(u - v).max()) for u, v in zip(run(again, xs, "channels_first"),
                                                          run(g, xs, "channels_first"))) > 0
+
+
+def _digits_model(tmp_path):
+    """A digits classifier (8x8x1 in, 10 classes) whose Dense 'mix' is applied twice."""
+    K = keras()
+    L = K.layers
+    x = K.Input((8, 8, 1), name="img")
+    h = L.Dense(12, activation="tanh", name="embed")(L.Flatten(name="flat")(x))
+    mix = L.Dense(12, activation="tanh", name="mix")
+    y = L.Dense(10, name="output")(mix(L.Dropout(0.1, name="drop")(mix(h))))
+    model = K.Model(x, y)
+    randomize(model, 4)
+    path = tmp_path / "shared_digits.keras"
+    model.save(path)
+    return path
+
+
+def test_runs_train_save_and_reload_a_shared_layer(compose_cfg, tmp_path) -> None:
+    """Through the run: trained with the shared layer tied, saved once, reloaded tied; and with
+    the cut between its two uses (freeze.up_to=mix), the module stays frozen at both."""
+    import json
+
+    from safetensors import safe_open
+
+    from tlexp.train import run as train_run
+
+    path = _digits_model(tmp_path)
+    keras_mix = load_keras(path).module("mix").weight.detach().clone()
+    cfg = compose_cfg("source=keras", f"source.path={path}", "experiment=none", "data=digits",
+                      "trainer.max_epochs=1", "freeze.up_to=null")
+    train_run(cfg)
+    model_dir = tmp_path / "run" / "model"
+    nodes = json.loads((model_dir / "config.json").read_text())["architecture"]["nodes"]
+    assert {"name": "mix:1", "shares": "mix", "inputs": ["drop"]} in nodes
+    with safe_open(str(model_dir / "weights.safetensors"), framework="pt") as f:
+        assert not any(k.startswith("layers.mix:1.") for k in f.keys())
+    saved = load_model(model_dir)
+    assert saved.module("mix") is saved.module("mix:1")
+    assert not torch.equal(saved.module("mix").weight, keras_mix)  # trained, once, at both uses
+
+    cfg = compose_cfg("source=keras", f"source.path={path}", "experiment=none", "data=digits",
+                      "trainer.max_epochs=1", "freeze.up_to=mix", "freeze.mode=featurize", out="cut")
+    metrics = train_run(cfg)
+    assert "mix" in metrics["freeze"]["frozen"] and "mix:1" not in metrics["freeze"]["frozen"]
+    cut = load_model(tmp_path / "cut" / "model")
+    assert cut.module("mix") is cut.module("mix:1")
+    assert torch.equal(cut.module("mix").weight, keras_mix)  # frozen at its first use: unchanged at both
+    assert not torch.equal(cut.module("output").weight, load_keras(path).module("output").weight)
