@@ -144,3 +144,33 @@ def test_cli_names_mismatched_columns(tmp_path: Path) -> None:
     assert res.returncode == 2, res.stderr[-2000:]
     lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "missing ['Age']" in lines[0] and "data.preprocessing=source" in lines[0], res.stderr
+
+
+def test_an_image_models_normalization_and_size_travel_with_it(compose_cfg, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from tlexp.data.preprocessing import ImagePreprocessing
+    from tlexp.errors import ShapeError
+    from tlexp.sources.spec import build_spec
+
+    for c, name in enumerate(("a", "b")):
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(np.full((20, 18 + i % 3, 3), 60 * (c + 1) + i, dtype=np.uint8)).save(tmp_path / "imgs" / name / f"{i}.png")
+    torch.manual_seed(0)
+    graph = build_spec([{"name": "c", "type": "conv2d", "out_channels": 4, "kernel_size": 3},
+                        {"name": "g", "type": "global_avg_pool"},
+                        {"name": "out", "type": "dense", "out_features": 2, "activation": "softmax"}], input_shape=[3, 12, 12])
+    config = {"input_size": [3, 12, 12], "interpolation": "bilinear", "mean": [0.2, 0.3, 0.4], "std": [0.5, 0.6, 0.7],
+              "crop_pct": 1.0, "crop_mode": "center"}
+    tlexp.save_model(graph, tmp_path / "m", preprocessing=ImagePreprocessing(data_config=config, classes=["a", "b"]))
+    base = ["experiment=none", "source=saved", f"source.path={tmp_path / 'm'}", "data=image_folder",
+            f"data.path={tmp_path / 'imgs'}", "freeze=featurize", "freeze.up_to=c", "trainer.max_epochs=1",
+            "data.val_fraction=0.25", "data.test_fraction=0.25"]
+    metrics = run(compose_cfg(*base))
+    assert metrics["preprocessing"] == "source"
+    saved = load_preprocessing(tmp_path / "run" / "model")
+    assert isinstance(saved, ImagePreprocessing) and saved.data_config == config and saved.classes == ["a", "b"]
+    # refit: the source's size and normalization are not used (timm's defaults, 224 pixels, do not fit this model)
+    with pytest.raises(ShapeError, match=r"\[3, 224, 224\]"):
+        run(compose_cfg(*base, "data.preprocessing=refit", out="refit"))

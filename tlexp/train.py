@@ -128,6 +128,8 @@ def prepare(cfg: DictConfig) -> Prepared:
                                   "images; set data.preprocessing=refit")
             extra = {"data_config": source_pre.data_config}  # the size and normalization it was trained with
         data = build_datamodule(data_cfg, seed=cfg.seed, **extra)
+        if source_pre is not None and data_cfg.get("preprocessing", "source") == "source":
+            data.preprocessing_from = "source"
         data.setup()
     else:
         data = build_datamodule(data_cfg, seed=cfg.seed, source_preprocessing=source_pre)
@@ -411,7 +413,7 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "samples": {s: len(data.dataset(s)) for s in ("train", "val", "test")},
         "optimizer_state_loaded": prepared.optimizer_state is not None,
         # whose statistics prepared the inputs: the saved source model's, or this run's training split
-        "preprocessing": "source" if getattr(data, "fitted", None) is not None else "fitted",
+        "preprocessing": data.preprocessing_from,
         # epochs / optimizer steps in all (a continued run counts on from the saved ones), the lr
         # of this run's first and last step, whether a saved schedule continued
         "progress": {k: v for k, v in progress.items() if k != "schedule"},

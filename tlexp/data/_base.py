@@ -29,6 +29,8 @@ class TlexpDataModule(pl.LightningDataModule):
 
     #: True when the training transform is random (it then cannot be featurized once)
     has_random_augment: bool = False
+    #: whose preprocessing prepares the samples: "fitted" (this data's own) or "source" (a saved model's)
+    preprocessing_from: str = "fitted"
 
     def __init__(self, batch_size: int = 64, num_workers: int = 0, seed: int = 0) -> None:
         super().__init__()

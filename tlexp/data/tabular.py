@@ -134,6 +134,7 @@ class TabularDataModule(TlexpDataModule):
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         #: the source model's preprocessing, applied instead of fitting one (data.preprocessing=source)
         self.fitted = fitted
+        self.preprocessing_from = "fitted" if fitted is None else "source"
         if path is None and type != "churn":
             raise ConfigError("data.path: a CSV file is needed (data.path=FILE)")
         check_fractions(val_fraction, test_fraction)
