@@ -92,6 +92,13 @@ def test_optuna_search_goes_on_past_a_failed_trial(tmp_path: Path) -> None:
     assert best.best_value == pytest.approx(max(m["val"]["accuracy"] for m in jobs))
     report = (sweep / "report.csv").read_text().strip().splitlines()
     assert len(report) == 1 + 4 and sum("failed" in r for r in report[1:]) == len(failed)
+    # a search whose every trial fails ends with one line, not Optuna's traceback
+    res = run_cli(["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=1", "hydra.sweeper.n_jobs=1",
+                   "freeze.up_to=flatten", "finetune.lr=choice(-1)", "hydra/launcher=gpu_pool", "hydra.launcher.slots=1",
+                   "hydra.launcher.devices=[]", f"hydra.sweep.dir={tmp_path / 'all_failed'}",
+                   f"paths.cache_dir={tmp_path / 'cache'}"], cwd=tmp_path, timeout=900)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("tlexp: error: hparams_search: every trial failed")
 
 
 @pytest.mark.parametrize(("launcher", "target", "keys"), [

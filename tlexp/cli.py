@@ -100,6 +100,11 @@ def _guard(entry: Callable[[], Any]) -> None:
     except Exception as e:  # noqa: BLE001 - only config errors are turned into a line
         if hasattr(e, "exit_status") and hasattr(e, "sweep_dir"):
             _sweep_failed(e)
+        if isinstance(e, ValueError) and str(e) == "No trials are completed yet.":
+            # Optuna asked for the best of a search whose every trial failed
+            print("tlexp: error: hparams_search: every trial failed; each job's error.txt (or job.out) says why",
+                  file=sys.stderr)
+            sys.exit(1)
         line = _hydra_error_line(e)
         if line is None:
             raise
