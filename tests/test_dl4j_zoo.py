@@ -28,8 +28,8 @@ TINY = [(3, 3, 16), (3, 16, 32), (3, 32, 64), (3, 64, 128), (3, 128, 256), (3, 2
     ("vgg16", 138_357_544),  # DL4J's published VGG16 count (1000 classes)
     ("darknet19", _darknet_params(DARKNET19) + 1024 * 1000 + 1000),  # + convolution2d_19 (with bias)
     ("tinyyolo", _darknet_params(TINY) + 1024 * 125 + 125),  # + convolution2d_9: 5 boxes * (5 + 20 VOC classes)
-    ("resnet50", 25_636_712),
-    ("squeezenet", 1_235_496),
+    ("resnet50", 25_636_712),  # = _resnet50_params(): ResNet50.java's blocks, biased convolutions
+    ("squeezenet", 1_235_496),  # = _squeezenet_params(): the fire modules, conv10 on drop9
 ])
 def test_zoo_parameter_counts_equal_dl4j_s(name: str, expected: int) -> None:
     g = load_zoo(name)
@@ -37,6 +37,48 @@ def test_zoo_parameter_counts_equal_dl4j_s(name: str, expected: int) -> None:
     buffers = sum(b.numel() for n, b in g.named_buffers() if n.endswith(("running_mean", "running_var")))
     assert sum(p.numel() for p in g.parameters()) + buffers == expected
     assert not g.training
+
+
+def _conv(k: int, n_in: int, n_out: int) -> int:
+    return k * k * n_in * n_out + n_out  # DL4J ConvolutionLayer: hasBias defaults to true
+
+
+def _resnet50_params() -> int:
+    """DL4J's ResNet50.java counted by hand: stem conv 7x7 + batch norm (4 params per channel,
+    mean/var included), convBlock = 1x1, 3x3, 1x1 (+ 1x1 shortcut) each with batch norm,
+    identityBlock without the shortcut; stages 3/4/6/3 blocks; OutputLayer 2048 -> 1000."""
+    total, n = _conv(7, 3, 64) + 4 * 64, 64
+    for f0, f1, f2, blocks in [(64, 64, 256, 3), (128, 128, 512, 4), (256, 256, 1024, 6), (512, 512, 2048, 3)]:
+        for j in range(blocks):
+            total += _conv(1, n, f0) + _conv(3, f0, f1) + _conv(1, f1, f2) + 4 * (f0 + f1 + f2)
+            if j == 0:
+                total += _conv(1, n, f2) + 4 * f2
+            n = f2
+    return total + 2048 * 1000 + 1000
+
+
+def _squeezenet_params() -> int:
+    """SqueezeNet.java's fire modules (squeeze 1x1, expand 1x1 and 3x3, merged) after a 3x3/64 stem,
+    and conv10 1x1 -> 1000 on the 512 merged channels. (The Java source wires conv10 to "input"
+    and names one layer "exp1x1" without its underscore, a graph that cannot build; the pretrained
+    squeezenet_dl4j_inference.v2.zip -- SqueezeNet 1.1 from Keras -- has conv10 on drop9.)"""
+    total, n = _conv(3, 3, 64), 64
+    for sq, ex in [(16, 64), (16, 64), (32, 128), (32, 128), (48, 192), (48, 192), (64, 256), (64, 256)]:
+        total += _conv(1, n, sq) + _conv(1, sq, ex) + _conv(3, sq, ex)
+        n = 2 * ex
+    return total + _conv(1, 512, 1000)
+
+
+def test_resnet50_and_squeezenet_counts_follow_dl4j_s_zoo_sources() -> None:
+    assert _resnet50_params() == 25_636_712
+    assert _squeezenet_params() == 1_235_496
+    r = load_zoo("resnet50")
+    # ResNet50.java's "avgpool" is a 3x3 MAX subsampling (default stride 2): 4x4 -> 1x1 at 224
+    assert r.node("avgpool").args["kind"] == "max"
+    assert r.trace_shapes(where="zoo")["avgpool"][0] == (2048, 1, 1)
+    s = load_zoo("squeezenet")
+    assert s.node("conv10").inputs == ["drop9"]
+    assert s.trace_shapes(where="zoo")["loss"][0] == (1000,)
 
 
 def test_zoo_layer_names_are_dl4j_s() -> None:
