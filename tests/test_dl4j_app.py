@@ -183,19 +183,55 @@ def test_continued_cosine_schedule_steps_on_from_its_position(compose_cfg, tmp_p
     assert cont["progress"]["global_step"] == 2 * steps
 
 
-def test_dl4j_iteration_and_epoch_counts_carry_into_a_continued_run(compose_cfg, tmp_path: Path) -> None:
+def _trained_moon(tmp_path: Path, iterations: int, epochs: int, schedule: dict | None = None) -> Path:
+    """MLPMoon as DL4J would save it after some training: its counters (and an lr schedule) set."""
     import zipfile
 
     src = zipfile.ZipFile(MOON)
     conf = json.loads(src.read("configuration.json"))
-    conf["iterationCount"], conf["epochCount"] = 7, 3
+    conf["iterationCount"], conf["epochCount"] = iterations, epochs
     for c in conf["confs"]:
-        c["iterationCount"], c["epochCount"] = 7, 3
+        c["iterationCount"], c["epochCount"] = iterations, epochs
+        if schedule is not None:
+            c["layer"]["iupdater"].update({"learningRate": "NaN", "learningRateSchedule": schedule})
     path = tmp_path / "moon_trained.zip"
     with zipfile.ZipFile(path, "w") as out:
         for name in src.namelist():
             out.writestr(name, json.dumps(conf) if name == "configuration.json" else src.read(name))
+    return path
+
+
+def test_dl4j_iteration_and_epoch_counts_carry_into_a_continued_run(compose_cfg, tmp_path: Path) -> None:
+    path = _trained_moon(tmp_path, 7, 3)
     m = train_run(compose_cfg("source=dl4j", f"source.path={path}", "source.load_optimizer_state=true",
                               *_moon_common(tmp_path)[:-2], "trainer.max_epochs=1"))
     assert m["progress"]["continued_from"] == {"epochs": 3, "global_step": 7}
     assert m["progress"]["epochs"] == 4 and m["progress"]["global_step"] > 7
+    assert m["progress"]["lr_first"] == pytest.approx(0.005)  # the file's Nesterovs learning rate
+
+
+def test_dl4j_learning_rate_schedule_continues_at_the_saved_iteration(compose_cfg, tmp_path: Path) -> None:
+    from tlexp.sources.dl4j._schedule import value_at
+
+    step = {"@class": "org.nd4j.linalg.schedule.StepSchedule", "scheduleType": "ITERATION", "initialValue": 0.1,
+            "decayRate": 0.5, "step": 2.0}
+    path = _trained_moon(tmp_path, 5, 1, step)
+    m = train_run(compose_cfg("source=dl4j", f"source.path={path}", "source.load_optimizer_state=true",
+                              *_moon_common(tmp_path)[:-2], "trainer.max_epochs=1"))
+    p = m["progress"]
+    n = p["global_step"] - 5
+    assert p["schedule_restored"] is True
+    # DL4J's next iteration is 5: lr 0.1 * 0.5^floor(5/2); the last one this run took is 5 + n - 1
+    assert p["lr_first"] == pytest.approx(value_at(step, 5)) == pytest.approx(0.025)
+    assert p["lr_last"] == pytest.approx(0.1 * 0.5 ** ((5 + n - 1) // 2))
+    expo = {"@class": "org.nd4j.linalg.schedule.ExponentialSchedule", "scheduleType": "EPOCH", "initialValue": 0.1,
+            "gamma": 0.5}
+    assert [value_at(expo, e) for e in range(3)] == [0.1, 0.05, 0.025]
+    poly = {"@class": "org.nd4j.linalg.schedule.MapSchedule", "scheduleType": "ITERATION",
+            "values": {"0": 0.1, "10": 0.01}}
+    assert [value_at(poly, i) for i in (0, 9, 10, 50)] == [0.1, 0.1, 0.01, 0.01]
+    from tlexp.errors import ConfigError
+    from tlexp.sources.dl4j._schedule import check_schedule
+
+    with pytest.raises(ConfigError, match="CycleSchedule is not supported; supported: FixedSchedule"):
+        check_schedule({"@class": "org.nd4j.linalg.schedule.CycleSchedule"})

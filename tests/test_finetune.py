@@ -676,6 +676,9 @@ def test_every_schedule_builds():
     for name in SCHEDULES:
         opt = build_optimizer(mlp(), {})
         args = {"milestones": [1]} if name == "multistep" else {}
+        if name == "dl4j":  # DL4J's learningRateSchedule JSON
+            args = {"schedule": {"@class": "org.nd4j.linalg.schedule.ExponentialSchedule", "scheduleType": "EPOCH",
+                                 "initialValue": 0.1, "gamma": 0.5}}
         sched = build_scheduler(opt, {"schedule": name, "schedule_args": args}, 3, 2)
         assert (sched is None) == (name == "none")
         if sched:

@@ -69,6 +69,7 @@ class Schedule(Choice):
     cosine = "cosine"
     warmup_cosine = "warmup_cosine"
     onecycle = "onecycle"
+    dl4j = "dl4j"
 
 
 class GradientNormalization(Choice):

@@ -112,6 +112,17 @@ def _onecycle(opt, a, run):
     return scheduler, "step"
 
 
+def _dl4j(opt, a, run):
+    from tlexp.sources.dl4j._schedule import interval_of, value_at
+
+    spec = a["schedule"]
+    v0 = value_at(spec, 0)
+    if v0 == 0:
+        raise ConfigError("finetune.schedule_args.schedule: the DL4J schedule's value at 0 is 0; tlexp scales from it")
+    # each group's lr (finetune.lr: the schedule's value at 0) times value(i) / value(0)
+    return sched.LambdaLR(opt, lambda i: value_at(spec, i) / v0), interval_of(spec)
+
+
 _BUILDERS = {
     "step": _step,
     "multistep": _multistep,
@@ -119,6 +130,7 @@ _BUILDERS = {
     "cosine": _cosine,
     "warmup_cosine": _warmup_cosine,
     "onecycle": _onecycle,
+    "dl4j": _dl4j,
 }
 
 
@@ -168,6 +180,15 @@ def restore_scheduler(optimizer: torch.optim.Optimizer, scheduler: Any, state: M
             if key in saved:
                 group[key] = tuple(saved[key]) if key == "betas" else saved[key]
     last = state.get("_last_lr")
+    if not last and not saved_groups:
+        # a position without its learning rates (DL4J's iteration count): computed from the
+        # schedule, as the step at that position would
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            last = [float(x) for x in scheduler.get_lr()]
+        scheduler._last_lr = list(last)
     if last and not saved_groups:
         for group, lr in zip(optimizer.param_groups, last):
             group["lr"] = lr

@@ -47,6 +47,8 @@ SCHEDULE_ARGS: dict[str, dict[str, Any]] = {
         "three_phase": False,
         "cycle_momentum": False,
     },
+    # DL4J's learningRateSchedule (its JSON, org.nd4j.linalg.schedule.*), as DL4J computes it
+    "dl4j": {"schedule": None},
 }
 SCHEDULES = tuple(SCHEDULE_ARGS)
 
@@ -293,8 +295,15 @@ def _check_schedule_args(args: dict[str, Any]) -> dict[str, Any]:
         "cycle_momentum": _bool,
         "interval": lambda v, n: _name(v, n, ("epoch", "step")),
         "milestones": _milestones,
+        "schedule": _dl4j_schedule,
     }
     return {k: checks[k](v, name + k) for k, v in args.items()}
+
+
+def _dl4j_schedule(value: Any, name: str) -> dict[str, Any]:
+    from tlexp.sources.dl4j._schedule import check_schedule
+
+    return check_schedule(value, name)
 
 
 def _milestones(value: Any, name: str) -> list[int]:

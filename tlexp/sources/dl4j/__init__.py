@@ -252,10 +252,12 @@ def load_dl4j(path: str | Path, normalizer: bool = True, load_optimizer_state: b
             state = read_array_bytes(entries["updaterState.bin"], f"{path}: updaterState.bin")
         except ND4JFormatError as e:
             raise SourceError(f"source.path: {e}") from None
-        mapped = map_updater_state(conf, built, state, _iterations(conf), build_graph)
+        mapped = map_updater_state(conf, built, state, _iterations(conf), build_graph, epoch=_epochs(conf))
         meta["finetune_overrides"] = mapped["finetune_overrides"]
         # DL4J's counters (configuration.json iterationCount / epochCount): a run continues them
-        progress = {"epochs": _epochs(conf), "global_step": mapped["iteration"]}
+        progress: dict[str, Any] = {"epochs": _epochs(conf), "global_step": mapped["iteration"]}
+        if mapped.get("schedule"):
+            progress["schedule"] = mapped["schedule"]  # DL4J's learningRateSchedule, where it stands
         meta["optimizer_state"] = {"by_name": mapped["by_name"], "progress": progress}
         meta["dl4j_updater"] = mapped["updater"]
         meta["dl4j_iteration"] = mapped["iteration"]

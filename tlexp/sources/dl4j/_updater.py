@@ -44,7 +44,7 @@ def _num(v: Any, default: float) -> float:
     return default if math.isnan(f) else f
 
 
-def updater_of(layer: dict[str, Any], key: str) -> tuple[str, dict[str, float]]:
+def updater_of(layer: dict[str, Any], key: str) -> tuple[str, dict[str, Any]]:
     """(DL4J updater name, its hyperparameters) for parameter ``key`` of a layer config."""
     if key in _NO_STATE_PARAMS:
         return "NoOp", {}
@@ -55,11 +55,20 @@ def updater_of(layer: dict[str, Any], key: str) -> tuple[str, dict[str, float]]:
         else:
             ((name, f),) = u.items()
         lr = f.get("learningRate")
-        hyper = {
+        schedule = f.get("learningRateSchedule")
+        if isinstance(schedule, dict):
+            # DL4J's learningRate is NaN when a schedule gives it: the schedule's value at 0
+            from tlexp.sources.dl4j._schedule import check_schedule, value_at
+
+            spec = check_schedule(schedule, f"source.path: the {name} updater's learningRateSchedule")
+            lr = value_at(spec, 0)
+        hyper: dict[str, Any] = {
             "lr": _num(lr, 1e-3), "momentum": _num(f.get("momentum"), 0.9), "beta1": _num(f.get("beta1"), 0.9),
             "beta2": _num(f.get("beta2"), 0.999), "eps": _num(f.get("epsilon"), 1e-8),
             "rho": _num(f.get("rho"), 0.95), "decay": _num(f.get("rmsDecay"), 0.95),
         }
+        if isinstance(schedule, dict):
+            hyper["schedule"] = spec
         return name, hyper
     legacy = str(layer.get("updater") or "SGD").upper()
     name = _LEGACY.get(legacy, legacy)
@@ -72,8 +81,16 @@ def updater_of(layer: dict[str, Any], key: str) -> tuple[str, dict[str, float]]:
     return name, hyper
 
 
-def _overrides(name: str, h: dict[str, float]) -> dict[str, Any]:
-    """The ``finetune`` settings that build the torch optimizer matching DL4J's updater."""
+def _overrides(name: str, h: dict[str, Any]) -> dict[str, Any]:
+    """The ``finetune`` settings that build the torch optimizer matching DL4J's updater (and its
+    learning-rate schedule: ``finetune.schedule=dl4j``)."""
+    out = _optimizer_overrides(name, h)
+    if h.get("schedule"):
+        out.update({"schedule": "dl4j", "schedule_args": {"schedule": h["schedule"]}})
+    return out
+
+
+def _optimizer_overrides(name: str, h: dict[str, Any]) -> dict[str, Any]:
     if name == "Sgd":
         return {"optimizer": "sgd", "lr": h["lr"], "momentum": 0.0}
     if name == "Nesterovs":
@@ -105,11 +122,12 @@ _TORCH_KEYS = {
 }
 
 
-def map_updater_state(conf: dict[str, Any], built: list, state: np.ndarray, iteration: int, build_graph) -> dict[str, Any]:
+def map_updater_state(conf: dict[str, Any], built: list, state: np.ndarray, iteration: int, build_graph,
+                      epoch: int = 0) -> dict[str, Any]:
     """``{"finetune_overrides": …, "by_name": {param name: {torch state key: tensor}}}``."""
     flat = state.reshape(-1)
     # every parameter of the flat vector: (position, size, updater, hyper)
-    params: list[tuple[int, int, str, dict[str, float]]] = []
+    params: list[tuple[int, int, str, dict[str, Any]]] = []
     pos = 0
     for b in built:
         for key, size in b.param_names:
@@ -164,6 +182,14 @@ def map_updater_state(conf: dict[str, Any], built: list, state: np.ndarray, iter
         )
     by_name: dict[str, dict[str, Any]] = {}
     keys = _TORCH_KEYS.get(kind, [])
+    lr_now = hyper["lr"]
+    if hyper.get("schedule"):
+        from tlexp.sources.dl4j._schedule import interval_of, value_at
+
+        # DL4J's Nesterov velocity carries the learning rate of the steps that made it: the
+        # latest one (the schedule's value at the iteration saved) turns it back into a buffer
+        at = iteration if interval_of(hyper["schedule"]) == "step" else epoch
+        lr_now = value_at(hyper["schedule"], at) or hyper["lr"]
     for si in range(k):
         g, shadow, _ = build_graph(conf)
         from tlexp.sources.dl4j import _assign
@@ -172,7 +198,7 @@ def map_updater_state(conf: dict[str, Any], built: list, state: np.ndarray, iter
         for pname, p in g.named_parameters():
             v = p.detach().clone()
             if kind == "Nesterovs":
-                v = -v / hyper["lr"]
+                v = -v / lr_now
             by_name.setdefault(pname, {})[keys[si]] = v
     if kind != "Nesterovs" and kind != "Sgd":
         for st in by_name.values():
@@ -182,4 +208,12 @@ def map_updater_state(conf: dict[str, Any], built: list, state: np.ndarray, iter
                 for t in range(1, iteration + 1):
                     mu_prod *= hyper["beta1"] * (1.0 - 0.5 * 0.96 ** (t * psi))
                 st["mu_product"] = torch.tensor(mu_prod)
-    return {"finetune_overrides": _overrides(kind, hyper), "by_name": by_name, "updater": kind, "iteration": iteration}
+    out = {"finetune_overrides": _overrides(kind, hyper), "by_name": by_name, "updater": kind, "iteration": iteration}
+    if hyper.get("schedule"):
+        from tlexp.sources.dl4j._schedule import interval_of
+
+        # where the schedule stands: the next step is DL4J's iteration ``iterationCount`` (or epoch)
+        at = iteration if interval_of(hyper["schedule"]) == "step" else epoch
+        out["schedule"] = {"name": "dl4j", "args": {"schedule": hyper["schedule"]},
+                           "state": {"last_epoch": at, "_step_count": at + 1, "lr_lambdas": [None]}}
+    return out
