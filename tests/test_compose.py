@@ -41,6 +41,8 @@ def test_a_misspelled_key_names_it_and_the_valid_keys():
     ("finetune.schedule=cosin", "cosine"),
     ("trainer.accelerator=tpu", "[cpu, gpu, cuda, mps, auto]"),
     ("finetune.loss=mse", "[cross_entropy, nll]"),
+    ("finetune.weight_init=glorot", "[default, xavier_uniform,"),
+    ("source.init=imagenet", "[pretrained, random]"),
 ])
 def test_a_bad_closed_choice_fails_at_compose_time_listing_the_valid_values(override, valid):
     line = _compose_error([override])
@@ -91,10 +93,16 @@ def test_the_cli_prints_one_line_and_exits_2(tmp_path, args, expect):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_keras_input_layout_is_checked_at_compose_time():
+    line = _compose_error(["experiment=none", "source=keras", "source.path=m.keras", "source.input_layout=nhwc"])
+    assert "source.input_layout: 'nhwc' is not a valid choice; valid: channels_first, channels_last" in line
+
+
 def test_each_closed_choice_lists_what_its_room_accepts():
-    from tlexp.config import CHOICES_OF, CacheDtype, Loss
+    from tlexp.config import CHOICES_OF, CacheDtype, InputLayout, Loss
     from tlexp.featurize._store import DTYPES
     from tlexp.module import LOSSES
+    from tlexp.sources.keras._model import LAYOUTS
 
-    for enum, values in {**CHOICES_OF, CacheDtype: tuple(DTYPES), Loss: LOSSES}.items():
+    for enum, values in {**CHOICES_OF, CacheDtype: tuple(DTYPES), Loss: LOSSES, InputLayout: LAYOUTS}.items():
         assert tuple(m.value for m in enum) == tuple(values), enum.__name__

@@ -241,6 +241,10 @@ def main() -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def _inspect_app(cfg: DictConfig) -> None:
+    _inspect(cfg)
+
+
+def _inspect(cfg: DictConfig) -> None:
     from tlexp.inspect import inspect_config
 
     try:
@@ -249,10 +253,69 @@ def _inspect_app(cfg: DictConfig) -> None:
         _fail(str(e))
 
 
+def _plain_overrides(argv: list[str]) -> list[str] | None:
+    """The overrides of a command line made of overrides and ``--config-dir`` (which becomes a
+    ``hydra.searchpath`` entry: Hydra puts both after the package's configs), or None when it
+    uses another Hydra flag (``--help``, ``--cfg`` …), which Hydra's own app then handles."""
+    from hydra.errors import SearchPathException
+
+    out: list[str] = []
+    dirs: list[str] = []
+    args = iter(argv)
+    for a in args:
+        if a in ("--config-dir", "-cd"):
+            d = next(args, None)
+            if d is None:
+                return None
+            dirs.append(d)
+        elif a.startswith("--config-dir="):
+            dirs.append(a.split("=", 1)[1])
+        elif a.startswith("-") or a.split("=", 1)[0].lstrip("+~") == "hydra.searchpath":
+            return None
+        else:
+            out.append(a)
+    paths = []
+    for d in dirs:
+        path = os.path.abspath(d)
+        if not os.path.isdir(path):
+            raise SearchPathException(f"Additional config directory '{path}' not found")
+        if "'" in path or "\\" in path:
+            return None
+        paths.append(f"'file://{path}'")
+    if paths:
+        out.append(f"hydra.searchpath=[{','.join(paths)}]")
+    return out
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    """The config composed once with Hydra's compose API, as the task of a run sees it (no
+    ``hydra`` node; ``${hydra:...}`` resolves, the output folder being the current one). Hydra's
+    app would compose it twice (once to learn the run mode) and set up a job; inspecting starts
+    no job and writes nothing."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    with initialize_config_module(config_module="tlexp.conf", version_base="1.3", job_name="inspect"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = os.getcwd()
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
 def inspect_main() -> None:
     """``tlexp-inspect [overrides]``: the layer table (or ``inspect.format=json``)."""
     argv = _default_recipe(sys.argv[1:])
     _refuse_shadowed(argv)
+    holder: list[list[str] | None] = []
+    _guard(lambda: holder.append(_plain_overrides(argv)))
+    overrides = holder[0]
+    if overrides is not None:
+        _guard(lambda: _inspect(_compose(overrides)))
+        return
     # inspecting writes nothing: no run folder, no log file
     quiet = ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
     sys.argv = [sys.argv[0], *argv, *quiet]

@@ -15,8 +15,9 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from tlexp.baselines import INITS
 from tlexp.data.preprocessing import PREPROCESSING_MODES
-from tlexp.finetune._settings import GRADIENT_NORMALIZATIONS, SCHEDULES
+from tlexp.finetune._settings import GRADIENT_NORMALIZATIONS, SCHEDULES, WEIGHT_INITS
 from tlexp.freeze import MODES
 
 __all__ = [
@@ -32,6 +33,9 @@ __all__ = [
     "InspectFormat",
     "MonitorMode",
     "PreprocessingMode",
+    "SourceInit",
+    "InputLayout",
+    "WeightInit",
     "plain_choices",
 ]
 
@@ -113,12 +117,42 @@ class PreprocessingMode(Choice):
     refit = "refit"
 
 
+class SourceInit(Choice):
+    """``source.init``: the source's weights, or the same architecture freshly initialized."""
+
+    pretrained = "pretrained"
+    random = "random"
+
+
+class InputLayout(Choice):
+    """``source.input_layout`` of a Keras model: the axis order its inputs and outputs take."""
+
+    channels_first = "channels_first"
+    channels_last = "channels_last"
+
+
+class WeightInit(Choice):
+    """``finetune.weight_init``: a scheme of the one weight-init table (tlexp.graph._weight_init)."""
+
+    default = "default"
+    xavier_uniform = "xavier_uniform"
+    xavier_normal = "xavier_normal"
+    kaiming_uniform = "kaiming_uniform"
+    kaiming_normal = "kaiming_normal"
+    normal = "normal"
+    uniform = "uniform"
+    zeros = "zeros"
+    ones = "ones"
+
+
 #: each closed choice and the tuple of the room that acts on it (a test keeps them equal)
 CHOICES_OF: dict[type[Choice], tuple[str, ...]] = {
     FreezeMode: MODES,
     Schedule: SCHEDULES,
     GradientNormalization: GRADIENT_NORMALIZATIONS,
     PreprocessingMode: PREPROCESSING_MODES,
+    WeightInit: WEIGHT_INITS,
+    SourceInit: INITS,
 }
 
 def plain_choices(cfg: DictConfig) -> DictConfig:
@@ -136,7 +170,7 @@ def plain_choices(cfg: DictConfig) -> DictConfig:
 class SpecSource:
     type: str = "spec"
     #: pretrained (the source's weights) or random (same architecture, default init, seeded)
-    init: str = "pretrained"
+    init: SourceInit = SourceInit.pretrained
     layers: list[Any] = field(default_factory=list)
     input_shape: Optional[list[int]] = None
     inputs: Optional[list[Any]] = None
@@ -147,7 +181,7 @@ class SpecSource:
 class SavedSource:
     type: str = "saved"
     #: pretrained (the source's weights) or random (same architecture, default init, seeded)
-    init: str = "pretrained"
+    init: SourceInit = SourceInit.pretrained
     path: str = MISSING
     load_optimizer_state: bool = False
 
@@ -156,19 +190,19 @@ class SavedSource:
 class KerasSource:
     type: str = "keras"
     #: pretrained (the source's weights) or random (same architecture, default init, seeded)
-    init: str = "pretrained"
+    init: SourceInit = SourceInit.pretrained
     path: str = MISSING
     weights_path: Optional[str] = None
     input_shape: Optional[list[int]] = None
     enforce_training_config: bool = False
-    input_layout: str = "channels_first"
+    input_layout: InputLayout = InputLayout.channels_first
 
 
 @dataclass
 class Dl4jSource:
     type: str = "dl4j"
     #: pretrained (the source's weights) or random (same architecture, default init, seeded)
-    init: str = "pretrained"
+    init: SourceInit = SourceInit.pretrained
     path: str = MISSING
     #: put the zip's normalizer.bin (if any) in front of the model
     normalizer: bool = True
@@ -182,7 +216,7 @@ class Dl4jZooSource:
     #: vgg16 | darknet19 | tinyyolo | resnet50 | squeezenet
     name: str = MISSING
     #: random (DL4J's architecture, fresh weights) or pretrained (DL4J's zoo zip at path)
-    init: str = "random"
+    init: SourceInit = SourceInit.random
     path: Optional[str] = None
     num_classes: Optional[int] = None
     #: [channels, height, width] (DL4J's setInputShape); the zoo class's default when null
@@ -193,7 +227,7 @@ class Dl4jZooSource:
 class ZooSource:
     type: str = "zoo"
     #: pretrained (the source's weights) or random (same architecture, default init, seeded)
-    init: str = "pretrained"
+    init: SourceInit = SourceInit.pretrained
     name: str = MISSING
     pretrained: bool = False
     weights: Optional[str] = None
@@ -276,7 +310,7 @@ class FinetuneConfig:
     dropout_retain: Optional[float] = None
     activation: Optional[str] = None
     apply_to_output: bool = False
-    weight_init: Optional[str] = None
+    weight_init: Optional[WeightInit] = None
     bias_init: Optional[float] = None
     gradient_normalization: GradientNormalization = GradientNormalization.none
     gradient_normalization_threshold: float = 1.0
