@@ -37,3 +37,28 @@ def test_inspect_and_a_run_assemble_the_model_in_one_place() -> None:
     assert tlexp.train.build_model is assemble.build_model
     source = Path(tlexp.inspect.__file__).read_text()
     assert "tlexp.train" not in source and "from tlexp.assemble import" in source
+
+
+def test_inspect_composes_the_config_once_and_writes_nothing(tmp_path: Path, monkeypatch, capsys) -> None:
+    # Hydra's app composes twice (once to learn the run mode); inspect uses the compose API once
+    import json
+    import sys
+
+    from hydra._internal.hydra import Hydra
+
+    from tlexp.cli import inspect_main
+
+    calls: list[int] = []
+    real = Hydra.compose_config
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Hydra, "compose_config", counting)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["tlexp-inspect", "inspect.format=json"])
+    inspect_main()
+    assert len(calls) == 1
+    assert json.loads(capsys.readouterr().out)["format"] == "tlexp.layergraph/1"
+    assert list(tmp_path.iterdir()) == []
