@@ -339,6 +339,41 @@ def test_normalizer_becomes_the_first_node(tmp_path: Path) -> None:
     torch.testing.assert_close(g._nodes[0].module.mean.reshape(-1), torch.from_numpy(mean))
 
 
+def test_min_max_and_image_normalizers(tmp_path: Path) -> None:
+    import struct
+
+    src = FIX / "integration" / "MLPMoon" / "Model_RANDOM_INIT_UNTRAINED.zip"
+    buf = io.BytesIO()
+    write_utf(buf, "NORMALIZER")
+    buf.write((1).to_bytes(4, "big"))
+    write_utf(buf, "MIN_MAX")
+    buf.write(b"\x00" + struct.pack(">dd", -1.0, 1.0))  # NormalizerMinMaxScaler(-1, 1)
+    write_array(buf, np.array([[0.0, 5.0]], np.float32))  # min
+    write_array(buf, np.array([[4.0, 5.0]], np.float32))  # max (a zero range divides by 1)
+    g = load_dl4j(_rezip(src, tmp_path / "m.zip", replace={"normalizer.bin": buf.getvalue()}))
+    plain = load_dl4j(src, normalizer=False)
+    x = torch.tensor([[1.0, 7.0], [4.0, 5.0]])
+    want = torch.stack([(x[:, 0] - 0.0) / 4.0 * 2.0 - 1.0, (x[:, 1] - 5.0) / 1.0 * 2.0 - 1.0], dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(g(x), plain(want))
+    # ImagePreProcessingScaler(0, 1) on 8-bit pixels, and a standardizer on a 3-D convolution's channels
+    img = io.BytesIO()
+    write_utf(img, "NORMALIZER")
+    img.write((1).to_bytes(4, "big"))
+    write_utf(img, "IMAGE_MIN_MAX")
+    img.write(struct.pack(">ddd", 0.0, 1.0, 255.0))
+    g3 = load_dl4j(_rezip(CNN3D, tmp_path / "i.zip", replace={"normalizer.bin": img.getvalue()}))
+    plain3 = load_dl4j(CNN3D, normalizer=False)
+    x3 = torch.randint(0, 256, (2, 3, 8, 8, 8)).float()
+    with torch.no_grad():
+        torch.testing.assert_close(g3(x3), plain3(x3 / 255.0))
+    mean, std = np.array([1.0, 2.0, 3.0], np.float32), np.array([2.0, 4.0, 8.0], np.float32)
+    s3 = load_dl4j(_rezip(CNN3D, tmp_path / "s.zip", replace={"normalizer.bin": _standardize_bin(mean, std)}))
+    with torch.no_grad():
+        want3 = plain3((x3 - torch.from_numpy(mean).view(1, 3, 1, 1, 1)) / torch.from_numpy(std).view(1, 3, 1, 1, 1))
+        torch.testing.assert_close(s3(x3), want3)
+
+
 def test_java_serialized_normalizer_is_refused(tmp_path: Path) -> None:
     src = FIX / "integration" / "MLPMoon" / "Model_RANDOM_INIT_UNTRAINED.zip"
     p = _rezip(src, tmp_path / "n.zip", replace={"normalizer.bin": b"\xac\xed\x00\x05sr"})

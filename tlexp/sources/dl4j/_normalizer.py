@@ -92,6 +92,8 @@ def add_normalizer(graph: LayerGraph, raw: bytes, where: str) -> LayerGraph:
 
 def _spatial_dims(graph: LayerGraph) -> int:
     first = graph._nodes[0].type if graph._nodes else ""
+    if first == "conv3d" or (first == "dl4j_pool" and len(getattr(graph._nodes[0].module, "kernel", [])) == 3):
+        return 3
     if first in ("conv2d", "separable_conv2d", "depthwise_conv2d", "dl4j_pool", "zero_padding2d", "dl4j_batchnorm"):
         return 2 if first != "dl4j_pool" or len(getattr(graph._nodes[0].module, "kernel", [0, 0])) == 2 else 1
     if first in ("dl4j_rnn", "dl4j_bidirectional", "conv1d", "dl4j_time_dense"):
