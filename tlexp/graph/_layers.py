@@ -9,7 +9,7 @@ code it replaces, and fine-tune overrides can change them per layer.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -164,63 +164,53 @@ def dense(
     return Dense(in_features, out_features, bias=bias, activation=activation, dropout=dropout)
 
 
-@register_layer("conv1d", role=Role.WEIGHTS, n_in="in_channels", n_out="out_channels", **_CONV, infer=_chan,
-                example={"out_channels": 2, "kernel_size": 3}, example_inputs=((3, 8),))
-def conv1d(
-    in_channels: int,
-    out_channels: int,
-    kernel_size: IntOrTuple,
-    stride: IntOrTuple = 1,
-    padding: Padding = 0,
-    dilation: IntOrTuple = 1,
-    groups: int = 1,
-    bias: bool = True,
-    activation: str = "identity",
-    dropout: float = 0.0,
-) -> nn.Module:
-    """1-D convolution over (C, L)."""
-    return Conv(1, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, activation, dropout)
+_CONV_AXES = {1: "(C, L)", 2: "(C, H, W)", 3: "(C, D, H, W)"}
 
 
-@register_layer("conv2d", role=Role.WEIGHTS, n_in="in_channels", n_out="out_channels", **_CONV, infer=_chan,
-                example={"out_channels": 2, "kernel_size": 3}, example_inputs=((3, 8, 8),))
-def conv2d(
-    in_channels: int,
-    out_channels: int,
-    kernel_size: IntOrTuple,
-    stride: IntOrTuple = 1,
-    padding: Padding = 0,
-    dilation: IntOrTuple = 1,
-    groups: int = 1,
-    bias: bool = True,
-    activation: str = "identity",
-    dropout: float = 0.0,
-) -> nn.Module:
-    """2-D convolution over (C, H, W); padding 'same' is TF-style for any stride."""
-    return Conv(2, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, activation, dropout)
+def _register_convs(dims: int) -> None:
+    """``conv{dims}d`` and ``conv_transpose{dims}d``: one builder per kind, for 1, 2 and 3 dims."""
+
+    def conv(
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntOrTuple,
+        stride: IntOrTuple = 1,
+        padding: Padding = 0,
+        dilation: IntOrTuple = 1,
+        groups: int = 1,
+        bias: bool = True,
+        activation: str = "identity",
+        dropout: float = 0.0,
+    ) -> nn.Module:
+        return Conv(dims, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, activation,
+                    dropout)
+
+    def conv_transpose(
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntOrTuple,
+        stride: IntOrTuple = 1,
+        padding: Padding = 0,
+        output_padding: IntOrTuple = 0,
+        dilation: IntOrTuple = 1,
+        groups: int = 1,
+        bias: bool = True,
+        activation: str = "identity",
+    ) -> nn.Module:
+        return Conv(dims, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, activation,
+                    transposed=True, output_padding=output_padding)
+
+    conv.__doc__ = f"{dims}-D convolution over {_CONV_AXES[dims]}; padding 'same' is TF-style for any stride."
+    conv_transpose.__doc__ = f"Transposed {dims}-D convolution."
+    shape = {1: (3, 8), 2: (3, 8, 8), 3: (2, 5, 5, 5)}[dims]
+    sizes: dict[str, Any] = {"role": Role.WEIGHTS, "n_in": "in_channels", "n_out": "out_channels", "infer": _chan,
+             "example": {"out_channels": 2, "kernel_size": 3}, "example_inputs": (shape,)}
+    register_layer(f"conv{dims}d", **_CONV, **sizes)(conv)
+    register_layer(f"conv_transpose{dims}d", takes_activation=True, **sizes)(conv_transpose)
 
 
-@register_layer(
-    "conv_transpose2d", role=Role.WEIGHTS, n_in="in_channels", n_out="out_channels", takes_activation=True,
-    infer=_chan, example={"out_channels": 2, "kernel_size": 3}, example_inputs=((3, 8, 8),)
-)
-def conv_transpose2d(
-    in_channels: int,
-    out_channels: int,
-    kernel_size: IntOrTuple,
-    stride: IntOrTuple = 1,
-    padding: Padding = 0,
-    output_padding: IntOrTuple = 0,
-    dilation: IntOrTuple = 1,
-    groups: int = 1,
-    bias: bool = True,
-    activation: str = "identity",
-) -> nn.Module:
-    """Transposed 2-D convolution."""
-    return Conv(
-        2, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, activation,
-        transposed=True, output_padding=output_padding,
-    )
+for _dims in (1, 2, 3):
+    _register_convs(_dims)
 
 
 @register_layer(

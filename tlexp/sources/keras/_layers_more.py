@@ -1,5 +1,6 @@
-"""Layer types for Keras models beyond the common ones: 3-D layers, normalization on any axis,
-image preprocessing layers.
+"""Layer types for Keras models beyond the common ones: 3-D pooling and padding, normalization on
+any axis, image preprocessing layers (3-D and transposed convolutions are the core's:
+tlexp/graph/_layers.py).
 
 Each computes what the Keras layer computes, on the tensor layout the importer gives it (a
 ``dim`` argument is a torch dimension, batch included). They are ordinary registry layers, so an
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tlexp.graph import Role, register_layer
-from tlexp.graph._layers import Conv, _act, _Pool
+from tlexp.graph._layers import _act, _Pool
 from tlexp.sources.keras._layers import Crop, KerasActivationName, KerasRNN, ZeroPad, _rnn_out, keras_activation
 
 IntOrTuple = int | tuple[int, ...]
@@ -27,52 +28,7 @@ def _chan(shapes):
     return {"in_channels": shapes[0][0]}
 
 
-# ---- 3-D (and transposed 1-D / 3-D) convolutions, pooling, padding --------------------------
-
-
-@register_layer("conv3d", role=Role.WEIGHTS, n_in="in_channels", n_out="out_channels", takes_activation=True,
-                takes_dropout=True, infer=_chan, example={"out_channels": 2, "kernel_size": 3}, example_inputs=((2, 5, 5, 5),))
-def conv3d(
-    in_channels: int,
-    out_channels: int,
-    kernel_size: IntOrTuple,
-    stride: IntOrTuple = 1,
-    padding: Padding = 0,
-    dilation: IntOrTuple = 1,
-    groups: int = 1,
-    bias: bool = True,
-    activation: str = "identity",
-    dropout: float = 0.0,
-) -> nn.Module:
-    """3-D convolution over (C, D, H, W); padding 'same' is TF-style for any stride."""
-    return Conv(3, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, activation, dropout)
-
-
-def _transposed(dims: int):
-    def builder(
-        in_channels: int,
-        out_channels: int,
-        kernel_size: IntOrTuple,
-        stride: IntOrTuple = 1,
-        padding: Padding = 0,
-        output_padding: IntOrTuple = 0,
-        dilation: IntOrTuple = 1,
-        groups: int = 1,
-        bias: bool = True,
-        activation: str = "identity",
-    ) -> nn.Module:
-        return Conv(dims, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, activation,
-                    transposed=True, output_padding=output_padding)
-
-    builder.__doc__ = f"Transposed {dims}-D convolution."
-    shape = (3, 6) if dims == 1 else (2, 4, 4, 4)
-    register_layer(f"conv_transpose{dims}d", role=Role.WEIGHTS, n_in="in_channels", n_out="out_channels",
-                   takes_activation=True, infer=_chan, example={"out_channels": 2, "kernel_size": 3},
-                   example_inputs=(shape,))(builder)
-
-
-_transposed(1)
-_transposed(3)
+# ---- transposed convolution cut to a window, 3-D pooling, padding ----------------------------
 
 
 class WindowConvTranspose(nn.Module):
