@@ -43,6 +43,7 @@ def test_default_experiment_as_a_user_runs_it(tmp_path: Path) -> None:
     ("experiment", "epochs"),
     [("digits_transfer", 3), ("churn_transfer", 2)],
 )
+@pytest.mark.slow  # a whole training run (or several): the full suite runs it
 def test_featurize_and_in_model_train_the_same_weights(compose_cfg, tmp_path: Path, experiment: str, epochs: int) -> None:
     results = {}
     for mode in ("in_model", "featurize"):
@@ -104,6 +105,7 @@ def test_sweep_2x2_reuses_the_cache(tmp_path: Path) -> None:
     assert by_cut["pool2"][0]["featurize"]["key"] != by_cut["flatten"][0]["featurize"]["key"]
 
 
+@pytest.mark.slow  # a whole training run (or several): the full suite runs it
 def test_rerun_hits_the_cache_and_trains_the_same(compose_cfg, tmp_path: Path) -> None:
     first = run(compose_cfg("experiment=churn_transfer", "trainer.max_epochs=1", out="a"))
     second = run(compose_cfg("experiment=churn_transfer", "trainer.max_epochs=1", out="b"))
@@ -124,6 +126,7 @@ def test_saved_model_continues_with_its_optimizer_state(compose_cfg, tmp_path: P
 
 
 @pytest.mark.parametrize(("schedule", "expected"), [("step", 1e-2 * 0.5**3), ("cosine", 0.0)])
+@pytest.mark.slow  # a whole training run (or several): the full suite runs it
 def test_schedule_steps_during_a_run(compose_cfg, tmp_path: Path, schedule: str, expected: float) -> None:
     """The module steps its scheduler itself (manual optimization): the saved lr shows it."""
     args = {"step": "finetune.schedule_args={step_size: 1, gamma: 0.5}", "cosine": "finetune.schedule_args={min_lr: 0.0}"}
@@ -135,6 +138,7 @@ def test_schedule_steps_during_a_run(compose_cfg, tmp_path: Path, schedule: str,
 
 
 @pytest.mark.parametrize(("experiment", "shipped"), [("digits_pretrain", "digits_cnn"), ("churn_pretrain", "churn_net")])
+@pytest.mark.slow  # a whole training run (or several): the full suite runs it
 def test_shipped_base_models_are_reproduced_by_their_experiments(compose_cfg, tmp_path: Path, experiment: str, shipped: str) -> None:
     """A fresh pretrain run gives the shipped model back: the same predictions on the test split.
 

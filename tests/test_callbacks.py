@@ -20,6 +20,7 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run_dir / "model" / "weights.safetensors"))
 
 
+@pytest.mark.slow  # a whole training run (or several): the full suite runs it
 def test_best_epoch_weights_are_restored_and_saved(compose_cfg, tmp_path: Path) -> None:
     metrics = run(compose_cfg(*DIVERGING, "trainer.max_epochs=6", "callbacks=none", out="long"))
     k = metrics["best_epoch"]
@@ -45,6 +46,7 @@ def test_early_stopping_stops_and_checkpoint_is_the_best(compose_cfg, tmp_path: 
     assert (tmp_path / "run" / "checkpoints" / "best.ckpt").is_file()
 
 
+@pytest.mark.slow  # a whole training run (or several): the full suite runs it
 def test_featurize_and_in_model_agree_with_early_stopping(compose_cfg, tmp_path: Path) -> None:
     results = {}
     for mode in ("in_model", "featurize"):
@@ -56,6 +58,7 @@ def test_featurize_and_in_model_agree_with_early_stopping(compose_cfg, tmp_path:
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5
 
 
+@pytest.mark.slow  # a whole training run (or several): the full suite runs it
 def test_monitor_auroc_on_two_classes(compose_cfg) -> None:
     metrics = run(compose_cfg("experiment=churn_transfer", "train.monitor=val/auroc", "trainer.max_epochs=3"))
     assert metrics["monitor"]["mode"] == "max"

@@ -118,6 +118,7 @@ def test_pretrained_offline_names_the_file_dl4j_fetches(tmp_path: Path, name: st
         load_zoo(name, path=tmp_path / "nope.zip")
 
 
+@pytest.mark.slow  # a whole training run (or several): the full suite runs it
 def test_darknet19_backbone_example_on_an_image_folder(compose_cfg, tmp_path: Path) -> None:
     from tlexp.data.demo_images import write_digit_images
     from tlexp.train import run

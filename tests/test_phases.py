@@ -35,6 +35,7 @@ def _initial(cfg) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in prepare(cfg).graph.state_dict().items()}
 
 
+@pytest.mark.slow  # a whole training run (or several): the full suite runs it
 def test_two_phases_featurized_equal_in_model_and_keep_what_stays_frozen(compose_cfg, tmp_path: Path) -> None:
     feat_cfg = compose_cfg(*NET, "freeze.mode=featurize", out="featurize")
     feat = run(feat_cfg)
@@ -60,6 +61,7 @@ def test_two_phases_featurized_equal_in_model_and_keep_what_stays_frozen(compose
         assert conv2 and any(not torch.equal(before[k], a[k]) for k in conv2)
 
 
+@pytest.mark.slow  # a whole training run (or several): the full suite runs it
 def test_bn_train_updates_the_statistics_of_unfrozen_layers(compose_cfg, tmp_path: Path) -> None:
     cfg = compose_cfg(*NET, "unfreeze.bn=train", "train.restore_best=false")
     run(cfg)

@@ -23,6 +23,7 @@ def images(tmp_path_factory) -> Path:
     return write_digit_images(tmp_path_factory.mktemp("digits_png"), size=32, per_class=12, classes=[0, 1, 2])
 
 
+@pytest.mark.slow  # a whole training run (or several): the full suite runs it
 def test_zoo_featurize_and_in_model_train_the_same_weights(compose_cfg, tmp_path: Path, images: Path) -> None:
     metrics = {}
     for mode in ("in_model", "featurize"):
