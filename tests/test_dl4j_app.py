@@ -235,3 +235,19 @@ def test_dl4j_learning_rate_schedule_continues_at_the_saved_iteration(compose_cf
 
     with pytest.raises(ConfigError, match="CycleSchedule is not supported; supported: FixedSchedule"):
         check_schedule({"@class": "org.nd4j.linalg.schedule.CycleSchedule"})
+
+
+@pytest.mark.slow
+def test_experiment_continue_from_the_command_line_continues_the_schedule(tmp_path: Path) -> None:
+    common = [f"paths.cache_dir={tmp_path / 'cache'}", "trainer.enable_progress_bar=false", "trainer.max_epochs=1"]
+    first = run_cli(["experiment=churn_transfer", *common, "finetune.schedule=step", "print_table=false",
+                     "finetune.schedule_args={step_size: 1, gamma: 0.5}", f"hydra.run.dir={tmp_path / 'a'}"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    a = json.loads((tmp_path / "a" / "metrics.json").read_text())["progress"]
+    res = run_cli(["experiment=continue", f"source.path={tmp_path / 'a' / 'model'}", "data=churn", *common,
+                   f"hydra.run.dir={tmp_path / 'b'}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    b = json.loads((tmp_path / "b" / "metrics.json").read_text())["progress"]
+    assert b["schedule_restored"] is True and b["lr_first"] == pytest.approx(a["lr_first"] * 0.5)
+    assert b["continued_from"] == {"epochs": 1, "global_step": a["global_step"]} and b["epochs"] == 2
+    assert "continued" in res.stdout  # the summary table's row for a continued run
