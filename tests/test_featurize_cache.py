@@ -264,3 +264,17 @@ def test_leftovers_of_dead_writers_are_removed_live_ones_kept(tmp_path: Path) ->
     assert mine.exists() and not theirs.exists() and not legacy.exists()
     assert not (tmp_path / "oldkey.lock").exists()
     assert all(f.path.exists() for f in res.files.values())
+
+
+def test_lock_files_held_are_kept_unheld_removed(tmp_path: Path) -> None:
+    """The filelock API tlexp uses (FileLock(path, blocking=False), acquire/release, Timeout):
+    pyproject.s filelock range starts where both hold (blocking= since 3.14; ENOLCK raises since 3.21)."""
+    from filelock import FileLock
+
+    from tlexp._tempfiles import remove_unheld_locks
+
+    held, free = tmp_path / "held.lock", tmp_path / "free.lock"
+    free.write_text("")
+    with FileLock(str(held)):
+        assert remove_unheld_locks(tmp_path) == [free]
+        assert held.exists() and not free.exists()
