@@ -5,6 +5,7 @@ scaled, concat) and AdditiveAttention, with masks -- equal to Keras's prediction
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tests.keras._live import check, inputs, keras, randomize
 
@@ -58,3 +59,33 @@ def test_attention_with_padding_masks(tmp_path) -> None:
         model = K.Model([q_ids, v_ids], make(emb(q_ids), emb(v_ids)))
         randomize(model, 32 + i)
         check(model, [qi, vi], tmp_path, name, formats=("keras", "h5") if i == 0 else ("keras",))
+
+
+def test_token_and_position_embedding(tmp_path) -> None:
+    """A transformer encoder as Keras examples build it: token Embedding (mask_zero) plus a
+    position table that Keras stores as a constant operand of ``x + pos`` (an op, past which Keras
+    carries no mask), self-attention, a constant without a batch axis subtracted."""
+    K = keras()
+    L = K.layers
+    tok = K.Input((7,), dtype="int32", name="tokens")
+    x = L.Embedding(20, 8, mask_zero=True, name="tok_emb")(tok)
+    y = x + L.Embedding(7, 8, name="pos_emb")(K.ops.expand_dims(K.ops.arange(7), 0))
+    y = K.ops.full((7, 8), 0.5) - y  # a constant without a batch axis
+    y = L.LayerNormalization(name="ln")(y + L.MultiHeadAttention(2, 4, name="mha")(y, y))
+    model = K.Model(tok, L.Dense(3, name="out")(L.GlobalAveragePooling1D(name="gap")(y)))
+    randomize(model, 5)
+    ids = np.random.default_rng(0).integers(1, 20, (3, 7)).astype(np.int32)
+    ids[0, 5:] = 0
+    check(model, [ids], tmp_path, "positions_const")
+
+
+def test_a_constant_that_does_not_line_up_is_refused(tmp_path) -> None:
+    K = keras()
+    from tlexp.errors import SourceError
+    from tlexp.sources.keras import load_keras
+
+    x = K.Input((7, 8), name="seq")
+    model = K.Model(x, x + K.ops.ones((8,)))  # broadcast over steps: no batch axis to find
+    model.save(tmp_path / "bad.keras")
+    with pytest.raises(SourceError, match=r"constant operand of shape \[8\] does not line up"):
+        load_keras(tmp_path / "bad.keras")

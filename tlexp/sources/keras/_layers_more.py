@@ -793,3 +793,24 @@ def keras_conv_lstm(
     return KerasConvLSTM(dims, in_channels, filters, kernel_size, strides or [1] * dims, padding,
                          dilation or [1] * dims, activation, recurrent_activation, use_bias, return_sequences,
                          go_backwards, return_state, channels_last)
+
+
+# ---- constants ------------------------------------------------------------------------------
+
+
+class KerasConstant(nn.Module):
+    """A constant operand of a Keras layer (a tensor Keras stored in the model config), repeated
+    along the batch of the input it is given (whose values it ignores)."""
+
+    def __init__(self, shape: list[int], integer: bool) -> None:
+        super().__init__()
+        self.register_buffer("value", torch.zeros(1, *shape, dtype=torch.int64 if integer else torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.value.expand(x.shape[0], *self.value.shape[1:])
+
+
+@register_layer("keras_constant", role=Role.FIXED, example={"shape": [3, 2]})
+def keras_constant(shape: list[int], integer: bool = False) -> nn.Module:
+    """A stored constant (per-sample ``shape``) repeated along the batch of its input."""
+    return KerasConstant(shape, integer)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -208,7 +209,20 @@ def _call(ctx: _Ctx, lc: dict[str, Any], prefix: str, wpath: tuple[str, ...], in
     first = len(ctx.b.nodes)
     outs = convert_layer(ctx.b, k, ins)
     _tie(ctx, (*wpath, name), ctx.b.nodes[first:])
+    if _is_op(lc):
+        # an op applied to Keras tensors (``x + y``, ``ops.concatenate``), not a layer: Keras
+        # carries no mask past it
+        outs = [T(o.ref, o.rank, o.layout, o.index) if o.mask is not None else o for o in outs]
     return outs
+
+
+def _is_op(lc: dict[str, Any]) -> bool:
+    """Keras 3 writes an op on Keras tensors as a layer-like entry: its module names keras.src.ops
+    (the legacy .h5 config leaves the module out; its config then holds a name only)."""
+    module = lc.get("module")
+    if module is not None:
+        return str(module).startswith("keras.src.ops")
+    return set(lc.get("config") or {}) <= {"name"}
 
 
 def _has_state(module: nn.Module) -> bool:
@@ -256,8 +270,15 @@ def _sequential(ctx: _Ctx, cfg: dict[str, Any], prefix: str, wpath: tuple[str, .
     return [x]
 
 
-def _refs(node: Any) -> list[Ref]:
-    """Tensor references of one inbound node, in argument order (Keras 2 and Keras 3 forms)."""
+#: a reference to a constant operand (Keras 3 writes a tensor that is no layer's output in place)
+CONST = "\x00const"
+
+
+def _refs(node: Any, consts: list[dict[str, Any]] | None = None) -> list[Ref]:
+    """Tensor references of one inbound node, in argument order (Keras 2 and Keras 3 forms).
+
+    With ``consts``, a constant tensor operand (``__tensor__``) is listed too, as ``(CONST, i, 0)``
+    with its config appended to ``consts``."""
     refs: list[Ref] = []
 
     def walk(v: Any) -> None:
@@ -265,6 +286,9 @@ def _refs(node: Any) -> list[Ref]:
             if v.get("class_name") == "__keras_tensor__":
                 h = v["config"]["keras_history"]
                 refs.append((str(h[0]), int(h[1]), int(h[2])))
+            elif v.get("class_name") == "__tensor__" and consts is not None:
+                refs.append((CONST, len(consts), 0))
+                consts.append(dict(v.get("config") or {}))
             return
         if isinstance(v, (list, tuple)):
             if len(v) >= 3 and isinstance(v[0], str) and isinstance(v[1], int) and isinstance(v[2], int):
@@ -280,6 +304,24 @@ def _refs(node: Any) -> list[Ref]:
     else:
         walk(node)
     return refs
+
+
+def _constant(ctx: _Ctx, name: str, cfg: dict[str, Any], donor: T) -> T:
+    """A node holding a constant operand (a positional table, say), repeated along the batch of
+    ``donor`` (one of the call's tensor inputs); its per-sample rank must line up with the donor's."""
+    dtype = str(cfg.get("dtype") or "float32")
+    value = np.asarray(cfg.get("value"), dtype=np.int64 if dtype.startswith(("int", "uint")) else np.float32)
+    if value.ndim == donor.rank + 1 and value.shape[0] == 1:
+        pass
+    elif value.ndim == donor.rank:
+        value = value[None]
+    else:
+        raise SourceError(
+            f"keras layer {name!r}: a constant operand of shape {list(value.shape)} does not line up with its tensor "
+            f"input (per-sample rank {donor.rank}); tlexp cannot tell its batch axis"
+        )
+    op = Op("keras_constant", {"shape": list(value.shape[1:]), "integer": value.dtype == np.int64}, {"value": value})
+    return ctx.b.add(f"{name}/constant", op, [donor], donor.rank, CL)
 
 
 def _mask_refs(node: Any) -> list[Ref | None]:
@@ -366,22 +408,33 @@ def _functional(ctx: _Ctx, cfg: dict[str, Any], prefix: str, wpath: tuple[str, .
                                        _first_hint(cfg, ref[0]))
         else:
             tensors[ref] = ins[i]
+    constants: list[dict[str, Any]] = []
     pending = [
-        (lc, call, fix(_refs(node)), [None if r is None else fix([r])[0] for r in _mask_refs(node)], _consts(node),
+        (lc, call, fix(_refs(node, constants)), [None if r is None else fix([r])[0] for r in _mask_refs(node)], _consts(node),
          {k: fix([r])[0] for k, r in _kw_refs(node).items()}, _kw_consts(node))
         for lc in layers
         if lc.get("class_name") != "InputLayer"
         for call, node in enumerate(lc.get("inbound_nodes") or [])
     ]
+    def known(r: Ref) -> bool:
+        return r in tensors or r[0] == CONST
+
     while pending:
-        ready = next((p for p in pending if all(r in tensors for r in p[2] + [m for m in p[3] if m] + list(p[5].values()))), None)
+        ready = next((p for p in pending if all(known(r) for r in p[2] + [m for m in p[3] if m] + list(p[5].values()))), None)
         if ready is None:
-            missing = sorted({r[0] for p in pending for r in p[2] + [m for m in p[3] if m] + list(p[5].values()) if r not in tensors})
+            missing = sorted({r[0] for p in pending for r in p[2] + [m for m in p[3] if m] + list(p[5].values()) if not known(r)})
             raise SourceError(f"keras model {prefix or 'top'!r}: layers wait for tensors nothing produces: {choices(missing)}")
         pending.remove(ready)
         lc, call, refs, mrefs, consts, kwrefs, kwconsts = ready
         kwargs = {**kwconsts, **{k: tensors[r] for k, r in kwrefs.items()}}
-        outs = _call(ctx, lc, prefix, wpath, [tensors[r] for r in refs], call,
+        args = [tensors.get(r) for r in refs]
+        if any(r[0] == CONST for r in refs):
+            donor = next((t for t in args if t is not None), None)
+            where = f"{prefix}{layer_name(lc)}" + (f":{call}" if call else "")
+            if donor is None:
+                raise SourceError(f"keras layer {where!r}: takes constants only; tlexp needs a tensor input to each layer")
+            args = [_constant(ctx, where, constants[r[1]], donor) if r[0] == CONST else t for r, t in zip(refs, args)]
+        outs = _call(ctx, lc, prefix, wpath, args, call,  # type: ignore[arg-type]
                      [None if r is None else tensors[r] for r in mrefs], consts,
                      kwargs)
         for j, t in enumerate(outs):
