@@ -794,3 +794,22 @@ def test_scheme_named_by_a_surgery_op_survives_finetune_init():
     apply_graph_overrides(g, {"seed": 7, "weight_init": "xavier_uniform"})
     assert torch.count_nonzero(g.module("a").weight) == 0
     assert torch.equal(g.module("b").weight, torch.ones(2, 5))
+
+
+def test_settings_take_their_defaults_from_the_one_schema(monkeypatch):
+    """finetune's defaults are FinetuneConfig's (tlexp.config), never declared a second time."""
+    import dataclasses
+
+    from tlexp.config import FinetuneConfig
+    from tlexp.finetune._settings import defaults, parse
+
+    s = parse({})
+    schema = FinetuneConfig()
+    assert (s.lr, s.momentum, s.eps, list(s.betas), s.schedule) == (
+        schema.lr, schema.momentum, schema.eps, schema.betas, str(schema.schedule))
+    assert set(defaults()) == {f.name for f in dataclasses.fields(FinetuneConfig)}
+    fields = FinetuneConfig.__dataclass_fields__
+    monkeypatch.setattr(fields["lr"], "default", 0.25)
+    monkeypatch.setattr(fields["gradient_normalization_threshold"], "default", 3.0)
+    s = parse({})
+    assert s.lr == 0.25 and s.threshold == 3.0

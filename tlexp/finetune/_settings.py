@@ -12,6 +12,7 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from tlexp.errors import ConfigError, choices
@@ -352,10 +353,11 @@ def parse(cfg: Any) -> Settings:
         return cfg
     c = _plain(cfg)
     _check_keys(c)
+    c = {**defaults(), **c}  # the schema's defaults (tlexp.config.FinetuneConfig), never re-declared
     get = c.get
-    optimizer = _optimizer(get("optimizer", "adam"))
-    schedule = _name(get("schedule", "none") or "none", "finetune.schedule", SCHEDULES)
-    momentum = _number(get("momentum", 0.9), "finetune.momentum", low=0.0, high=1.0, high_open=True)
+    optimizer = _optimizer(get("optimizer"))
+    schedule = _name(get("schedule") or "none", "finetune.schedule", SCHEDULES)
+    momentum = _number(get("momentum"), "finetune.momentum", low=0.0, high=1.0, high_open=True)
     if optimizer == "nesterov" and momentum == 0.0:
         raise ConfigError("finetune.momentum: 0 with optimizer nesterov; valid: (0, 1) (Nesterov needs momentum)")
     dropout = get("dropout")
@@ -374,32 +376,32 @@ def parse(cfg: Any) -> Settings:
     seed = get("seed")
     return Settings(
         optimizer=optimizer,
-        lr=_number(get("lr", 1e-3), "finetune.lr", low=0.0),
+        lr=_number(get("lr"), "finetune.lr", low=0.0),
         momentum=momentum,
-        betas=_betas(get("betas", (0.9, 0.999))),
-        eps=_number(get("eps", 1e-8), "finetune.eps", low=0.0, low_open=True),
-        weight_decay=_number(get("weight_decay", 0.0), "finetune.weight_decay", low=0.0),
-        l2=_number(get("l2", 0.0), "finetune.l2", low=0.0),
+        betas=_betas(get("betas")),
+        eps=_number(get("eps"), "finetune.eps", low=0.0, low_open=True),
+        weight_decay=_number(get("weight_decay"), "finetune.weight_decay", low=0.0),
+        l2=_number(get("l2"), "finetune.l2", low=0.0),
         schedule=schedule,
         schedule_args=_schedule_args(schedule, get("schedule_args")),
         dropout=None if dropout is None else _number(dropout, "finetune.dropout", low=0.0, high=1.0, high_open=True),
         activation=None if activation is None else _name(activation, "finetune.activation", list(ACTIVATIONS)),
-        apply_to_output=_bool(get("apply_to_output", False), "finetune.apply_to_output"),
+        apply_to_output=_bool(get("apply_to_output"), "finetune.apply_to_output"),
         weight_init=None if weight_init is None else _name(weight_init, "finetune.weight_init", WEIGHT_INITS),
         bias_init=None if bias_init is None else _number(bias_init, "finetune.bias_init"),
         gradient_normalization=_name(
-            get("gradient_normalization", "none") or "none", "finetune.gradient_normalization", GRADIENT_NORMALIZATIONS
+            get("gradient_normalization") or "none", "finetune.gradient_normalization", GRADIENT_NORMALIZATIONS
         ),
         threshold=_number(
-            get("gradient_normalization_threshold", 1.0), "finetune.gradient_normalization_threshold",
+            get("gradient_normalization_threshold"), "finetune.gradient_normalization_threshold",
             low=0.0, low_open=True,
         ),
         seed=None if seed is None else _int(seed, "finetune.seed"),
         groups=_groups(get("groups")),
-        l1=_number(get("l1", 0.0), "finetune.l1", low=0.0),
-        l1_bias=_number(get("l1_bias", 0.0), "finetune.l1_bias", low=0.0),
-        l2_bias=_number(get("l2_bias", 0.0), "finetune.l2_bias", low=0.0),
-        weight_decay_bias=_number(get("weight_decay_bias", 0.0), "finetune.weight_decay_bias", low=0.0),
+        l1=_number(get("l1"), "finetune.l1", low=0.0),
+        l1_bias=_number(get("l1_bias"), "finetune.l1_bias", low=0.0),
+        l2_bias=_number(get("l2_bias"), "finetune.l2_bias", low=0.0),
+        weight_decay_bias=_number(get("weight_decay_bias"), "finetune.weight_decay_bias", low=0.0),
         bias_lr=None if get("bias_lr") is None else _number(get("bias_lr"), "finetune.bias_lr", low=0.0),
         constraints=_constraints(get("constraints")),
     )
@@ -441,6 +443,17 @@ def _constraints(value: Any) -> tuple[dict[str, Any], ...]:
             raise ConfigError(f"{where}: min {c['min']} is above max {c['max']}")
         out.append(c)
     return tuple(out)
+
+
+def defaults() -> dict[str, Any]:
+    """``finetune``'s defaults as plain values, read off the one schema (tlexp.config.FinetuneConfig)."""
+    from tlexp.config import FinetuneConfig
+
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(FinetuneConfig):
+        value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        out[f.name] = value.value if isinstance(value, Enum) else value
+    return out
 
 
 def _check_keys(c: Mapping[str, Any]) -> None:
