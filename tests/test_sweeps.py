@@ -59,6 +59,23 @@ def _app(tmp_path: Path) -> Path:
     return app
 
 
+def _children(pid: int) -> list[int]:
+    """The processes ``pid`` started (Linux), and theirs."""
+    out: list[int] = []
+    for f in Path(f"/proc/{pid}/task").glob("*/children"):
+        for c in f.read_text().split():
+            out += [int(c), *_children(int(c))]
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for its reaper counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _t(s: str) -> datetime:
     return datetime.fromisoformat(s)
 
@@ -119,12 +136,19 @@ def test_gpu_pool_ctrl_c_stops_every_job(tmp_path: Path) -> None:
             continue
         pids = [j["pid"] for j in jobs if j.get("status") == "running"]
     assert len(pids) == 2, "two jobs should be running"
+    # every process the sweep started: the jobs, and the fork server (with its resource tracker)
+    helpers = _children(proc.pid)
+    assert set(pids) < set(helpers), (pids, helpers)  # the jobs are among them, and the fork server
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)
     assert proc.returncode != 0
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+    deadline = time.time() + 30  # the fork server ends when the sweep's process has gone
+    while time.time() < deadline and any(_alive(p) for p in helpers):
+        time.sleep(0.5)
+    assert not any(_alive(p) for p in helpers), [Path(f"/proc/{p}/cmdline").read_bytes()[:200] for p in helpers if _alive(p)]
     summary = json.loads((sweep / "gpu_pool.json").read_text())
     assert summary["interrupted"] is True
     assert sorted(j["status"] for j in summary["jobs"]) == ["interrupted", "interrupted", "not started"]

@@ -127,15 +127,20 @@ def zygote_context(modules: Sequence[str]) -> Any:
 
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["hydra_plugins.tlexp_gpu_pool._preload"])
-    before = os.environ.get(PRELOAD_ENV)
-    os.environ[PRELOAD_ENV] = ",".join(modules)
+    # the server's own environment: what to preload, and torch's CUDA checks through NVML (an
+    # import that asks torch.cuda.is_available() would otherwise start the CUDA driver in the
+    # server, and no forked job could use CUDA after that)
+    server_env = {PRELOAD_ENV: ",".join(modules), "PYTORCH_NVML_BASED_CUDA_CHECK": "1"}
+    before = {k: os.environ.get(k) for k in server_env}
+    os.environ.update(server_env)
     try:
         forkserver.ensure_running()
     finally:
-        if before is None:
-            os.environ.pop(PRELOAD_ENV, None)
-        else:
-            os.environ[PRELOAD_ENV] = before
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return ctx
 
 
