@@ -54,7 +54,9 @@ def main(argv=None) -> None:
     from tlexp.sources.keras import load_keras
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    print(f"torch threads {torch.get_num_threads()}, keras {keras.__version__} ({keras.backend.backend()})")
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"torch threads {torch.get_num_threads()}, keras {keras.__version__} ({keras.backend.backend()}), "
+          f"{os.cpu_count()} CPUs, load average {load}")
     print(f"{'model':<16}{'format':<8}{'tlexp s':>9}{'keras s':>9}{'target s':>10}")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
