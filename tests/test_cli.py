@@ -48,6 +48,7 @@ def test_inspect_default_model_draws_the_cut(tmp_path: Path) -> None:
     for name in ("conv1", "pool2", "flatten", "fc1", "output"):
         assert name in out
     assert "frozen" in out and "trainable" in out and "[32, 2, 2]" in out
+    assert "(= conv3)" in out  # pool2 and flatten train what conv3 trains: the README's sweep avoids them
     assert "the cache stores flatten" in out
     assert "128" in out  # the flatten boundary: 32*2*2 floats per sample
     assert list(tmp_path.iterdir()) == []  # inspecting writes nothing

@@ -107,3 +107,26 @@ def test_metrics_json_is_strict_json(tmp_path: Path) -> None:
     m = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=refuse)
     assert m["val"]["loss"] is None and m["test"]["loss"] is None and m["val"]["accuracy"] == 0.5
     assert m["status"] == "completed" and m["timing"]["finished_at"] > m["timing"]["started_at"]
+
+
+def test_a_killed_runs_model_temp_folder_is_removed_by_the_next_run(compose_cfg, tmp_path: Path) -> None:
+    """A run killed while writing model/ leaves `.model~HOST~PID~….tmp/` in its folder; the next
+    run there removes it (its writer is gone) before anything else, never a live writer's."""
+    import subprocess
+
+    from tlexp._tempfiles import temp_path
+    from tlexp.errors import ConfigError
+    from tlexp.train import run
+
+    out = tmp_path / "run"
+    out.mkdir()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    live = temp_path(out / "model")
+    dead = live.with_name(live.name.replace(f"~{os.getpid()}~", f"~{gone.pid}~"))
+    for d in (live, dead):
+        d.mkdir()
+        (d / "weights.safetensors").write_bytes(b"partial")
+    with pytest.raises(ConfigError, match="data.batch_size"):  # the next run (here one that stops at once)
+        run(compose_cfg("data.batch_size=0"))
+    assert live.is_dir() and not dead.exists()

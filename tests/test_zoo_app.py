@@ -60,6 +60,7 @@ def test_zoo_run_end_to_end_from_the_command_line(tmp_path: Path, images: Path) 
     assert res.returncode == 0, res.stderr[-3000:]
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["featurize"]["key"] and "accuracy" in m["test"]
+    assert "RANDOM WEIGHTS" in res.stdout  # zoo_tiny loads nothing pretrained: the table says so
     # float16 halves the cache: 1 byte per value would be wrong, 2 is right
     cached = sorted((tmp_path / "cache").glob("*-train.h5"))
     assert len(cached) == 1
