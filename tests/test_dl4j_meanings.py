@@ -122,3 +122,41 @@ def test_add_inputs_and_a_layer_with_several_inputs_needs_a_merge() -> None:
                        {"op": "set_outputs", "outputs": ["both"]}])
     assert g2.node("both").inputs == ["cat"]
     assert g2(torch.rand(2, 4), torch.rand(2, 5)).shape == (2, 2)
+
+
+@pytest.mark.parametrize("name", [s for s in ft.SCHEDULES if s != "none"])
+def test_every_schedule_continues_from_its_saved_state(name: str) -> None:
+    """What a continued run does with the saved scheduler (JSON) and optimizer groups: the lrs
+    after the restore are those of the same scheduler stepped on without a break."""
+    import json
+
+    args = {"multistep": {"milestones": [3, 5]}, "step": {"step_size": 2, "interval": "step"},
+            "dl4j": {"schedule": {"@class": "org.nd4j.linalg.schedule.StepSchedule", "scheduleType": "ITERATION",
+                                  "initialValue": 0.1, "decayRate": 0.5, "step": 3.0}}}.get(name, {})
+    cfg = {"schedule": name, "schedule_args": args, "lr": 0.1, "optimizer": "sgd", "momentum": 0.9}
+
+    def fresh():
+        g = _net()
+        opt = ft.build_optimizer(g, cfg)
+        return opt, ft.build_scheduler(opt, cfg, max_epochs=4, steps_per_epoch=3)["scheduler"]
+
+    opt, sched = fresh()
+    for _ in range(5):
+        opt.step()
+        sched.step()
+    saved_state = json.loads(json.dumps(ft.scheduler_state(sched)))
+    saved_groups = json.loads(json.dumps(opt.state_dict()["param_groups"]))
+    want = []
+    for _ in range(4):
+        want.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    opt2, sched2 = fresh()
+    ft.restore_scheduler(opt2, sched2, saved_state, saved_groups)
+    got = []
+    for _ in range(4):
+        got.append(opt2.param_groups[0]["lr"])
+        opt2.step()
+        sched2.step()
+    assert got == pytest.approx(want)
+    assert got[0] != pytest.approx(0.1)  # not restarted: a fresh schedule's first lr
