@@ -57,8 +57,9 @@ def test_node_names_are_keras_names() -> None:
     assert "inner_seq:1/id1" in names
     assert g.module("inner_seq/id1") is g.module("inner_seq:1/id1")
     assert g.shares("inner_seq:1/id1") == "inner_seq/id1"
-    m = _load("k2", "merge")
+    m = _load("k2", "merge")  # written by tf-keras 2: the Dense 'shared' applied twice is one module
     assert {"shared", "shared:1"} <= set(m.node_names)
+    assert m.module("shared") is m.module("shared:1") and m.shares("shared:1") == "shared"
 
 
 def test_flatten_keeps_keras_channel_last_order() -> None:
