@@ -60,3 +60,21 @@ def test_enforced_training_config_reaches_the_run(compose_cfg) -> None:
 
     _, finetune = build_model(cfg)
     assert finetune["optimizer"] == "adam" and finetune["lr"] == 0.002 and finetune["betas"] == [0.85, 0.99]
+
+
+@pytest.mark.slow
+def test_import_never_imports_keras_or_tensorflow() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, warnings\n"
+        "warnings.simplefilter('ignore')\n"
+        "from tlexp.sources.keras import load_keras\n"
+        f"load_keras({str(FIXTURES / 'k3' / 'nested.keras')!r})\n"
+        f"load_keras({str(FIXTURES / 'k2' / 'merge.h5')!r})\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('keras', 'tensorflow', 'tf_keras'))\n"
+        "assert not bad, bad\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
