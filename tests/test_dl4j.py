@@ -593,3 +593,32 @@ def test_ndhwc_convolution3d_pooling_and_prelu() -> None:
     ref = torch.nn.functional.avg_pool3d(ref, 2, 2).permute(0, 2, 3, 4, 1)
     ref = torch.where(ref >= 0, ref, ref * torch.tensor([0.1, 0.2, 0.3]))
     assert torch.allclose(y, ref, atol=1e-6)
+
+
+def test_deconvolution2d_same_mode_as_libnd4j() -> None:
+    """Deconvolution2D, convolutionMode Same: output = stride * input; libnd4j's deconv2d places
+    input pixel i's kernel at output i*s + kk - floor((k - s) / 2)."""
+    from tlexp.sources.dl4j import build_graph
+
+    conf = _mln(("Deconvolution2D", {"nin": 2, "nout": 3, "kernelSize": [3, 4], "stride": [2, 2], "padding": [0, 0],
+                                     "dilation": [1, 1], "convolutionMode": "Same", "activationFn": _IDENTITY}))
+    g, built, _ = build_graph(conf)
+    assert built[0].n_params == 3 + 2 * 3 * 3 * 4
+    flat = np.linspace(-1, 1, built[0].n_params).astype(np.float32)
+    built[0].assign(flat)  # b [3], then W [nIn, nOut, kH, kW] 'c'
+    b, w = flat[:3], flat[3:].reshape(2, 3, 3, 4)
+    x = np.random.default_rng(0).normal(size=(1, 2, 4, 5)).astype(np.float32)
+    with torch.no_grad():
+        y = g(torch.from_numpy(x))[0].numpy()
+    assert y.shape == (3, 8, 10)
+    want = np.zeros((3, 8, 10), np.float32) + b[:, None, None]
+    ph, pw = (3 - 2) // 2, (4 - 2) // 2
+    for ci in range(2):
+        for i in range(4):
+            for j in range(5):
+                for a in range(3):
+                    for c in range(4):
+                        r, q = i * 2 + a - ph, j * 2 + c - pw
+                        if 0 <= r < 8 and 0 <= q < 10:
+                            want[:, r, q] += x[0, ci, i, j] * w[ci, :, a, c]
+    np.testing.assert_allclose(y, want, atol=1e-5)

@@ -222,11 +222,21 @@ class Builder:
                                   [src])]
                 src, padding = f"{name}_causal_pad", 0
             deconv = cls == "Deconvolution2D"
-            if deconv and mode == "Same":
-                raise SourceError(f"{where}: Deconvolution2D with convolutionMode Same is not supported")
             t = "conv1d" if one_d else ("conv_transpose2d" if deconv else "conv2d")
             args: dict[str, Any] = {"in_channels": n_in, "out_channels": n_out, "kernel_size": k, "stride": s,
                                     "padding": padding, "dilation": d, "bias": has_bias}
+            if deconv and mode == "Same":
+                # libnd4j's deconv2d in Same mode: output stride * input; of the full transposed
+                # output ((in-1)*s + k_eff) it drops floor((k_eff - s) / 2) at the start, the rest at
+                # the end (a negative count adds zeros)
+                crops = []
+                for ki, si, di in zip(k, s, d):
+                    extra = (ki - 1) * di + 1 - si
+                    top = max(extra // 2, 0) if extra >= 0 else 0
+                    crops.append([top, extra - top])
+                t = "window_conv_transpose"
+                args = {"dims": 2, "in_channels": n_in, "out_channels": n_out, "kernel_size": k, "stride": s,
+                        "crops": crops, "dilation": d, "bias": has_bias}
             if not deconv:
                 args["dropout"] = drop
             nodes, out, conv = self._with_act(name, t, args, [src], act, kind)
