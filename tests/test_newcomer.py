@@ -238,3 +238,25 @@ def test_help_lists_options_not_schemas(tmp_path: Path) -> None:
     assert res.returncode == 0
     assert "data: churn, csv, digits, image_folder" in res.stdout
     assert "base_" not in res.stdout.split("== Config ==")[0]
+
+
+def test_sweep_report_fits_80_columns_when_not_a_terminal(tmp_path: Path, monkeypatch, capsys) -> None:
+    from tests.test_sweeps import _fake_run
+    from tlexp.sweep.report import print_sweep_report
+
+    sweep = tmp_path / "sweep"
+    for n, (cut, lr) in enumerate((("layer4", "0.1"), ("layer4", "0.01"), ("layer2", "0.1"), ("layer2", "0.01"))):
+        _fake_run(sweep / f"{n}", [f"freeze.up_to={cut}", f"finetune.lr={lr}", "seed=1"],
+                  {"status": "completed", "val": {"accuracy": 0.5 + n / 10}, "test": {"accuracy": 0.6},
+                   "baseline": {"before_fit": {"accuracy": 0.2}, "source": {"accuracy": 0.1}},
+                   "freeze": {"frozen": ["a"] * (5 if cut == "layer2" else 9)},
+                   "timing": {"featurize_s": 12.3456, "fit_s": 2.0}, "featurize": {"cache_hit": n % 2 == 1}})
+    _fake_run(sweep / "4", ["freeze.up_to=layer2", "finetune.lr=0.5", "seed=2"], None)  # died before metrics
+    monkeypatch.setenv("COLUMNS", "80")
+    print_sweep_report(sweep, write=False)
+    out = capsys.readouterr().out
+    assert "…" not in out and max(len(line) for line in out.splitlines()) <= 80, out
+    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
+    # every column whole on one line: job, lr, up_to, seed, val, test, before_fit, source, feat s, fit s, hit, status
+    assert rows[0] == ["0", "0.1", "layer4", "1", "0.5000", "0.6000", "0.2000", "0.1000", "12.3", "2.0", "no", "completed"]
+    assert rows[-1][-1] == "failed"

@@ -268,15 +268,28 @@ def write_report(rep: SweepReport, out_dir: Path | None = None) -> dict[str, Pat
 
 
 def render_table(rep: SweepReport) -> Table:
+    from rich import box
+
     header, rows = _table_rows(rep)
-    table = Table(title=f"sweep: {rep.sweep_dir.name} ({len(rep.rows)} jobs, {len(rep.failed)} failed)")
+    # compact enough for 80 columns (a pipe, a CI log): the metric is named once in the title,
+    # numbers never wrap; swept values and errors fold rather than being cut to "…"
+    table = Table(title=f"sweep: {rep.sweep_dir.name} ({len(rep.rows)} jobs, {len(rep.failed)} failed) · {rep.metric}",
+                  box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0), show_edge=False)
     short = {"featurize_s": "feat s", "fit_s": "fit s", "cache hit": "hit"}
     for h in header:
-        name = h.rsplit(".", 1)[-1] if h in rep.swept else short.get(h, h)  # the files keep full names
-        table.add_column(name, justify="left" if h == "status" else "right", overflow="fold")
+        # the files keep full names
+        name = h.rsplit(".", 1)[-1] if h in rep.swept else short.get(h, h.removesuffix(f"/{rep.metric}"))
+        if h in rep.swept or h == "status":
+            widest = max([len(name), *(len(_fmt(row[header.index(h)])) for row in rows)])
+            table.add_column(name, justify="left" if h == "status" else "right", overflow="fold",
+                             min_width=min(widest, 12 if h in rep.swept else 9))
+        else:
+            table.add_column(name, justify="right", no_wrap=True)
+    seconds = {i for i, h in enumerate(header) if h in ("featurize_s", "fit_s")}
     for row, r in zip(rows, rep.rows):
         style = "bold green" if r is rep.best else ("red" if r.status != "completed" else None)
-        table.add_row(*[_fmt(v) for v in row], style=style)
+        table.add_row(*[_fmt(v, 1) if i in seconds and isinstance(v, float) else _fmt(v) for i, v in enumerate(row)],
+                      style=style)
     return table
 
 
