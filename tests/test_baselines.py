@@ -72,7 +72,13 @@ def test_random_init_changes_every_weight_and_is_seeded(compose_cfg) -> None:
 
 
 def test_bad_init_is_a_config_error(compose_cfg) -> None:
+    # a closed choice (tlexp.config.SourceInit): refused when the config is composed, valid values listed
+    from tlexp.baselines import check_init
+    from tlexp.cli import _hydra_error_line
     from tlexp.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="source.init"):
-        run(compose_cfg("experiment=digits_transfer", "source.init=imagenet"))
+    with pytest.raises(Exception) as info:
+        compose_cfg("experiment=digits_transfer", "source.init=imagenet")
+    assert "source.init: 'imagenet' is not a valid choice; valid: pretrained, random" in _hydra_error_line(info.value)
+    with pytest.raises(ConfigError, match="source.init"):  # from Python, without the schema
+        check_init("imagenet")

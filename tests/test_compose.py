@@ -99,10 +99,20 @@ def test_keras_input_layout_is_checked_at_compose_time():
 
 
 def test_each_closed_choice_lists_what_its_room_accepts():
-    from tlexp.config import CHOICES_OF, CacheDtype, InputLayout, Loss
+    from tlexp import config as c
+    from tlexp.baselines import INITS
+    from tlexp.data.preprocessing import PREPROCESSING_MODES
     from tlexp.featurize._store import DTYPES
+    from tlexp.finetune._settings import GRADIENT_NORMALIZATIONS, SCHEDULES, WEIGHT_INITS
+    from tlexp.freeze import MODES
     from tlexp.module import LOSSES
     from tlexp.sources.keras._model import LAYOUTS
 
-    for enum, values in {**CHOICES_OF, CacheDtype: tuple(DTYPES), Loss: LOSSES, InputLayout: LAYOUTS}.items():
+    # the schema imports none of the rooms: each Enum is checked against its room here
+    rooms = {c.FreezeMode: MODES, c.Schedule: SCHEDULES, c.GradientNormalization: GRADIENT_NORMALIZATIONS,
+             c.PreprocessingMode: PREPROCESSING_MODES, c.WeightInit: WEIGHT_INITS, c.SourceInit: INITS,
+             c.CacheDtype: tuple(DTYPES), c.Loss: LOSSES, c.InputLayout: LAYOUTS}
+    assert set(rooms) == {e for e in vars(c).values() if isinstance(e, type) and issubclass(e, c.Choice)
+                          and e is not c.Choice} - {c.Accelerator, c.InspectFormat, c.MonitorMode}
+    for enum, values in rooms.items():
         assert tuple(m.value for m in enum) == tuple(values), enum.__name__

@@ -42,3 +42,41 @@ def unmarked_spawning_tests() -> list[str]:
 
 def test_every_test_that_starts_a_subprocess_is_marked_slow():
     assert unmarked_spawning_tests() == []
+
+
+#: the rooms of tlexp, lowest first (the README's development section); a module may import its
+#: own room and rooms ranked below it, lazily inside a function too, never one at its rank or above
+RANKS = {
+    "errors": 0, "_resources": 1, "_tempfiles": 1, "config": 1, "graph": 1, "data": 2, "sources": 3,
+    "surgery": 4, "freeze": 4, "finetune": 4, "featurize": 5, "module": 5, "callbacks": 5, "output_check": 5,
+    "_report": 5, "assemble": 6, "baselines": 7, "phases": 8, "train": 9, "sweep": 10, "inspect": 10,
+    "helper": 10, "_choices": 10, "cli": 11, "__init__": 11,
+}
+
+
+def upward_imports() -> list[str]:
+    package = TESTS.parent / "tlexp"
+    out = []
+    for path in sorted(package.rglob("*.py")):
+        parts = path.relative_to(package).with_suffix("").parts
+        room = parts[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets: list[str] = []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                if node.module == "tlexp":
+                    targets = [a.name for a in node.names]
+                elif node.module.startswith("tlexp."):
+                    targets = [node.module.split(".")[1]]
+            elif isinstance(node, ast.Import):
+                targets = [a.name.split(".")[1] for a in node.names if a.name.startswith("tlexp.")]
+            for target in targets:
+                if target != room and RANKS.get(target, 99) >= RANKS.get(room, -1):
+                    out.append(f"{'/'.join(parts)}:{node.lineno} imports tlexp.{target}")
+    return out
+
+
+def test_rooms_import_only_rooms_below_them():
+    package = TESTS.parent / "tlexp"
+    rooms = {p.stem if p.is_file() else p.name for p in package.iterdir() if p.suffix == ".py" or (p / "__init__.py").is_file()}
+    assert rooms - {"conf"} <= set(RANKS), f"rank the new room(s): {sorted(rooms - {'conf'} - set(RANKS))}"
+    assert upward_imports() == []

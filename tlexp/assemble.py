@@ -110,7 +110,7 @@ def load_graph(cfg: DictConfig, data: DataLike | None = None) -> tuple[LayerGrap
     init = source.get("init", "pretrained") if source.get("type") == "dl4j_zoo" else source.pop("init", "pretrained")
     graph = load_source(source)
     if init == "random" and source.get("type") != "dl4j_zoo":
-        from tlexp.baselines import reinit
+        from tlexp.graph._weight_init import reinit
 
         reinit(graph, int(cfg.seed))  # the same architecture from scratch: the transfer-vs-scratch run
     finetune = plain(cfg.finetune)

@@ -13,12 +13,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import nn
 
 from tlexp.errors import ConfigError, TlexpError
-from tlexp.graph import LayerGraph
 
-__all__ = ["INITS", "check_init", "reinit", "source_baseline"]
+__all__ = ["INITS", "check_init", "source_baseline"]
 
 log = logging.getLogger(__name__)
 
@@ -29,39 +27,6 @@ def check_init(init: Any) -> str:
     if init not in INITS:
         raise ConfigError(f"source.init: {init!r} is not an init; valid: {', '.join(INITS)}")
     return str(init)
-
-
-@torch.no_grad()
-def reinit(graph: LayerGraph, seed: int) -> LayerGraph:
-    """Re-initialize every weight in place with its layer's default init, from ``seed``.
-
-    Every module with ``reset_parameters`` (linear, conv, norm layers, …) resets itself (norm
-    layers their running statistics too); a parameter held by a module without one is drawn
-    from N(0, 0.02) (a matrix or more) or set to zero (a vector), as transformer inits do.
-    The global RNG is left as it was.
-    """
-    covered: set[int] = set()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for module in graph.modules():
-            if module is graph:
-                continue
-            reset = getattr(module, "reset_parameters", None)
-            if callable(reset):
-                reset()
-                covered.update(id(p) for p in module.parameters())
-                for b in module.buffers():
-                    covered.add(id(b))
-        for module in graph.modules():
-            for p in module.parameters(recurse=False):
-                if id(p) in covered:
-                    continue
-                if p.dim() >= 2:
-                    nn.init.normal_(p, std=0.02)
-                else:
-                    nn.init.zeros_(p)
-                covered.add(id(p))
-    return graph
 
 
 def source_baseline(source_cfg: Mapping[str, Any], data: Any, device: torch.device) -> tuple[dict[str, Any] | None, str]:

@@ -15,11 +15,6 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from tlexp.baselines import INITS
-from tlexp.data.preprocessing import PREPROCESSING_MODES
-from tlexp.finetune._settings import GRADIENT_NORMALIZATIONS, SCHEDULES, WEIGHT_INITS
-from tlexp.freeze import MODES
-
 __all__ = [
     "register_configs",
     "TlexpConfig",
@@ -145,15 +140,6 @@ class WeightInit(Choice):
     ones = "ones"
 
 
-#: each closed choice and the tuple of the room that acts on it (a test keeps them equal)
-CHOICES_OF: dict[type[Choice], tuple[str, ...]] = {
-    FreezeMode: MODES,
-    Schedule: SCHEDULES,
-    GradientNormalization: GRADIENT_NORMALIZATIONS,
-    PreprocessingMode: PREPROCESSING_MODES,
-    WeightInit: WEIGHT_INITS,
-    SourceInit: INITS,
-}
 
 def plain_choices(cfg: DictConfig) -> DictConfig:
     """The composed config with its closed choices as plain strings, for the code past the

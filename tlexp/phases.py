@@ -19,10 +19,44 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from tlexp.errors import ConfigError
 from tlexp.graph import LayerGraph
+
+#: Lightning warnings every fit phase expects (filtered, never shown)
+_EXPECTED_WARNINGS = (
+    ".*does not have many workers.*",  # in-memory tensor batches need no worker processes
+    ".*The number of training batches.*",  # small transfer sets have few batches per epoch
+    ".*module\\(s\\) in eval mode.*",  # frozen nodes always run in inference mode
+    ".*LeafSpec.*",  # Lightning's own use of a deprecated torch API
+)
+
+
+def _autocast_dtype(cfg: DictConfig, device: torch.device) -> torch.dtype | None:
+    """The trainer's mixed precision, applied to featurizing too (GPU only)."""
+    precision = str(cfg.trainer.precision)
+    if device.type != "cuda" or "mixed" not in precision:
+        return None
+    return torch.bfloat16 if precision.startswith("bf16") else torch.float16
+
+
+def _callbacks_node(cfg: DictConfig, mode: str) -> dict[str, Any]:
+    """The ``callbacks`` mapping resolved, with ``${train.mode}`` as resolved (auto → min/max)."""
+    if not cfg.get("callbacks"):
+        return {}
+    copy = cfg.copy()
+    OmegaConf.set_readonly(copy, False)
+    with open_dict(copy):
+        copy.train.mode = mode
+    return OmegaConf.to_container(copy.callbacks, resolve=True)  # type: ignore[return-value]
+
+
+def _source_name(cfg: DictConfig) -> str:
+    src = cfg.source
+    return f"{src.get('type', '?')}: {src.get('name') or src.get('path') or ''}".rstrip(": ")
+
 
 __all__ = ["PhaseResult", "fit_phase", "phase2_cut", "bn_modules", "BN_MODES"]
 
@@ -105,7 +139,6 @@ def fit_phase(cfg: Any, graph: LayerGraph, data: Any, cut: set[str], device: tor
     from tlexp.callbacks import BestWeights, build_callbacks, resolve_mode
     from tlexp.featurize import FeaturizedDataModule, describe, featurize
     from tlexp.module import TransferModule
-    from tlexp.train import _EXPECTED_WARNINGS, _autocast_dtype, _callbacks_node, _source_name
 
     graph.set_frozen(cut)
     info: dict[str, Any] = {"mode": cfg.freeze.mode, "key": None, "cache_hit": False}

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from tlexp import finetune as ft
 from tlexp.assemble import build_model, check_required, edit_graph, load_graph, plain
@@ -37,14 +37,6 @@ CONTINUE_KEYS = ("optimizer", "momentum", "betas", "eps", "groups")
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 
 #: Lightning warnings about things tlexp does on purpose
-_EXPECTED_WARNINGS = (
-    ".*does not have many workers.*",  # in-memory tensor batches need no worker processes
-    ".*The number of training batches.*",  # small transfer sets have few batches per epoch
-    ".*module\\(s\\) in eval mode.*",  # frozen nodes always run in inference mode
-    ".*LeafSpec.*",  # Lightning's own use of a deprecated torch API
-)
-
-
 def _container(node: Any) -> Any:
     return plain(node)
 
@@ -195,14 +187,6 @@ def _device(cfg: DictConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def _autocast_dtype(cfg: DictConfig, device: torch.device) -> torch.dtype | None:
-    """The trainer's mixed precision, applied to featurizing too (GPU only)."""
-    precision = str(cfg.trainer.precision)
-    if device.type != "cuda" or "mixed" not in precision:
-        return None
-    return torch.bfloat16 if precision.startswith("bf16") else torch.float16
-
-
 def _logger(cfg: DictConfig) -> Any:
     node = cfg.get("logger")
     if not node or "_target_" not in node:
@@ -217,17 +201,6 @@ def _logger(cfg: DictConfig) -> Any:
             root = root.__cause__
         why = str(root).strip().splitlines()[0] if str(root).strip() else type(root).__name__
         raise ConfigError(f"logger: cannot create {node._target_} ({why}); use logger=csv or install its package") from None
-
-
-def _callbacks_node(cfg: DictConfig, mode: str) -> dict[str, Any]:
-    """The ``callbacks`` mapping resolved, with ``${train.mode}`` as resolved (auto → min/max)."""
-    if not cfg.get("callbacks"):
-        return {}
-    copy = cfg.copy()
-    OmegaConf.set_readonly(copy, False)
-    with open_dict(copy):
-        copy.train.mode = mode
-    return OmegaConf.to_container(copy.callbacks, resolve=True)  # type: ignore[return-value]
 
 
 def _baselines(cfg: DictConfig, prepared: Prepared, device: torch.device) -> tuple[dict[str, Any], dict[str, str]]:
@@ -455,11 +428,6 @@ def _progress(modules: list[Any], epochs_run: int) -> dict[str, Any]:
         progress["continued_from"] = {k: before[k] for k in ("epochs", "global_step") if k in before}
         progress["schedule_restored"] = first.schedule_restored
     return progress
-
-
-def _source_name(cfg: DictConfig) -> str:
-    src = cfg.source
-    return f"{src.get('type', '?')}: {src.get('name') or src.get('path') or ''}".rstrip(": ")
 
 
 def _utc_now() -> str:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import nn
 
-__all__ = ["WEIGHT_INITS", "init_weights"]
+__all__ = ["WEIGHT_INITS", "init_weights", "reinit"]
 
 
 def _fan_in(w: torch.Tensor) -> int:
@@ -52,3 +53,39 @@ def init_weights(module: nn.Module, scheme: str) -> None:
         for p in module.parameters():
             if p.dim() >= 2:
                 fn(p)
+
+
+M = TypeVar("M", bound=nn.Module)
+
+
+@torch.no_grad()
+def reinit(graph: M, seed: int) -> M:
+    """Re-initialize every weight in place with its layer's default init, from ``seed``.
+
+    Every module with ``reset_parameters`` (linear, conv, norm layers, …) resets itself (norm
+    layers their running statistics too); a parameter held by a module without one is drawn
+    from N(0, 0.02) (a matrix or more) or set to zero (a vector), as transformer inits do.
+    The global RNG is left as it was.
+    """
+    covered: set[int] = set()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in graph.modules():
+            if module is graph:
+                continue
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset):
+                reset()
+                covered.update(id(p) for p in module.parameters())
+                for b in module.buffers():
+                    covered.add(id(b))
+        for module in graph.modules():
+            for p in module.parameters(recurse=False):
+                if id(p) in covered:
+                    continue
+                if p.dim() >= 2:
+                    nn.init.normal_(p, std=0.02)
+                else:
+                    nn.init.zeros_(p)
+                covered.add(id(p))
+    return graph

@@ -61,7 +61,8 @@ def make_plan(config: DictConfig, sweep_dir: str | Path, execute: bool = True) -
     import torch
 
     from tlexp.featurize import featurize_cuts, featurize_key
-    from tlexp.train import _autocast_dtype, _device, prepare
+    from tlexp.phases import _autocast_dtype
+    from tlexp.train import _device, prepare
 
     grid = expand_grid(config)
     if grid is None:
