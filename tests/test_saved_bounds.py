@@ -109,6 +109,7 @@ def test_metrics_json_is_strict_json(tmp_path: Path) -> None:
     assert m["status"] == "completed" and m["timing"]["finished_at"] > m["timing"]["started_at"]
 
 
+@pytest.mark.slow  # starts a process (for a dead PID) and trains a whole run
 def test_a_killed_runs_model_temp_folder_is_removed_by_the_next_run(compose_cfg, tmp_path: Path) -> None:
     """A run killed while writing model/ leaves `.model~HOST~PID~….tmp/` in its folder; the next
     run there removes it (its writer is gone) before anything else, never a live writer's."""
