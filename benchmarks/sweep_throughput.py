@@ -110,16 +110,22 @@ def bench_b(work: Path, per_class: int, gpu: bool, repeat: int = 2) -> list[list
     featurize(graph.split(cuts[0])[0], graph.boundary(cuts[0]), data, work / "b_warm", device=device)
     one = float("inf")
     alone = [float("inf")] * len(cuts)
+    rounds = []
     for r in range(repeat):
         t0 = time.perf_counter()
         featurize_cuts(graph, cuts, data, work / f"b_one_{r}", device=device)
-        one = min(one, time.perf_counter() - t0)
+        this_one = time.perf_counter() - t0
+        one = min(one, this_one)
         for i, cut in reversed(list(enumerate(cuts))):
             graph.set_frozen(cut)
             prefix, _ = graph.split(cut)
             t0 = time.perf_counter()
             featurize(prefix, graph.boundary(cut), data, work / f"b_alone_{r}_{i}", device=device)
-            alone[i] = min(alone[i], time.perf_counter() - t0)
+            took = time.perf_counter() - t0
+            alone[i] = min(alone[i], took)
+            if i == len(cuts) - 1:
+                rounds.append(f"{this_one:.2f}/{took:.2f} s = {this_one / took:.2f}× (load {os.getloadavg()[0]:.1f})")
+    print("(b) each round, one pass / deepest alone: " + "; ".join(rounds))
     deepest = alone[-1]
     return [
         ["one pass, 4 cuts", f"{one:.2f} s", f"{one / deepest:.2f}×", "1 per split"],
