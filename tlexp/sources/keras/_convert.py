@@ -139,6 +139,8 @@ def convert_layer(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
     masks = list({t.mask.ref: t.mask for t in ins if t.mask is not None}.values())
     if not masks or any(o.mask is not None for o in outs) or isinstance(ctx, Chain):
         return outs
+    if k.cls in MASK_MERGE and k.cls != "Concatenate" and k.version >= 3 and any(t.mask is None for t in ins):
+        return outs  # Keras 3: an elementwise merge of masked and unmasked inputs carries no mask
     if k.cls in MASK_PASS or (k.cls in MASK_MERGE and len(masks) == 1):
         mask = masks[0]
     elif k.cls in MASK_MERGE:
