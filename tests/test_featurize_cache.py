@@ -267,8 +267,8 @@ def test_leftovers_of_dead_writers_are_removed_live_ones_kept(tmp_path: Path) ->
 
 
 def test_lock_files_held_are_kept_unheld_removed(tmp_path: Path) -> None:
-    """The filelock API tlexp uses (FileLock(path, blocking=False), acquire/release, Timeout):
-    pyproject.s filelock range starts where both hold (blocking= since 3.14; ENOLCK raises since 3.21)."""
+    """The filelock API tlexp uses (FileLock(path, blocking=False, fallback_to_soft=False),
+    acquire/release, Timeout): pyproject's filelock range starts where all of it exists (3.30)."""
     from filelock import FileLock
 
     from tlexp._tempfiles import remove_unheld_locks
@@ -278,3 +278,22 @@ def test_lock_files_held_are_kept_unheld_removed(tmp_path: Path) -> None:
     with FileLock(str(held)):
         assert remove_unheld_locks(tmp_path) == [free]
         assert held.exists() and not free.exists()
+
+
+@pytest.mark.parametrize("err", ["ENOSYS", "ENOLCK"])
+def test_a_file_system_without_flock_stops_the_run_not_a_soft_lock(tmp_path: Path, monkeypatch, err: str) -> None:
+    """No flock (ENOSYS) or no lock daemon (ENOLCK): one line naming paths.cache_dir, never a
+    silent fallback to a marker-file lock that a killed run would leave behind."""
+    import errno
+    import fcntl
+
+    from tlexp.errors import ConfigError
+    from tlexp.featurize._index import key_lock
+
+    def no_flock(fd: int, op: int) -> None:
+        raise OSError(getattr(errno, err), err)
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    with pytest.raises(ConfigError, match="paths.cache_dir: .* does not support file locks"), key_lock(tmp_path, "k"):
+        pass
+    assert not (tmp_path / "k.lock").exists() or (tmp_path / "k.lock").stat().st_size == 0

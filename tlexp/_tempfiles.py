@@ -96,7 +96,7 @@ def remove_unheld_locks(directory: Path, pattern: str = "*.lock") -> list[Path]:
 
     removed = []
     for path in directory.glob(pattern):
-        lock = FileLock(str(path), blocking=False)
+        lock = FileLock(str(path), blocking=False, fallback_to_soft=False)
         try:
             lock.acquire()
         except (Timeout, OSError):

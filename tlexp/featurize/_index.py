@@ -83,7 +83,8 @@ class key_lock:  # noqa: N801 - used as a context manager, like FileLock
         from filelock import FileLock
 
         self.path = Path(cache_dir) / f"{key}.lock"
-        self.lock = FileLock(str(self.path))
+        # no silent SoftFileLock (a marker file a killed run would leave behind) where flock is missing
+        self.lock = FileLock(str(self.path), fallback_to_soft=False)
         where = str(Path(cache_dir).resolve())
         if where not in _warned:
             _warned.add(where)
