@@ -117,6 +117,22 @@ def test_spec_model_on_csv_learns_with_the_defaults(tmp_path: Path) -> None:
     assert run_dir.name[:30] in res.stdout and run_dir.name[-12:] in res.stdout
 
 
+@pytest.mark.slow
+def test_gpu_pool_jobs_keep_the_console_quiet_too(tmp_path: Path) -> None:
+    """A launcher runs each job in its own process (not through `tlexp`'s main): its job.out and
+    tlexp.log carry no Lightning banner or advertisement either."""
+    sweep = tmp_path / "sweep"
+    res = run_cli(["-m", "hydra/launcher=gpu_pool", "hydra.launcher.slots=1", "hydra.launcher.devices=[]",
+                   "finetune.lr=0.01", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+                   f"hydra.sweep.dir={sweep}", f"paths.cache_dir={tmp_path / 'cache'}"], cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    logs = sorted(sweep.glob("*/tlexp.log"))
+    outs = sorted(sweep.glob("*/job.out"))
+    assert logs and outs
+    assert "tlexp.train" in logs[0].read_text()  # the job did log
+    _assert_no_lightning_ads(res.stdout, res.stderr, *(p.read_text() for p in [*logs, *outs]))
+
+
 def _assert_no_lightning_ads(*texts: str) -> None:
     for text in texts:
         for ad in ("GPU available", "TPU available", "HPU available", "\N{ELECTRIC LIGHT BULB}", "Tip:", "litlogger",

@@ -8,6 +8,7 @@ made leaves it marked failed (``.hydra/``, ``tlexp.log``, ``metrics.json`` with 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -144,6 +145,8 @@ def _default_recipe(argv: list[str]) -> list[str]:
 def _run_app(cfg: DictConfig) -> float | None:
     from tlexp.train import run
 
+    _quiet_console()  # again here: launchers (gpu_pool, ray, submitit) run this in their own processes
+
     try:
         # a failed run's folder keeps .hydra/, tlexp.log with the error and metrics.json with
         # status: failed (run() writes them), so a sweep's report can say which runs failed
@@ -195,10 +198,14 @@ _ADS = re.compile(r"^(GPU|TPU|HPU|IPU) available:|Tip:|\N{ELECTRIC LIGHT BULB}|l
                   re.IGNORECASE | re.MULTILINE)
 
 
+class _NoAds(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _ADS.search(record.getMessage()) is None
+
+
 def _quiet_console() -> None:
     """The console shows tlexp's lines: a warning is one line (never Python's source-line echo),
     and Lightning's advertisements are dropped (from tlexp.log too)."""
-    import logging
     import warnings
 
     def one_line(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
@@ -210,13 +217,11 @@ def _quiet_console() -> None:
 
     warnings.showwarning = one_line
 
-    class _NoAds(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            return _ADS.search(record.getMessage()) is None
-
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero",
                  "lightning_fabric.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).addFilter(_NoAds())
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoAds) for f in logger.filters):
+            logger.addFilter(_NoAds())
 
 
 def main() -> None:
