@@ -79,12 +79,15 @@ def test_token_and_position_embedding(tmp_path) -> None:
     check(model, [ids], tmp_path, "positions_const")
 
     # positions as an input of their own: Keras 3's Add of a masked and an unmasked input
-    # carries no mask, so the attention sees every step
+    # carries no mask, so the attention sees every step; Concatenate's mask is computed by ops
+    # Keras writes into the file (expand_dims, zeros_like, ones_like, concatenate, any)
     pos = K.Input((7,), dtype="int32", name="positions")
     tok2 = L.Embedding(20, 8, mask_zero=True, name="tok_emb2")(tok)
     z = L.Add(name="tok_plus_pos")([tok2, L.Embedding(7, 8, name="pos_emb2")(pos)])
+    cat = L.Concatenate(name="cat")([tok2, L.Embedding(7, 8, name="pos_emb3")(pos)])
     model2 = K.Model([tok, pos], [L.MultiHeadAttention(2, 4, name="mha2")(z, z),
-                                  L.GlobalAveragePooling1D(name="mean")(z)])
+                                  L.GlobalAveragePooling1D(name="mean")(z),
+                                  L.GlobalAveragePooling1D(name="masked_mean")(cat)])
     randomize(model2, 6)
     check(model2, [ids, np.tile(np.arange(7, dtype=np.int32), (3, 1))], tmp_path, "positions_input")
 

@@ -363,7 +363,8 @@ def _masking(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
 # ---- Keras 3 operations written as layers (the masks' computations) ---------------------------
 
 _OPS = {"NotEqual": "not_equal", "Equal": "equal", "Any": "any", "All": "all", "LogicalOr": "logical_or",
-        "LogicalAnd": "logical_and", "LogicalNot": "logical_not"}
+        "LogicalAnd": "logical_and", "LogicalNot": "logical_not", "ExpandDims": "expand_dims",
+        "ZerosLike": "zeros_like", "OnesLike": "ones_like"}
 
 
 @converter(*_OPS)
@@ -378,6 +379,19 @@ def _keras_op(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
             if len(k.consts) != 1 or not isinstance(k.consts[0], (int, float)):
                 raise SourceError(f"keras layer {k.name!r} ({k.cls}): compares with {k.consts!r}; only a number is supported")
             args["value"] = float(k.consts[0])
+    elif name == "expand_dims":
+        axis = k.get("axis")
+        if not isinstance(axis, int):
+            raise SourceError(f"keras layer {k.name!r} ({k.cls}): axis {axis!r} is not supported; one axis")
+        x = ctx.layout(x, CL)  # Keras's order: a Keras axis (batch 0) is the torch dimension
+        xs = [x]
+        args["dim"] = axis
+        rank = x.rank + 1
+    elif name in ("zeros_like", "ones_like"):
+        dtype = str(k.get("dtype") or "float32")
+        if dtype not in ("bool", "float32"):
+            raise SourceError(f"keras layer {k.name!r} ({k.cls}): dtype {dtype!r} is not supported; bool, float32")
+        args["dtype"] = dtype
     elif name in ("any", "all"):
         axis = k.get("axis")
         if not isinstance(axis, int):

@@ -463,12 +463,17 @@ def masked_mean() -> nn.Module:
 class KerasOp(nn.Module):
     """One of the few Keras 3 operations its files write as layers when computing masks."""
 
-    def __init__(self, name: str, value: float | None, dim: int, keepdims: bool) -> None:
+    def __init__(self, name: str, value: float | None, dim: int, keepdims: bool, dtype: str = "bool") -> None:
         super().__init__()
-        self.name, self.value, self.dim, self.keepdims = name, value, dim, keepdims
+        self.name, self.value, self.dim, self.keepdims, self.dtype = name, value, dim, keepdims, dtype
 
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
         x = xs[0]
+        if self.name == "expand_dims":
+            return x.unsqueeze(self.dim)
+        if self.name in ("zeros_like", "ones_like"):
+            dtype = torch.bool if self.dtype == "bool" else torch.float32
+            return torch.zeros_like(x, dtype=dtype) if self.name == "zeros_like" else torch.ones_like(x, dtype=dtype)
         if self.name in ("not_equal", "equal"):
             other = xs[1] if len(xs) > 1 else torch.tensor(self.value if self.value is not None else 0.0, dtype=x.dtype)
             return x != other if self.name == "not_equal" else x == other
@@ -485,10 +490,13 @@ class KerasOp(nn.Module):
 
 
 @register_layer("keras_op", role=Role.FIXED, example={"name": "not_equal", "value": 0.0}, example_inputs=((5, 4),))
-def keras_op(name: Literal["not_equal", "equal", "any", "all", "logical_or", "logical_and", "logical_not"],
-             value: float | None = None, dim: int = -1, keepdims: bool = False) -> nn.Module:
-    """A comparison or logical reduction from Keras 3's mask computations (x != value, any over dim, ...)."""
-    return KerasOp(name, value, dim, keepdims)
+def keras_op(name: Literal["not_equal", "equal", "any", "all", "logical_or", "logical_and", "logical_not",
+                           "expand_dims", "zeros_like", "ones_like"],
+             value: float | None = None, dim: int = -1, keepdims: bool = False,
+             dtype: Literal["bool", "float32"] = "bool") -> nn.Module:
+    """A comparison, logical reduction or shape op from Keras 3's mask computations (x != value, any
+    over dim, expand_dims, ones_like, ...)."""
+    return KerasOp(name, value, dim, keepdims, dtype)
 
 
 # ---- Keras applications' own layers -------------------------------------------------------------

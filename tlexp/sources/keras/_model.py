@@ -218,11 +218,12 @@ def _call(ctx: _Ctx, lc: dict[str, Any], prefix: str, wpath: tuple[str, ...], in
 
 def _is_op(lc: dict[str, Any]) -> bool:
     """Keras 3 writes an op on Keras tensors as a layer-like entry: its module names keras.src.ops
-    (the legacy .h5 config leaves the module out; its config then holds a name only)."""
+    (the legacy .h5 config leaves the module out; an op's config then lacks the ``trainable``
+    every layer's config has)."""
     module = lc.get("module")
     if module is not None:
         return str(module).startswith("keras.src.ops")
-    return set(lc.get("config") or {}) <= {"name"}
+    return "trainable" not in (lc.get("config") or {})
 
 
 def _has_state(module: nn.Module) -> bool:
