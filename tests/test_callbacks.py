@@ -79,3 +79,29 @@ def test_bad_monitor_and_callbacks_are_config_errors(compose_cfg, overrides, fie
 def test_bad_mode_is_refused_when_composed(compose_cfg) -> None:
     with pytest.raises(Exception, match="biggest"):
         compose_cfg("train.mode=biggest")
+
+
+def _momentum(run_dir: Path) -> list[torch.Tensor]:
+    from tlexp.sources.saved import load_optimizer_state
+
+    state = load_optimizer_state(run_dir / "model")["state"]
+    return [state[k]["momentum_buffer"] for k in sorted(state, key=int)]
+
+
+def test_saved_optimizer_state_is_the_best_epochs(compose_cfg, tmp_path: Path) -> None:
+    """The optimizer state saved beside the restored weights is that epoch's, not the last one's."""
+    args = (*DIVERGING, "finetune.momentum=0.9", "callbacks=none")
+    long = run(compose_cfg(*args, "trainer.max_epochs=6", out="long"))
+    k = long["best_epoch"]
+    assert long["epochs"] == 6 and 1 <= k < 6, long["monitor"]
+    run(compose_cfg(*args, f"trainer.max_epochs={k}", "train.restore_best=false", out="short"))
+    run(compose_cfg(*args, "trainer.max_epochs=6", "train.restore_best=false", out="last"))
+    best, short, last = (_momentum(tmp_path / d) for d in ("long", "short", "last"))
+    assert best and len(best) == len(short) == len(last)
+    assert all(torch.equal(a, b) for a, b in zip(best, short))
+    assert any(not torch.equal(a, c) for a, c in zip(best, last))
+    # and a run continued from it loads it (same parameters, same groups)
+    cont = run(compose_cfg("experiment=continue", f"source.path={tmp_path / 'long' / 'model'}", "data=digits",
+                           "data.classes=[5,6,7,8,9]", "data.max_per_class=20", "finetune.optimizer=sgd",
+                           "finetune.momentum=0.9", "trainer.max_epochs=1", "callbacks=none", out="cont"))
+    assert cont["optimizer_state_loaded"] is True

@@ -80,3 +80,25 @@ def test_bn_train_updates_the_statistics_of_unfrozen_layers(compose_cfg, tmp_pat
 def test_bad_unfreeze_is_a_config_error(compose_cfg, overrides, field: str) -> None:
     with pytest.raises(ConfigError, match=field):
         run(compose_cfg(*NET, *overrides))
+
+
+def test_lr_scale_applies_to_every_absolute_rate() -> None:
+    from tlexp.phases import scale_lrs
+
+    ft = {"lr": 0.1, "groups": [{"pattern": "conv*", "lr": 0.02}, {"pattern": "fc", "lr_scale": 0.5}],
+          "bias_lr": 0.04, "optimizer": {"_target_": "torch.optim.SGD", "lr": 0.3}, "schedule_args": {"min_lr": 1e-3}}
+    out = scale_lrs(ft, 0.1)
+    assert out["lr"] == pytest.approx(0.01) and out["bias_lr"] == pytest.approx(0.004)
+    assert out["groups"][0]["lr"] == pytest.approx(0.002) and out["groups"][1] == {"pattern": "fc", "lr_scale": 0.5}
+    assert out["optimizer"]["lr"] == pytest.approx(0.03) and out["schedule_args"]["min_lr"] == pytest.approx(1e-4)
+    assert ft["groups"][0]["lr"] == 0.02  # the phase-1 settings are left as they were
+
+
+def test_phase2_scales_group_rates_in_the_optimizer(compose_cfg, tmp_path: Path) -> None:
+    """finetune.groups with an absolute lr: phase 2 trains that group at lr × unfreeze.lr_scale."""
+    from tlexp.sources.saved import load_optimizer_state
+
+    metrics = run(compose_cfg(*NET, "finetune.groups=[{pattern: conv2, lr: 0.02}]", "train.restore_best=false"))
+    assert metrics["epochs"] == 4
+    lrs = {g["name"]: g["lr"] for g in load_optimizer_state(tmp_path / "run" / "model")["param_groups"]}
+    assert lrs["conv2"] == pytest.approx(0.002) and lrs["default"] == pytest.approx(0.005), lrs

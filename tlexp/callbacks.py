@@ -10,6 +10,7 @@ a mapping of ``_target_`` entries) adds Lightning's own callbacks, which read th
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Mapping
@@ -50,7 +51,8 @@ class BestWeights(pl.Callback):
     """Keeps a copy of the trained module's weights at the best value of ``monitor``.
 
     ``best_epoch`` counts from 1 (as ``epochs`` does); ``history`` holds the monitored value of
-    every validated epoch.
+    every validated epoch. ``best_optimizer_state`` is the optimizer's state at that epoch (a
+    copy), so that the state saved beside the restored weights is the one that produced them.
     """
 
     def __init__(self, monitor: str = "val/loss", mode: str = "min", keep: bool = True,
@@ -61,6 +63,7 @@ class BestWeights(pl.Callback):
         self.best_value: float | None = None
         self.best_epoch: int | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_optimizer_state: dict[str, Any] | None = None
         self.history: list[float] = []
 
     def _better(self, value: float) -> bool:
@@ -82,7 +85,9 @@ class BestWeights(pl.Callback):
         if self._better(value):
             self.best_value, self.best_epoch = value, trainer.current_epoch + 1
             if self.keep:
-                    self.best_state = self._snapshot(self.target or pl_module)
+                self.best_state = self._snapshot(self.target or pl_module)
+                optimizers = trainer.optimizers
+                self.best_optimizer_state = copy.deepcopy(optimizers[0].state_dict()) if optimizers else None
 
     @staticmethod
     def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -90,9 +95,10 @@ class BestWeights(pl.Callback):
 
     def start_from(self, value: float | None, module: torch.nn.Module) -> None:
         """Count only epochs better than ``value`` (an earlier phase's best); until one is, the
-        weights kept are ``module``'s as they are now."""
+        weights kept are ``module``'s as they are now (and no optimizer state of this phase)."""
         self.best_value = value
         self.best_state = self._snapshot(module)
+        self.best_optimizer_state = None
 
     def restore(self, pl_module: pl.LightningModule) -> bool:
         """Load the best epoch's weights (into ``target`` when set); False when none were kept."""

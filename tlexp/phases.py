@@ -58,7 +58,7 @@ def _source_name(cfg: DictConfig) -> str:
     return f"{src.get('type', '?')}: {src.get('name') or src.get('path') or ''}".rstrip(": ")
 
 
-__all__ = ["PhaseResult", "fit_phase", "phase2_cut", "bn_modules", "BN_MODES"]
+__all__ = ["PhaseResult", "fit_phase", "phase2_cut", "bn_modules", "scale_lrs", "BN_MODES"]
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,30 @@ def phase2_cut(graph: LayerGraph, cut1: set[str], up_to: Any) -> set[str]:
         raise ConfigError(f"unfreeze.up_to: {up_to!r} must be a shallower cut than freeze.up_to; {why}; "
                           "null unfreezes everything")
     return cut2
+
+
+def scale_lrs(finetune: Mapping[str, Any], scale: float) -> dict[str, Any]:
+    """The ``finetune`` settings of phase 2: every absolute learning rate times ``scale``.
+
+    ``lr``, the ``lr`` of a ``_target_`` optimizer mapping, each ``finetune.groups`` entry's
+    ``lr``, ``bias_lr`` and a schedule's ``min_lr`` are multiplied; a group's ``lr_scale`` is
+    relative to the base rate, so it follows the scaled base as it is.
+    """
+    out = dict(finetune)
+    out["lr"] = float(out.get("lr", 1e-3)) * scale
+    if isinstance(out.get("optimizer"), Mapping) and out["optimizer"].get("lr") is not None:
+        out["optimizer"] = {**out["optimizer"], "lr": float(out["optimizer"]["lr"]) * scale}
+    if out.get("groups"):
+        out["groups"] = [
+            {**g, "lr": float(g["lr"]) * scale} if isinstance(g, Mapping) and g.get("lr") is not None else g
+            for g in out["groups"]
+        ]
+    if out.get("bias_lr") is not None:
+        out["bias_lr"] = float(out["bias_lr"]) * scale
+    args = out.get("schedule_args")
+    if isinstance(args, Mapping) and args.get("min_lr") is not None:
+        out["schedule_args"] = {**args, "min_lr": float(args["min_lr"]) * scale}
+    return out
 
 
 def bn_modules(graph: LayerGraph, names: Sequence[str]) -> list[nn.Module]:

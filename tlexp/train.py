@@ -331,7 +331,7 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     baseline, baseline_skipped = _baselines(cfg, prepared, device)
 
     from tlexp.callbacks import check_monitor
-    from tlexp.phases import bn_modules, fit_phase, phase2_cut
+    from tlexp.phases import bn_modules, fit_phase, phase2_cut, scale_lrs
 
     check_monitor(cfg.train.monitor, data.num_classes)
     terms = (getattr(prepared.graph, "meta", None) or {}).get("training_terms")
@@ -343,7 +343,7 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     if cut2 is not None:
         # phase 2: the cut moves back; newly unfrozen layers train at a scaled learning rate
         unfrozen = [n for n in graph.node_names if n in cut - cut2]
-        finetune2 = {**prepared.finetune, "lr": float(prepared.finetune["lr"]) * float(unfreeze.get("lr_scale", 1.0))}
+        finetune2 = scale_lrs(prepared.finetune, float(unfreeze.get("lr_scale", 1.0)))
         frozen_bn = bn_modules(graph, unfrozen) if unfreeze.get("bn", "frozen") == "frozen" else []
         p1 = phases[0].best
         phases.append(fit_phase(cfg, graph, data, cut2, device, logger, out_dir, phase=2,
@@ -351,7 +351,7 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                                 class_weights=class_weights, eval_modules=frozen_bn, start=p1.best_value,
                                 training_terms=terms))
         phases[1].extra.update({"unfrozen": unfrozen, "lr": finetune2["lr"], "bn": unfreeze.get("bn", "frozen")})
-    trainer, best = phases[-1].trainer, phases[-1].best
+    best = phases[-1].best
     featurize_info = phases[0].featurize
     t_feat = sum(ph.featurize_s for ph in phases)
     fit_s = sum(ph.fit_s for ph in phases)
@@ -364,8 +364,15 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     val = evaluate(graph, data.val_dataloader(), data.num_classes, device)
     test = evaluate(graph, data.test_dataloader(), data.num_classes, device)
     graph.cpu()
+    # the phase whose weights the graph holds: phase 2 unless it never beat phase 1's best
+    kept = phases[-1] if len(phases) == 1 or phases[1].best.best_epoch is not None or not cfg.train.restore_best else phases[0]
+    optimizer_state = None
+    if prepared.finetune.get("save_optimizer_state", True):
+        # the optimizer's state at the epoch whose weights were restored (the last epoch's otherwise)
+        optimizer_state = kept.best.best_optimizer_state if cfg.train.restore_best and kept.best.best_state is not None else None
+        if optimizer_state is None and kept.trainer.optimizers:
+            optimizer_state = kept.trainer.optimizers[0].state_dict()
     progress = _progress([ph.trainer.lightning_module for ph in phases], epochs_run)
-    optimizer_state = trainer.optimizers[0].state_dict() if prepared.finetune.get("save_optimizer_state", True) and trainer.optimizers else None
     if optimizer_state is not None:
         optimizer_state = {**optimizer_state, "progress": progress}
     metrics = {
@@ -401,7 +408,8 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             # what a continued run (experiment=continue) needs to rebuild the same optimizer
             "finetune": json.loads(json.dumps({k: prepared.finetune.get(k) for k in CONTINUE_KEYS if k in prepared.finetune},
                                               default=str)),
-            "freeze_up_to": graph.boundary(cut) if cut else [],  # a continued run keeps this frozen set
+            # a continued run keeps this frozen set: the one the saved weights and optimizer state were trained with
+            "freeze_up_to": graph.boundary(kept.cut) if kept.cut else [],
             # the schedule a continued run takes back (with its position, from optimizer.safetensors)
             "schedule": json.loads(json.dumps({"schedule": prepared.finetune.get("schedule") or "none",
                                                "schedule_args": prepared.finetune.get("schedule_args") or {}},
