@@ -128,9 +128,11 @@ def test_saved_model_continues_with_its_optimizer_state(compose_cfg, tmp_path: P
 @pytest.mark.parametrize(("schedule", "expected"), [("step", 1e-2 * 0.5**3), ("cosine", 0.0)])
 @pytest.mark.slow  # a whole training run (or several): the full suite runs it
 def test_schedule_steps_during_a_run(compose_cfg, tmp_path: Path, schedule: str, expected: float) -> None:
-    """The module steps its scheduler itself (manual optimization): the saved lr shows it."""
+    """The module steps its scheduler itself (manual optimization): the saved lr shows it (the
+    last epoch's optimizer state, train.restore_best=false; the default saves the best epoch's)."""
     args = {"step": "finetune.schedule_args={step_size: 1, gamma: 0.5}", "cosine": "finetune.schedule_args={min_lr: 0.0}"}
-    run(compose_cfg("experiment=churn_transfer", "trainer.max_epochs=3", f"finetune.schedule={schedule}", args[schedule]))
+    run(compose_cfg("experiment=churn_transfer", "trainer.max_epochs=3", f"finetune.schedule={schedule}", args[schedule],
+                    "train.restore_best=false", "unfreeze.epochs=0"))
     from tlexp.sources.saved import load_optimizer_state
 
     state = load_optimizer_state(tmp_path / "run" / "model")

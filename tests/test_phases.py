@@ -102,3 +102,23 @@ def test_phase2_scales_group_rates_in_the_optimizer(compose_cfg, tmp_path: Path)
     assert metrics["epochs"] == 4
     lrs = {g["name"]: g["lr"] for g in load_optimizer_state(tmp_path / "run" / "model")["param_groups"]}
     assert lrs["conv2"] == pytest.approx(0.002) and lrs["default"] == pytest.approx(0.005), lrs
+
+
+def test_phase2_logs_and_checkpoint_continue_after_phase1(compose_cfg, tmp_path: Path) -> None:
+    """metrics.csv numbers phase-2 epochs after phase 1's, and checkpoints/best.ckpt is the best
+    epoch over both phases: here phase 2 (a far too high rate) never beats phase 1."""
+    import csv
+
+    metrics = run(compose_cfg(*NET, "unfreeze.lr_scale=60", "logger=csv", "callbacks=[model_checkpoint]"))
+    assert metrics["epochs"] == 4 and metrics["best_epoch"] <= 2, metrics["monitor"]
+    rows = list(csv.DictReader((tmp_path / "run" / "logs" / "metrics.csv").open()))
+    val = [(int(r["epoch"]), int(r["step"]), float(r["val/loss"])) for r in rows if r.get("val/loss")]
+    assert [e for e, _, _ in val] == [0, 1, 2, 3]
+    steps = [s for _, s, _ in val]
+    assert steps == sorted(steps) and len(set(steps)) == 4
+    finite = [(v, e) for e, _, v in val if v == v]
+    assert min(finite)[1] + 1 == metrics["best_epoch"]
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    saved = _weights(tmp_path / "run")
+    kept = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
+    assert kept and all(torch.equal(v, saved[k]) for k, v in kept.items())

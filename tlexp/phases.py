@@ -10,10 +10,11 @@ BatchNorm in newly unfrozen layers stays in inference mode under ``unfreeze.bn=f
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,11 +152,15 @@ def bn_modules(graph: LayerGraph, names: Sequence[str]) -> list[nn.Module]:
 def fit_phase(cfg: Any, graph: LayerGraph, data: Any, cut: set[str], device: torch.device, logger: Any,
               out_dir: Path, *, phase: int, max_epochs: int, finetune: Mapping[str, Any],
               optimizer_state: Mapping[str, Any] | None, class_weights: torch.Tensor | None,
-              eval_modules: Sequence[nn.Module] = (), start: Any = None, training_terms: Any = None) -> PhaseResult:
+              eval_modules: Sequence[nn.Module] = (), start: Any = None, training_terms: Any = None,
+              after: PhaseResult | None = None) -> PhaseResult:
     """Featurize the prefix before ``cut`` (featurize mode) and fit the rest for ``max_epochs``.
 
     ``start`` (phase 2): the best monitored value so far; an epoch must beat it to be kept, and
     the whole graph is snapshot so that a phase that never improves leaves the graph as it found it.
+    ``after`` (phase 2): the previous phase; the logger's epochs and steps continue after its
+    own, and each ``ModelCheckpoint`` starts from its best, so that ``checkpoints/`` keeps the
+    best epoch over both phases.
     """
     import pytorch_lightning as pl
 
@@ -201,13 +206,18 @@ def fit_phase(cfg: Any, graph: LayerGraph, data: Any, cut: set[str], device: tor
     if start is not None and keep:
         best.start_from(start, graph)
     callbacks = [best, *build_callbacks(_callbacks_node(cfg, mode), trainer_kwargs, logger)]
+    if after is not None:
+        _continue_checkpoints(callbacks, after.trainer)
     trainer = pl.Trainer(**trainer_kwargs, logger=logger, default_root_dir=str(out_dir), callbacks=callbacks)
     # both freeze modes start fitting from the same RNG state: same dropout masks, same results
     pl.seed_everything(cfg.seed + phase - 1, workers=True, verbose=False)
     t_fit = time.perf_counter()
-    with warnings.catch_warnings():
+    shift = (after.epochs, int(after.trainer.global_step)) if after is not None else (0, 0)
+    with warnings.catch_warnings(), _shifted_logging(trainer.loggers, *shift):
         for message in _EXPECTED_WARNINGS:
             warnings.filterwarnings("ignore", message=message)
+        if after is not None:  # phase 1's best checkpoint is there, and kept unless beaten
+            warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
         trainer.fit(module, datamodule=train_data)
     epochs_run = int(trainer.current_epoch)
     if keep and best.restore(module):
@@ -215,3 +225,40 @@ def fit_phase(cfg: Any, graph: LayerGraph, data: Any, cut: set[str], device: tor
                  epochs_run, best.monitor, best.best_value if best.best_value is not None else float("nan"))
     fit_s = time.perf_counter() - t_fit
     return PhaseResult(phase, set(cut), info, t_feat, fit_s, epochs_run, best, trainer)
+
+
+def _continue_checkpoints(callbacks: Sequence[Any], previous: Any) -> None:
+    """Start each ``ModelCheckpoint`` from the previous phase's one with the same monitor
+    (Lightning's own resume state: best score, best path, top k), so that a later phase replaces
+    the best checkpoint only with a better epoch."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    before = {(cb.monitor, cb.dirpath): cb for cb in previous.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)}
+    for cb in callbacks:
+        if isinstance(cb, ModelCheckpoint) and (cb.monitor, cb.dirpath) in before:
+            cb.load_state_dict(before[(cb.monitor, cb.dirpath)].state_dict())
+
+
+@contextlib.contextmanager
+def _shifted_logging(loggers: Sequence[Any], epochs: int, steps: int) -> Iterator[None]:
+    """Logged epochs and steps continue after an earlier phase's (metrics.csv, TensorBoard)."""
+    if not (epochs or steps):
+        yield
+        return
+    patched = []
+    for lg in loggers:
+        inner = lg.log_metrics
+
+        def log_metrics(metrics: Mapping[str, Any], step: int | None = None, _inner: Any = inner) -> None:
+            shifted = dict(metrics)
+            if "epoch" in shifted:
+                shifted["epoch"] = shifted["epoch"] + epochs
+            _inner(shifted, None if step is None else step + steps)
+
+        lg.log_metrics = log_metrics
+        patched.append(lg)
+    try:
+        yield
+    finally:
+        for lg in patched:
+            del lg.log_metrics  # the class's method again

@@ -349,7 +349,7 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         phases.append(fit_phase(cfg, graph, data, cut2, device, logger, out_dir, phase=2,
                                 max_epochs=int(unfreeze["epochs"]), finetune=finetune2, optimizer_state=None,
                                 class_weights=class_weights, eval_modules=frozen_bn, start=p1.best_value,
-                                training_terms=terms))
+                                training_terms=terms, after=phases[0]))
         phases[1].extra.update({"unfrozen": unfrozen, "lr": finetune2["lr"], "bn": unfreeze.get("bn", "frozen")})
     best = phases[-1].best
     featurize_info = phases[0].featurize
