@@ -111,3 +111,32 @@ def test_enforced_unsupported_term_is_refused(tmp_path) -> None:
     m.save(tmp_path / "m.keras")
     with pytest.raises(ConfigError, match="lstm: recurrent_regularizer L2"):
         load_keras(tmp_path / "m.keras", enforce_training_config=True)
+
+
+def test_shared_layer_and_conv_lstm_penalties_equal_keras_losses(tmp_path) -> None:
+    """A Dense applied twice: its weight penalty counts once, its activity penalty once per call
+    (as in Keras's model.losses); ConvLSTM2D's kernel, recurrent and bias regularizers."""
+    K = keras()
+    from tlexp.sources.keras import load_keras
+
+    L, R = K.layers, K.regularizers
+    v = K.Input((3, 5, 5, 2), name="video")
+    y = L.ConvLSTM2D(2, 3, kernel_regularizer=R.L2(0.01), recurrent_regularizer=R.L1(0.02),
+                     bias_regularizer=R.L2(0.03), name="clstm")(v)
+    h = L.Flatten(name="flat")(y)
+    h = L.Dense(6, name="to6")(h)
+    shared = L.Dense(6, kernel_regularizer=R.L2(0.04), activity_regularizer=R.L1(0.05), name="shared")
+    model = K.Model(v, shared(L.Activation("tanh", name="tanh")(shared(h))))
+    model.compile(optimizer=K.optimizers.SGD(0.1), loss="categorical_crossentropy")
+    randomize(model, 22)
+    xs = inputs((3, 5, 5, 2), seed=5)
+    model(xs[0])
+    want = float(sum(float(t) for t in model.losses))
+    model.save(tmp_path / "s.keras")
+    graph = load_keras(tmp_path / "s.keras", enforce_training_config=True, input_layout="channels_last")
+    terms = graph.meta["training_terms"]
+    terms.attach(graph)
+    graph.eval()
+    graph(torch.from_numpy(xs[0]))
+    got = float(terms.penalty(graph))
+    assert abs(got - want) <= 1e-5 * max(1.0, abs(want)), (got, want)

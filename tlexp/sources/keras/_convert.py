@@ -83,6 +83,9 @@ def _weight_map(k: KLayer, module: Any) -> dict[str, tuple[str, tuple[int, ...] 
         return {"kernel": ("weight", (1, 0)), "bias": ("bias", None)}
     if k.cls == "Embedding":
         return {"embeddings": ("weight", (0, 1))}
+    if k.cls.startswith("ConvLSTM"):
+        perm = _KERNEL_PERM[int(k.cls[-2])]
+        return {"kernel": ("kernel", perm), "recurrent": ("recurrent_kernel", perm), "bias": ("bias", None)}
     if k.cls.startswith(("Conv", "Convolution", "Deconvolution")):
         dims = int(k.cls.replace("Transpose", "").rstrip("D")[-1])
         bias = "bias" if hasattr(module, "crops") else "conv.bias"
