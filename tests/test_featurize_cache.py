@@ -297,3 +297,26 @@ def test_a_file_system_without_flock_stops_the_run_not_a_soft_lock(tmp_path: Pat
     with pytest.raises(ConfigError, match="paths.cache_dir: .* does not support file locks"), key_lock(tmp_path, "k"):
         pass
     assert not (tmp_path / "k.lock").exists() or (tmp_path / "k.lock").stat().st_size == 0
+
+
+@pytest.mark.slow
+def test_a_corrupted_cache_is_one_warning_line_on_the_console_and_rebuilt(tmp_path: Path) -> None:
+    """From the command line: flipped bytes in a cached split are said in one console line (and
+    in tlexp.log), the entry is rebuilt, and the run trains on the rebuilt features."""
+    import json
+
+    from tests.conftest import run_cli
+
+    cache = tmp_path / "cache"
+    common = [f"paths.cache_dir={cache}", "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "print_table=false"]
+    first = run_cli([*common, f"hydra.run.dir={tmp_path / 'a'}"], cwd=tmp_path)
+    assert first.returncode == 0 and not first.stderr.strip(), first.stderr[-2000:]
+    (train,) = cache.glob("*-train.h5")
+    _flip_bytes(train, "f0")
+    res = run_cli([*common, f"hydra.run.dir={tmp_path / 'b'}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("tlexp: warning: featurize: cache file"), lines
+    assert "rebuilding it" in lines[0] and "rebuilding it" in (tmp_path / "b" / "tlexp.log").read_text()
+    m = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert m["featurize"]["cache_hit"] is False and m["test"]["accuracy"] > 0.5

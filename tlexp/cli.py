@@ -198,6 +198,16 @@ _ADS = re.compile(r"^(GPU|TPU|HPU|IPU) available:|Tip:|\N{ELECTRIC LIGHT BULB}|l
                   re.IGNORECASE | re.MULTILINE)
 
 
+class ConsoleWarnings(logging.Filter):
+    """The run's console handler (conf/hydra/job_logging/tlexp.yaml) shows tlexp's own logged
+    warnings (a cache file rebuilt, a lock that holds on this machine only, …) as one line each;
+    errors are the CLI's one ``tlexp: error:`` line, and Python warnings are printed already."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return (record.levelno == logging.WARNING and record.name.split(".")[0] in ("tlexp", "hydra_plugins")
+                and record.name != "tlexp.warnings")
+
+
 class _NoAds(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return _ADS.search(record.getMessage()) is None
