@@ -24,23 +24,23 @@ from torch import nn
 from tlexp.errors import SourceError, TlexpError
 from tlexp.graph import GraphInput, Node, build_layer, built_spec
 
-__all__ = ["T", "Op", "Builder", "Chain", "CL", "CF", "MetaUnsupported", "run_example"]
+__all__ = ["KerasTensor", "Op", "Builder", "Chain", "CHANNELS_LAST", "CHANNELS_FIRST", "MetaUnsupported", "run_example"]
 
-CL = "cl"  # Keras's order: channels (features) last
-CF = "cf"  # torch's order: channels right after the batch axis
+CHANNELS_LAST = "cl"  # Keras's order: channels (features) last
+CHANNELS_FIRST = "cf"  # torch's order: channels right after the batch axis
 
 
 @dataclass(frozen=True)
-class T:
+class KerasTensor:
     """A tensor of the Keras graph: which node makes it, its per-sample rank, its layout."""
 
     ref: str
     rank: int
-    layout: str = CL
+    layout: str = CHANNELS_LAST
     #: position in a node that returns a tuple (Bidirectional with merge_mode=None)
     index: int | None = None
     #: the (N, T) step mask Keras carries with this tensor (Embedding mask_zero, Masking)
-    mask: T | None = None
+    mask: KerasTensor | None = None
 
 
 @dataclass
@@ -135,7 +135,7 @@ class Builder:
         self.nodes: list[Node] = []
         self.values: dict[str, Any] = {}
         self._names: set[str] = set()
-        self._cache: dict[tuple[Any, ...], T] = {}
+        self._cache: dict[tuple[Any, ...], KerasTensor] = {}
         #: regularizers and constraints as training terms (see _terms), their labels, and the
         #: ones tlexp cannot apply
         self.terms: list[dict[str, Any]] = []
@@ -157,50 +157,50 @@ class Builder:
         self.inputs.append(gi)
         self.values[gi.name] = example
 
-    def value(self, t: T) -> Any:
+    def value(self, t: KerasTensor) -> Any:
         v = self.values[t.ref]
         return v if t.index is None else v[t.index]
 
-    def shape(self, t: T) -> tuple[int, ...]:
+    def shape(self, t: KerasTensor) -> tuple[int, ...]:
         """The per-sample shape in Keras's order (what Keras would report, without batch)."""
         s = tuple(self.value(t).shape[1:])
-        if t.layout == CF and len(s) >= 2:
+        if t.layout == CHANNELS_FIRST and len(s) >= 2:
             s = (*s[1:], s[0])
         return s
 
-    def plain(self, t: T) -> T:
+    def plain(self, t: KerasTensor) -> KerasTensor:
         """A tensor that is a whole node's output (a getitem node for a tuple element)."""
         if t.index is None:
-            return T(t.ref, t.rank, t.layout) if t.mask is not None else t
+            return KerasTensor(t.ref, t.rank, t.layout) if t.mask is not None else t
         key = ("item", t.ref, t.index)
         if key not in self._cache:
-            ref = self._add(f"{t.ref}/{t.index}", Op("getitem", {"index": [t.index]}), [T(t.ref, t.rank, t.layout)])
-            self._cache[key] = T(ref, t.rank, t.layout)
+            ref = self._add(f"{t.ref}/{t.index}", Op("getitem", {"index": [t.index]}), [KerasTensor(t.ref, t.rank, t.layout)])
+            self._cache[key] = KerasTensor(ref, t.rank, t.layout)
         return self._cache[key]
 
     # ---- adding nodes ------------------------------------------------------------------------
 
-    def layout(self, t: T, want: str) -> T:
+    def layout(self, t: KerasTensor, want: str) -> KerasTensor:
         """``t`` in the layout ``want`` (a permute node, shared by every consumer, if needed)."""
         if t.rank < 2 or t.layout == want:
             return t
         if t.mask is not None:
-            t = T(t.ref, t.rank, t.layout, t.index)
+            t = KerasTensor(t.ref, t.rank, t.layout, t.index)
         key = ("layout", t.ref, t.index, want)
         if key not in self._cache:
-            dims = to_cf_dims(t.rank) if want == CF else to_cl_dims(t.rank)
-            suffix = "channels_first" if want == CF else "channels_last"
+            dims = to_cf_dims(t.rank) if want == CHANNELS_FIRST else to_cl_dims(t.rank)
+            suffix = "channels_first" if want == CHANNELS_FIRST else "channels_last"
             base = t.ref if t.index is None else f"{t.ref}/{t.index}"
             ref = self._add(f"{base}/{suffix}", Op("permute", {"dims": dims}), [self.plain(t)])
-            self._cache[key] = T(ref, t.rank, want)
+            self._cache[key] = KerasTensor(ref, t.rank, want)
         return self._cache[key]
 
-    def add(self, name: str, op: Op, inputs: list[T], rank: int, layout: str = CL) -> T:
+    def add(self, name: str, op: Op, inputs: list[KerasTensor], rank: int, layout: str = CHANNELS_LAST) -> KerasTensor:
         """Add a node for one Keras layer (or part of one) and return its output tensor."""
         ref = self._add(name, op, [self.plain(t) for t in inputs])
-        return T(ref, rank, layout if rank >= 2 else CL)
+        return KerasTensor(ref, rank, layout if rank >= 2 else CHANNELS_LAST)
 
-    def _add(self, name: str, op: Op, inputs: list[T]) -> str:
+    def _add(self, name: str, op: Op, inputs: list[KerasTensor]) -> str:
         name = self.unique(name)
         module = build(op, name)
         args = [self.value(t) for t in inputs]
@@ -262,25 +262,25 @@ class Chain:
         self._value = example
         self.meta = meta
 
-    def value(self, t: T) -> Any:
+    def value(self, t: KerasTensor) -> Any:
         return self._value
 
-    def shape(self, t: T) -> tuple[int, ...]:
+    def shape(self, t: KerasTensor) -> tuple[int, ...]:
         s = tuple(self._value.shape[1:])
-        if t.layout == CF and len(s) >= 2:
+        if t.layout == CHANNELS_FIRST and len(s) >= 2:
             s = (*s[1:], s[0])
         return s
 
-    def plain(self, t: T) -> T:
+    def plain(self, t: KerasTensor) -> KerasTensor:
         return t
 
-    def layout(self, t: T, want: str) -> T:
+    def layout(self, t: KerasTensor, want: str) -> KerasTensor:
         if t.rank < 2 or t.layout == want:
             return t
-        dims = to_cf_dims(t.rank) if want == CF else to_cl_dims(t.rank)
+        dims = to_cf_dims(t.rank) if want == CHANNELS_FIRST else to_cl_dims(t.rank)
         return self.add(t.ref, Op("permute", {"dims": dims}), [t], t.rank, want)
 
-    def add(self, name: str, op: Op, inputs: list[T], rank: int, layout: str = CL) -> T:
+    def add(self, name: str, op: Op, inputs: list[KerasTensor], rank: int, layout: str = CHANNELS_LAST) -> KerasTensor:
         if len(inputs) != 1:
             raise SourceError(f"keras layer {name!r}: TimeDistributed wraps single-input layers only")
         module = build(op, name)
@@ -289,4 +289,4 @@ class Chain:
         except (RuntimeError, ValueError, IndexError, TypeError) as e:
             raise SourceError(f"keras layer {name!r}: does not accept its per-step input: {str(e).splitlines()[0]}") from None
         self.ops.append(op)
-        return T(name, rank, layout if rank >= 2 else CL)
+        return KerasTensor(name, rank, layout if rank >= 2 else CHANNELS_LAST)

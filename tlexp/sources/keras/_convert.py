@@ -16,17 +16,17 @@ import numpy as np
 
 from tlexp.errors import SourceError, choices, warn
 from tlexp.sources.keras import _layers_more  # noqa: F401  (registers the layer types below need)
-from tlexp.sources.keras._builder import CF, CL, Builder, Chain, Op, T, to_cl_dims
+from tlexp.sources.keras._builder import CHANNELS_FIRST, CHANNELS_LAST, Builder, Chain, KerasTensor, Op, to_cl_dims
 from tlexp.sources.keras._layers import KERAS_ACTIVATIONS
 from tlexp.sources.keras._terms import parse_constraint, parse_regularizer
 
-__all__ = ["KLayer", "CONVERTERS", "supported_classes", "convert_layer"]
+__all__ = ["KerasLayer", "CONVERTERS", "supported_classes", "convert_layer"]
 
-Ctx = Builder | Chain
+BuildTarget = Builder | Chain
 
 
 @dataclass
-class KLayer:
+class KerasLayer:
     name: str
     cls: str
     cfg: dict[str, Any]
@@ -34,7 +34,7 @@ class KLayer:
     version: int
     #: constants among the call's positional arguments (Keras 3 op layers: ``not_equal(x, 0)``)
     consts: list[Any] = field(default_factory=list)
-    #: the call's keyword arguments: constants, and tensors (T) such as an attention mask
+    #: the call's keyword arguments: constants, and tensors (KerasTensor) such as an attention mask
     kwargs: dict[str, Any] = field(default_factory=dict)
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -50,7 +50,7 @@ class KLayer:
         return self.weights
 
 
-Converter = Callable[[Ctx, KLayer, list[T]], list[T]]
+Converter = Callable[[BuildTarget, KerasLayer, list[KerasTensor]], list[KerasTensor]]
 CONVERTERS: dict[str, Converter] = {}
 
 
@@ -78,7 +78,7 @@ MASK_MERGE = {"Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "C
 
 
 #: class -> Keras weight -> (torch parameter, Keras kernel axes in torch's order, or None for a vector)
-def _weight_map(k: KLayer, module: Any) -> dict[str, tuple[str, tuple[int, ...] | None]]:
+def _weight_map(k: KerasLayer, module: Any) -> dict[str, tuple[str, tuple[int, ...] | None]]:
     if k.cls == "Dense":
         return {"kernel": ("weight", (1, 0)), "bias": ("bias", None)}
     if k.cls == "Embedding":
@@ -93,7 +93,7 @@ def _weight_map(k: KLayer, module: Any) -> dict[str, tuple[str, tuple[int, ...] 
     return {}
 
 
-def _record_terms(ctx: Builder, k: KLayer) -> None:
+def _record_terms(ctx: Builder, k: KerasLayer) -> None:
     """Regularizers and constraints of ``k`` as training terms of its node (see _terms)."""
     found = [(key, v) for key, v in k.cfg.items() if v and key.endswith(("_regularizer", "_constraint"))]
     if not found:
@@ -135,7 +135,7 @@ def _record_terms(ctx: Builder, k: KLayer) -> None:
         ctx.term_labels.append(label)
 
 
-def convert_layer(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def convert_layer(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     outs = CONVERTERS[k.cls](ctx, k, ins)
     if isinstance(ctx, Builder):
         _record_terms(ctx, k)
@@ -147,10 +147,10 @@ def convert_layer(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
     if k.cls in MASK_PASS or (k.cls in MASK_MERGE and len(masks) == 1):
         mask = masks[0]
     elif k.cls in MASK_MERGE:
-        mask = ctx.add(f"{k.name}/mask", Op("mask_and", {}), masks, 1, CL)
+        mask = ctx.add(f"{k.name}/mask", Op("mask_and", {}), masks, 1, CHANNELS_LAST)
     else:
         return outs  # Keras drops the mask at a layer that does not support masking
-    return [T(o.ref, o.rank, o.layout, o.index, mask) if o.rank >= 2 else o for o in outs]
+    return [KerasTensor(o.ref, o.rank, o.layout, o.index, mask) if o.rank >= 2 else o for o in outs]
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -163,14 +163,14 @@ def _tuple(v: Any, n: int) -> list[int]:
     return [int(v)] * n
 
 
-def _padding(k: KLayer) -> str | int:
+def _padding(k: KerasLayer) -> str | int:
     pad = str(k.get("padding", "valid")).lower()
     if pad not in ("valid", "same"):
         raise SourceError(f"keras layer {k.name!r} ({k.cls}): padding {pad!r} is not supported; valid: valid, same")
     return "same" if pad == "same" else 0
 
 
-def activation_name(k: KLayer, key: str = "activation", default: str = "linear") -> str:
+def activation_name(k: KerasLayer, key: str = "activation", default: str = "linear") -> str:
     """The Keras activation stored under ``key`` as a name in KERAS_ACTIVATIONS."""
     a = k.get(key, default)
     if isinstance(a, dict):  # Keras 3 may serialize the function as an object
@@ -198,7 +198,7 @@ _FUSABLE = {
 }
 
 
-def _split_activation(k: KLayer) -> tuple[str, str | None]:
+def _split_activation(k: KerasLayer) -> tuple[str, str | None]:
     """(fused built-in activation, separate Keras activation or None)."""
     name = activation_name(k)
     if name in _FUSABLE:
@@ -206,32 +206,32 @@ def _split_activation(k: KLayer) -> tuple[str, str | None]:
     return "identity", name
 
 
-def _keras_dim(t: T, axis: int) -> int:
+def _keras_dim(t: KerasTensor, axis: int) -> int:
     """torch dim (batch included) of a Keras axis (batch included, negative allowed) of ``t``."""
     r = t.rank
     a = axis if axis >= 0 else r + 1 + axis
     if not 1 <= a <= r:
         raise SourceError(f"axis {axis} is out of range for a rank-{r} tensor")
-    if t.layout == CF and r >= 2:
+    if t.layout == CHANNELS_FIRST and r >= 2:
         return 1 if a == r else a + 1
     return a
 
 
-def _activation_op(name: str, t: T) -> Op:
+def _activation_op(name: str, t: KerasTensor) -> Op:
     dim = _keras_dim(t, -1) if name in ("softmax", "log_softmax", "sparsemax", "glu") else -1
     if name in ("softmax", "log_softmax"):
         return Op("activation", {"name": name, "dim": dim})
     return Op("keras_activation", {"name": name, "dim": dim})
 
 
-def _with_activation(ctx: Ctx, k: KLayer, out: T, extra: str | None) -> list[T]:
+def _with_activation(ctx: BuildTarget, k: KerasLayer, out: KerasTensor, extra: str | None) -> list[KerasTensor]:
     if extra is None:
         return [out]
     return [ctx.add(f"{k.name}/activation", _activation_op(extra, out), [out], out.rank, out.layout)]
 
 
-def _same_layout(ctx: Ctx, ins: list[T]) -> tuple[list[T], str]:
-    want = ins[0].layout if ins[0].rank >= 2 else CL
+def _same_layout(ctx: BuildTarget, ins: list[KerasTensor]) -> tuple[list[KerasTensor], str]:
+    want = ins[0].layout if ins[0].rank >= 2 else CHANNELS_LAST
     return [ctx.layout(t, want) for t in ins], want
 
 
@@ -239,35 +239,35 @@ def _same_layout(ctx: Ctx, ins: list[T]) -> tuple[list[T], str]:
 
 
 @converter("Dense")
-def _dense(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _dense(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     use_bias = bool(k.get("use_bias", True))
     w = k.expect(2 if use_bias else 1)
-    x = ctx.layout(ins[0], CL)
+    x = ctx.layout(ins[0], CHANNELS_LAST)
     fused, extra = _split_activation(k)
     state = {"weight": w[0].T}
     if use_bias:
         state["bias"] = w[1]
     op = Op("dense", {"in_features": int(w[0].shape[0]), "out_features": int(k.get("units", w[0].shape[1])),
                       "bias": use_bias, "activation": fused}, state)
-    out = ctx.add(k.name, op, [x], x.rank, CL)
+    out = ctx.add(k.name, op, [x], x.rank, CHANNELS_LAST)
     return _with_activation(ctx, k, out, extra)
 
 
 @converter("Activation")
-def _activation(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _activation(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     k.expect(0)
     x = ins[0]
     return [ctx.add(k.name, _activation_op(activation_name(k), x), [x], x.rank, x.layout)]
 
 
 @converter("Dropout")
-def _dropout(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _dropout(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     x = ins[0]
     return [ctx.add(k.name, Op("dropout", {"p": float(k.get("rate", 0.0))}), [x], x.rank, x.layout)]
 
 
 @converter("SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D")
-def _spatial_dropout(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _spatial_dropout(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     x = ins[0]
     dim = _keras_dim(x, 1 if k.get("data_format") == "channels_first" else -1)
     if dim not in (1, x.rank):
@@ -278,62 +278,62 @@ def _spatial_dropout(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
 
 
 @converter("GaussianNoise")
-def _gaussian_noise(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _gaussian_noise(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     x = ins[0]
     return [ctx.add(k.name, Op("gaussian_noise", {"stddev": float(k.get("stddev", 0.0))}), [x], x.rank, x.layout)]
 
 
 @converter("GaussianDropout")
-def _gaussian_dropout(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _gaussian_dropout(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     x = ins[0]
     return [ctx.add(k.name, Op("gaussian_dropout", {"rate": float(k.get("rate", 0.0))}), [x], x.rank, x.layout)]
 
 
 @converter("AlphaDropout")
-def _alpha_dropout(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _alpha_dropout(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     x = ins[0]
     return [ctx.add(k.name, Op("alpha_dropout", {"rate": float(k.get("rate", 0.0))}), [x], x.rank, x.layout)]
 
 
 @converter("ActivityRegularization")
-def _identity(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _identity(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     x = ins[0]
     return [ctx.add(k.name, Op("identity", {}), [x], x.rank, x.layout)]
 
 
 @converter("Flatten")
-def _flatten(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _flatten(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     # Keras flattens its own tensor's order, the next Dense's kernel rows follow it; with
     # data_format="channels_first" Keras first moves axis 1 to the end (keeping a model's Dense
     # weights valid across data formats), so the same move comes first here
-    x = ctx.layout(ins[0], CL)
+    x = ctx.layout(ins[0], CHANNELS_LAST)
     if k.get("data_format") == "channels_first" and x.rank >= 2:
-        x = ctx.add(f"{k.name}/channels_last", Op("permute", {"dims": to_cl_dims(x.rank)}), [x], x.rank, CL)
-    return [ctx.add(k.name, Op("flatten", {}), [x], 1, CL)]
+        x = ctx.add(f"{k.name}/channels_last", Op("permute", {"dims": to_cl_dims(x.rank)}), [x], x.rank, CHANNELS_LAST)
+    return [ctx.add(k.name, Op("flatten", {}), [x], 1, CHANNELS_LAST)]
 
 
 @converter("Reshape")
-def _reshape(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
-    x = ctx.layout(ins[0], CL)
+def _reshape(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
+    x = ctx.layout(ins[0], CHANNELS_LAST)
     target = [int(d) for d in k.get("target_shape")]
-    return [ctx.add(k.name, Op("reshape", {"shape": target}), [x], len(target), CL)]
+    return [ctx.add(k.name, Op("reshape", {"shape": target}), [x], len(target), CHANNELS_LAST)]
 
 
 @converter("Permute")
-def _permute(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
-    x = ctx.layout(ins[0], CL)
+def _permute(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
+    x = ctx.layout(ins[0], CHANNELS_LAST)
     dims = [int(d) - 1 for d in k.get("dims")]
-    return [ctx.add(k.name, Op("permute", {"dims": dims}), [x], x.rank, CL)]
+    return [ctx.add(k.name, Op("permute", {"dims": dims}), [x], x.rank, CHANNELS_LAST)]
 
 
 @converter("RepeatVector")
-def _repeat(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _repeat(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     x = ins[0]
-    return [ctx.add(k.name, Op("repeat_vector", {"n": int(k.get("n"))}), [x], 2, CL)]
+    return [ctx.add(k.name, Op("repeat_vector", {"n": int(k.get("n"))}), [x], 2, CHANNELS_LAST)]
 
 
 @converter("Rescaling")
-def _rescaling(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _rescaling(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     x = ins[0]
     scale, offset = k.get("scale", 1.0), k.get("offset", 0.0)
     if not isinstance(scale, (int, float)) or not isinstance(offset, (int, float)):
@@ -342,25 +342,25 @@ def _rescaling(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
 
 
 @converter("Embedding")
-def _embedding(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _embedding(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     (w,) = k.expect(1)
     x = ins[0]
     op = Op("embedding", {"num_embeddings": int(w.shape[0]), "embedding_dim": int(w.shape[1])}, {"weight": w})
-    out = ctx.add(k.name, op, [x], x.rank + 1, CL)
+    out = ctx.add(k.name, op, [x], x.rank + 1, CHANNELS_LAST)
     if k.get("mask_zero"):
         # id 0 is padding: the mask goes with the output to every layer that consumes it
-        mask = ctx.add(f"{k.name}/mask", Op("step_mask", {"kind": "ids"}), [x], x.rank, CL)
-        out = T(out.ref, out.rank, out.layout, out.index, mask)
+        mask = ctx.add(f"{k.name}/mask", Op("step_mask", {"kind": "ids"}), [x], x.rank, CHANNELS_LAST)
+        out = KerasTensor(out.ref, out.rank, out.layout, out.index, mask)
     return [out]
 
 
 @converter("Masking")
-def _masking(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
-    x = ctx.layout(ins[0], CL)
+def _masking(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
+    x = ctx.layout(ins[0], CHANNELS_LAST)
     mask = ctx.add(f"{k.name}/mask", Op("step_mask", {"kind": "features", "value": float(k.get("mask_value", 0.0))}),
-                   [x], x.rank - 1, CL)
-    out = ctx.add(k.name, Op("apply_mask", {}), [x, mask], x.rank, CL)
-    return [T(out.ref, out.rank, CL, None, mask)]
+                   [x], x.rank - 1, CHANNELS_LAST)
+    out = ctx.add(k.name, Op("apply_mask", {}), [x, mask], x.rank, CHANNELS_LAST)
+    return [KerasTensor(out.ref, out.rank, CHANNELS_LAST, None, mask)]
 
 
 # ---- Keras 3 operations written as layers (the masks' computations) ---------------------------
@@ -371,7 +371,7 @@ _OPS = {"NotEqual": "not_equal", "Equal": "equal", "Any": "any", "All": "all", "
 
 
 @converter(*_OPS)
-def _keras_op(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _keras_op(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     name = _OPS[k.cls]
     x = ins[0]
     xs = [ctx.layout(t, x.layout) for t in ins]
@@ -386,7 +386,7 @@ def _keras_op(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
         axis = k.get("axis")
         if not isinstance(axis, int):
             raise SourceError(f"keras layer {k.name!r} ({k.cls}): axis {axis!r} is not supported; one axis")
-        x = ctx.layout(x, CL)  # Keras's order: a Keras axis (batch 0) is the torch dimension
+        x = ctx.layout(x, CHANNELS_LAST)  # Keras's order: a Keras axis (batch 0) is the torch dimension
         xs = [x]
         args["dim"] = axis
         rank = x.rank + 1
@@ -402,14 +402,14 @@ def _keras_op(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
         args["dim"] = _keras_dim(x, axis)
         args["keepdims"] = bool(k.get("keepdims", False))
         rank = x.rank if args["keepdims"] else x.rank - 1
-    return [ctx.add(k.name, Op("keras_op", args), xs, rank, x.layout if rank >= 2 else CL)]
+    return [ctx.add(k.name, Op("keras_op", args), xs, rank, x.layout if rank >= 2 else CHANNELS_LAST)]
 
 
 # ---- layers of keras.applications models ------------------------------------------------------
 
 
 @converter("LayerScale")
-def _layer_scale(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _layer_scale(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     (gamma,) = k.expect(1)
     x = ins[0]
     op = Op("channel_scale", {"channels": int(gamma.shape[-1]), "dim": _keras_dim(x, -1)}, {"gamma": gamma.reshape(-1)})
@@ -417,7 +417,7 @@ def _layer_scale(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
 
 
 @converter("StochasticDepth")
-def _stochastic_depth(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _stochastic_depth(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     x = ins[0]
     op = Op("stochastic_depth", {"rate": float(k.get("drop_path_rate", 0.0))})
     return [ctx.add(k.name, op, [x], x.rank, x.layout)]
@@ -426,18 +426,18 @@ def _stochastic_depth(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
 # ---- attention ----------------------------------------------------------------------------------
 
 
-def _attention_inputs(ctx: Ctx, k: KLayer, ins: list[T], names: tuple[str, ...]) -> tuple[list[T], list[str]]:
+def _attention_inputs(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor], names: tuple[str, ...]) -> tuple[list[KerasTensor], list[str]]:
     """query and value (positional, or a list), then the optional tensors the call passed."""
     if len(ins) < 2:
         raise SourceError(f"keras layer {k.name!r} ({k.cls}): needs a query and a value tensor")
     query, value = ins[0], ins[1]
-    extra: dict[str, T] = {}
+    extra: dict[str, KerasTensor] = {}
     if len(ins) > 2:
         extra["key"] = ins[2]
-    elif isinstance(k.kwargs.get("key"), T):
+    elif isinstance(k.kwargs.get("key"), KerasTensor):
         extra["key"] = k.kwargs["key"]
     for name in names:
-        if isinstance(k.kwargs.get(name), T):
+        if isinstance(k.kwargs.get(name), KerasTensor):
             extra[name] = k.kwargs[name]
     # masks carried with the inputs (Keras 3 passes them as ``mask=[query_mask, value_mask]``)
     if query.mask is not None and "query_mask" in names:
@@ -445,13 +445,13 @@ def _attention_inputs(ctx: Ctx, k: KLayer, ins: list[T], names: tuple[str, ...])
     if value.mask is not None and "value_mask" in names:
         extra.setdefault("value_mask", value.mask)
     order = [n for n in ("key", *names) if n in extra]
-    tensors = [ctx.layout(query, CL), ctx.layout(value, CL)]
-    tensors += [ctx.layout(extra[n], CL) if n == "key" else extra[n] for n in order]
+    tensors = [ctx.layout(query, CHANNELS_LAST), ctx.layout(value, CHANNELS_LAST)]
+    tensors += [ctx.layout(extra[n], CHANNELS_LAST) if n == "key" else extra[n] for n in order]
     return tensors, order
 
 
 @converter("MultiHeadAttention")
-def _mha(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _mha(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     use_bias = bool(k.get("use_bias", True))
     w = k.expect(8 if use_bias else 4)
     if use_bias:
@@ -478,11 +478,11 @@ def _mha(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
         "output_dim": int(ok.shape[2]), "use_bias": use_bias, "dropout": float(k.get("dropout", 0.0)),
         "causal": bool(k.kwargs.get("use_causal_mask", False)), "inputs": order, "attention_dims": sorted(axes),
     }, state)
-    return [ctx.add(k.name, op, tensors, rank, CL)]
+    return [ctx.add(k.name, op, tensors, rank, CHANNELS_LAST)]
 
 
 @converter("Attention", "AdditiveAttention")
-def _attention(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _attention(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     if k.kwargs.get("return_attention_scores"):
         raise SourceError(f"keras layer {k.name!r} ({k.cls}): return_attention_scores=True is not supported")
     tensors, order = _attention_inputs(ctx, k, ins, ("query_mask", "value_mask"))
@@ -497,27 +497,27 @@ def _attention(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
     dim = int(ctx.shape(tensors[0])[-1])
     op = Op("keras_attention", {"kind": kind, "dim": dim, "use_scale": use_scale, "dropout": float(k.get("dropout", 0.0)),
                                 "causal": bool(k.kwargs.get("use_causal_mask", False)), "inputs": order}, state)
-    return [ctx.add(k.name, op, tensors, tensors[0].rank, CL)]
+    return [ctx.add(k.name, op, tensors, tensors[0].rank, CHANNELS_LAST)]
 
 
 # ---- activations as layers --------------------------------------------------------------------
 
 
 @converter("LeakyReLU")
-def _leaky(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _leaky(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     x = ins[0]
     slope = k.get("negative_slope", k.get("alpha", 0.3))
     return [ctx.add(k.name, Op("activation", {"name": "leaky_relu", "alpha": float(slope)}), [x], x.rank, x.layout)]
 
 
 @converter("ELU")
-def _elu(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _elu(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     x = ins[0]
     return [ctx.add(k.name, Op("activation", {"name": "elu", "alpha": float(k.get("alpha", 1.0))}), [x], x.rank, x.layout)]
 
 
 @converter("ReLU")
-def _relu(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _relu(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     x = ins[0]
     mx = k.get("max_value")
     slope = float(k.get("negative_slope", 0.0) or 0.0)
@@ -532,7 +532,7 @@ def _relu(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
 
 
 @converter("Softmax")
-def _softmax(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _softmax(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     x = ins[0]
     axis = k.get("axis", -1)
     if isinstance(axis, (list, tuple)):
@@ -544,16 +544,16 @@ def _softmax(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
 
 
 @converter("ThresholdedReLU")
-def _thresholded(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _thresholded(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     x = ins[0]
     return [ctx.add(k.name, Op("thresholded_relu", {"theta": float(k.get("theta", 1.0))}), [x], x.rank, x.layout)]
 
 
 @converter("PReLU")
-def _prelu(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _prelu(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     (alpha,) = k.expect(1)
     x = ins[0]
-    if x.layout == CF and alpha.ndim >= 2:
+    if x.layout == CHANNELS_FIRST and alpha.ndim >= 2:
         alpha = np.moveaxis(alpha, -1, 0)  # Keras's per-sample order -> the tensor's
     op = Op("prelu", {"shape": [int(d) for d in alpha.shape]}, {"alpha": alpha})
     return [ctx.add(k.name, op, [x], x.rank, x.layout)]
@@ -562,17 +562,17 @@ def _prelu(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
 # ---- convolutions -----------------------------------------------------------------------------
 
 
-def _spatial(ctx: Ctx, k: KLayer, t: T) -> tuple[T, str]:
+def _spatial(ctx: BuildTarget, k: KerasLayer, t: KerasTensor) -> tuple[KerasTensor, str]:
     """``t`` laid out as a spatial layer computes (channels right after the batch axis), and the
     layout tag of the layer's output.
 
-    A channels_last layer needs Keras's tensor with its last axis moved to the front (``CF``); a
+    A channels_last layer needs Keras's tensor with its last axis moved to the front (``CHANNELS_FIRST``); a
     channels_first layer's Keras tensor already has the channels first, so it computes on
-    Keras's own order (``CL``).
+    Keras's own order (``CHANNELS_LAST``).
     """
     if str(k.get("data_format") or "channels_last") == "channels_first":
-        return ctx.layout(t, CL), CL
-    return ctx.layout(t, CF), CF
+        return ctx.layout(t, CHANNELS_LAST), CHANNELS_LAST
+    return ctx.layout(t, CHANNELS_FIRST), CHANNELS_FIRST
 
 
 _KERNEL_PERM = {1: (2, 1, 0), 2: (3, 2, 0, 1), 3: (4, 3, 0, 1, 2)}  # (*k, in, out) -> (out, in, *k)
@@ -583,7 +583,7 @@ def _dims_of(cls: str) -> int:
 
 
 @converter("Conv1D", "Conv2D", "Conv3D", "Convolution1D", "Convolution2D", "Convolution3D")
-def _conv(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _conv(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     dims = _dims_of(k.cls)
     use_bias = bool(k.get("use_bias", True))
     w = k.expect(2 if use_bias else 1)
@@ -615,7 +615,7 @@ def _conv(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
     return _with_activation(ctx, k, out, extra)
 
 
-def _transpose_window(k: KLayer, ks: list[int], strides: list[int], dilation: list[int], out_pad: Any) -> list[list[int]]:
+def _transpose_window(k: KerasLayer, ks: list[int], strides: list[int], dilation: list[int], out_pad: Any) -> list[list[int]]:
     """Per spatial axis, the positions Keras drops (negative: adds) at each end of torch's full
     transposed-conv output, given ``output_padding``.
 
@@ -641,7 +641,7 @@ def _transpose_window(k: KLayer, ks: list[int], strides: list[int], dilation: li
 
 @converter("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose", "Convolution2DTranspose", "Convolution3DTranspose",
            "Deconvolution2D", "Deconvolution3D")
-def _conv_transpose(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _conv_transpose(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     dims = int(k.cls.replace("Transpose", "").rstrip("D")[-1])
     use_bias = bool(k.get("use_bias", True))
     w = k.expect(2 if use_bias else 1)
@@ -675,7 +675,7 @@ def _depthwise_weight(kernel: np.ndarray) -> np.ndarray:
 
 
 @converter("DepthwiseConv2D", "DepthwiseConv1D")
-def _depthwise(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _depthwise(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     dims = _dims_of(k.cls)
     use_bias = bool(k.get("use_bias", True))
     w = k.expect(2 if use_bias else 1)
@@ -698,7 +698,7 @@ def _depthwise(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
 
 
 @converter("SeparableConv2D", "SeparableConvolution2D")
-def _separable(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _separable(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     use_bias = bool(k.get("use_bias", True))
     w = k.expect(3 if use_bias else 2)
     x, lay = _spatial(ctx, k, ins[0])
@@ -733,27 +733,27 @@ def _pairs(v: Any, n: int) -> list[int]:
 
 
 @converter("ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D")
-def _zero_pad(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _zero_pad(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     n = _dims_of(k.cls)
     x, lay = _spatial(ctx, k, ins[0])
     return [ctx.add(k.name, Op(f"zero_padding{n}d", {"padding": _pairs(k.get("padding", 1), n)}), [x], x.rank, lay)]
 
 
 @converter("Cropping1D", "Cropping2D", "Cropping3D")
-def _crop(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _crop(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     n = _dims_of(k.cls)
     x, lay = _spatial(ctx, k, ins[0])
     return [ctx.add(k.name, Op(f"cropping{n}d", {"cropping": _pairs(k.get("cropping", 0), n)}), [x], x.rank, lay)]
 
 
 @converter("UpSampling1D")
-def _up1(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _up1(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     x, lay = _spatial(ctx, k, ins[0])
     return [ctx.add(k.name, Op("upsample1d", {"size": _tuple(k.get("size", 2), 1)[0]}), [x], x.rank, lay)]
 
 
 @converter("UpSampling2D")
-def _up2(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _up2(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     x, lay = _spatial(ctx, k, ins[0])
     mode = str(k.get("interpolation", "nearest"))
     if mode not in ("nearest", "bilinear"):
@@ -763,14 +763,14 @@ def _up2(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
 
 
 @converter("UpSampling3D")
-def _up3(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _up3(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     x, lay = _spatial(ctx, k, ins[0])
     return [ctx.add(k.name, Op("upsample3d", {"size": _tuple(k.get("size", 2), 3)}), [x], x.rank, lay)]
 
 
 @converter("MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
            "MaxPool1D", "MaxPool2D", "MaxPool3D", "AvgPool1D", "AvgPool2D", "AvgPool3D")
-def _pool(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _pool(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     n = _dims_of(k.cls)
     kind = "max" if k.cls.startswith("Max") else "avg"
     x, lay = _spatial(ctx, k, ins[0])
@@ -784,22 +784,22 @@ def _pool(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
 @converter("GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D", "GlobalMaxPooling1D",
            "GlobalMaxPooling2D", "GlobalMaxPooling3D", "GlobalAvgPool1D", "GlobalAvgPool2D", "GlobalAvgPool3D",
            "GlobalMaxPool1D", "GlobalMaxPool2D", "GlobalMaxPool3D")
-def _global_pool(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _global_pool(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     kind = "max" if "Max" in k.cls else "avg"
     mask = ins[0].mask
     if mask is not None and kind == "avg" and k.cls.endswith("1D") and not k.get("keepdims"):
         # the mean over the unmasked steps only
         if k.get("data_format") == "channels_first":
             raise SourceError(f"keras layer {k.name!r}: a masked channels_first GlobalAveragePooling1D is not supported")
-        x = ctx.layout(ins[0], CL)
-        return [ctx.add(k.name, Op("masked_mean", {}), [x, mask], 1, CL)]
+        x = ctx.layout(ins[0], CHANNELS_LAST)
+        return [ctx.add(k.name, Op("masked_mean", {}), [x, mask], 1, CHANNELS_LAST)]
     x, lay = _spatial(ctx, k, ins[0])
     keep = bool(k.get("keepdims", False))
     return [ctx.add(k.name, Op(f"global_{kind}_pool", {"keepdims": keep}), [x], x.rank if keep else 1, lay)]
 
 
 @converter("CenterCrop")
-def _center_crop(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _center_crop(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     x, lay = _spatial(ctx, k, ins[0])
     if x.rank != 3:
         raise SourceError(f"keras layer {k.name!r} (CenterCrop): only single images (rank 3 per sample) are supported")
@@ -812,7 +812,7 @@ def _center_crop(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
 
 
 @converter("Resizing")
-def _resizing(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _resizing(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     x, lay = _spatial(ctx, k, ins[0])
     mode = str(k.get("interpolation", "bilinear"))
     if mode not in ("nearest", "bilinear", "bicubic"):
@@ -830,14 +830,14 @@ def _resizing(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
 # ---- normalization ------------------------------------------------------------------------------
 
 
-def _axes(k: KLayer, rank: int) -> list[int]:
+def _axes(k: KerasLayer, rank: int) -> list[int]:
     axis = k.get("axis", -1)
     axes = axis if isinstance(axis, (list, tuple)) else [axis]
     return sorted(int(a) if int(a) >= 0 else rank + 1 + int(a) for a in axes)
 
 
 @converter("BatchNormalization")
-def _batchnorm(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _batchnorm(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     x = ins[0]
     axes = _axes(k, x.rank)
     if len(axes) != 1 or not 1 <= axes[0] <= x.rank:
@@ -859,7 +859,7 @@ def _batchnorm(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
             "momentum": 1.0 - float(k.get("momentum", 0.99)), "affine": affine}
     if axes[0] == x.rank and x.rank <= 3:
         # the channels (last) axis: torch's own BatchNorm on the channels-first tensor
-        x = ctx.layout(x, CF)
+        x = ctx.layout(x, CHANNELS_FIRST)
         op = Op("batchnorm2d" if x.rank == 3 else "batchnorm1d", args, state)
     else:
         dim = _keras_dim(x, axes[0])
@@ -871,8 +871,8 @@ def _batchnorm(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
 
 
 @converter("LayerNormalization")
-def _layernorm(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
-    x = ctx.layout(ins[0], CL)
+def _layernorm(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
+    x = ctx.layout(ins[0], CHANNELS_LAST)
     rms = bool(k.get("rms_scaling", False))
     axes = _axes(k, x.rank)
     if not all(1 <= a <= x.rank for a in axes):
@@ -893,7 +893,7 @@ def _layernorm(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
             if center:
                 state["bias"] = beta  # type: ignore[assignment]
         op = Op("layernorm", {"normalized_shape": shape, "eps": eps, "elementwise_affine": affine, "bias": center}, state)
-        return [ctx.add(k.name, op, [x], x.rank, CL)]
+        return [ctx.add(k.name, op, [x], x.rank, CHANNELS_LAST)]
     bshape = [full[i - 1] if i in axes else 1 for i in range(1, x.rank + 1)]
     state = {}
     if gamma is not None:
@@ -902,17 +902,17 @@ def _layernorm(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
         state["bias"] = beta.reshape(bshape)
     op = Op("axis_layernorm", {"dims": axes, "shape": bshape, "eps": eps, "center": center, "scale": scale,
                                "rms_scaling": rms}, state)
-    return [ctx.add(k.name, op, [x], x.rank, CL)]
+    return [ctx.add(k.name, op, [x], x.rank, CHANNELS_LAST)]
 
 
 @converter("GroupNormalization")
-def _groupnorm(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _groupnorm(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     x = ins[0]
     axes = _axes(k, x.rank)
     if len(axes) != 1:
         raise SourceError(f"keras layer {k.name!r} (GroupNormalization): one channel axis is supported")
     if axes[0] == x.rank and x.rank >= 2:
-        x = ctx.layout(x, CF)
+        x = ctx.layout(x, CHANNELS_FIRST)
     dim = _keras_dim(x, axes[0])
     center, scale = bool(k.get("center", True)), bool(k.get("scale", True))
     w = list(k.expect(int(center) + int(scale)))
@@ -928,8 +928,8 @@ def _groupnorm(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
 
 
 @converter("Normalization")
-def _normalization(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
-    x = ctx.layout(ins[0], CL)
+def _normalization(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
+    x = ctx.layout(ins[0], CHANNELS_LAST)
     full = list(ctx.shape(x))
     axis = k.get("axis", -1)
     axes = [] if axis is None else _axes(k, x.rank)
@@ -947,14 +947,14 @@ def _normalization(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
     var = var.reshape(keep) if var.size == size else np.broadcast_to(var, keep)
     op = Op("keras_normalization", {"shape": bshape, "invert": bool(k.get("invert", False))},
             {"mean": mean.reshape(bshape), "variance": var.reshape(bshape)})
-    return [ctx.add(k.name, op, [x], x.rank, CL)]
+    return [ctx.add(k.name, op, [x], x.rank, CHANNELS_LAST)]
 
 
 # ---- merging ------------------------------------------------------------------------------------
 
 
 @converter("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum")
-def _merge(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _merge(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     xs, layout = _same_layout(ctx, ins)
     op = {"Add": "add", "Subtract": "subtract", "Multiply": "multiply", "Average": "average",
           "Maximum": "maximum", "Minimum": "minimum"}[k.cls]
@@ -962,7 +962,7 @@ def _merge(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
 
 
 @converter("Concatenate")
-def _concat(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _concat(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     xs, layout = _same_layout(ctx, ins)
     dim = _keras_dim(xs[0], int(k.get("axis", -1)))
     return [ctx.add(k.name, Op("concat", {"dim": dim}), xs, xs[0].rank, layout)]
@@ -979,8 +979,8 @@ def _gru_to_torch(a: np.ndarray, units: int) -> np.ndarray:
     return np.concatenate([r, z, h], axis=-1)
 
 
-def _rnn_settings(k: KLayer, cfg: dict[str, Any]) -> dict[str, Any]:
-    sub = KLayer(k.name, k.cls, cfg, [], k.version)
+def _rnn_settings(k: KerasLayer, cfg: dict[str, Any]) -> dict[str, Any]:
+    sub = KerasLayer(k.name, k.cls, cfg, [], k.version)
     if cfg.get("time_major"):
         raise SourceError(f"keras layer {k.name!r}: time_major=True is not supported; inputs are (batch, time, features)")
     if cfg.get("stateful"):
@@ -1051,36 +1051,36 @@ def _rnn_op(cell: str, s: dict[str, Any], input_size: int, fwd: list[np.ndarray]
                             "merge_mode": merge_mode}, state)
 
 
-def _rnn_outputs(ctx: Ctx, k: KLayer, cell: str, s: dict[str, Any], x: T, inits: list[T], op: Op,
-                 n_seq: int) -> list[T]:
+def _rnn_outputs(ctx: BuildTarget, k: KerasLayer, cell: str, s: dict[str, Any], x: KerasTensor, inits: list[KerasTensor], op: Op,
+                 n_seq: int) -> list[KerasTensor]:
     """Add the recurrent node (sequence, mask, initial states in) and list its output tensors."""
-    ins = [x] + ([x.mask] if x.mask is not None else []) + [ctx.layout(t, CL) for t in inits]
+    ins = [x] + ([x.mask] if x.mask is not None else []) + [ctx.layout(t, CHANNELS_LAST) for t in inits]
     rank = 2 if s["return_sequences"] else 1
     n_states = (2 if cell == "lstm" else 1) * (2 if n_seq == 2 or op.args.get("bidirectional") else 1)
-    out = ctx.add(k.name, op, ins, rank, CL)
+    out = ctx.add(k.name, op, ins, rank, CHANNELS_LAST)
     if not s["return_state"] and n_seq == 1:
         outs = [out]
     else:
-        outs = [T(out.ref, rank, CL, i) for i in range(n_seq)]
-        outs += [T(out.ref, 1, CL, n_seq + i) for i in range(n_states if s["return_state"] else 0)]
+        outs = [KerasTensor(out.ref, rank, CHANNELS_LAST, i) for i in range(n_seq)]
+        outs += [KerasTensor(out.ref, 1, CHANNELS_LAST, n_seq + i) for i in range(n_states if s["return_state"] else 0)]
     if x.mask is not None and s["return_sequences"]:
-        outs = [T(o.ref, o.rank, o.layout, o.index, x.mask) if o.rank == 2 else o for o in outs]
+        outs = [KerasTensor(o.ref, o.rank, o.layout, o.index, x.mask) if o.rank == 2 else o for o in outs]
     return outs
 
 
 @converter("SimpleRNN", "LSTM", "GRU")
-def _rnn(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _rnn(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     cell = _RNN_CELLS[k.cls]
     s = _rnn_settings(k, k.cfg)
     w = k.expect(3 if s["use_bias"] else 2)
-    x = ctx.layout(ins[0], CL)
-    x = T(x.ref, x.rank, x.layout, x.index, ins[0].mask)
+    x = ctx.layout(ins[0], CHANNELS_LAST)
+    x = KerasTensor(x.ref, x.rank, x.layout, x.index, ins[0].mask)
     op = _rnn_op(cell, s, int(w[0].shape[0]), list(w), None, "concat", ins[0].mask is not None, len(ins) - 1)
     return _rnn_outputs(ctx, k, cell, s, x, ins[1:], op, 1)
 
 
 @converter("Bidirectional")
-def _bidirectional(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _bidirectional(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     inner = k.get("layer") or {}
     cls = inner.get("class_name")
     if cls not in _RNN_CELLS:
@@ -1095,15 +1095,15 @@ def _bidirectional(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
     w = k.expect(2 * per)
     merge = k.get("merge_mode", "concat")
     merge = "none" if merge is None else str(merge)
-    x = ctx.layout(ins[0], CL)
-    x = T(x.ref, x.rank, x.layout, x.index, ins[0].mask)
+    x = ctx.layout(ins[0], CHANNELS_LAST)
+    x = KerasTensor(x.ref, x.rank, x.layout, x.index, ins[0].mask)
     op = _rnn_op(_RNN_CELLS[cls], s, int(w[0].shape[0]), list(w[:per]), list(w[per:]), merge,
                  ins[0].mask is not None, len(ins) - 1)
     return _rnn_outputs(ctx, k, _RNN_CELLS[cls], s, x, ins[1:], op, 2 if merge == "none" else 1)
 
 
 @converter("ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D")
-def _conv_lstm(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _conv_lstm(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     dims = int(k.cls[-2])
     if len(ins) != 1:
         raise SourceError(f"keras layer {k.name!r} ({k.cls}): initial states are not supported")
@@ -1129,30 +1129,31 @@ def _conv_lstm(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
     }
     if args["padding"] not in ("valid", "same"):
         raise SourceError(f"keras layer {k.name!r} ({k.cls}): padding {args['padding']!r}; supported: valid, same")
-    x = ctx.layout(ins[0], CL)
+    x = ctx.layout(ins[0], CHANNELS_LAST)
     rank = dims + 2 if seq else dims + 1
-    out = ctx.add(k.name, Op("keras_conv_lstm", args, state), [x], rank, CL)
+    out = ctx.add(k.name, Op("keras_conv_lstm", args, state), [x], rank, CHANNELS_LAST)
     if not ret_state:
         return [out]
-    return [T(out.ref, rank, CL, 0), T(out.ref, dims + 1, CL, 1), T(out.ref, dims + 1, CL, 2)]
+    return [KerasTensor(out.ref, rank, CHANNELS_LAST, 0), KerasTensor(out.ref, dims + 1, CHANNELS_LAST, 1),
+            KerasTensor(out.ref, dims + 1, CHANNELS_LAST, 2)]
 
 
 @converter("TimeDistributed")
-def _time_distributed(ctx: Ctx, k: KLayer, ins: list[T]) -> list[T]:
+def _time_distributed(ctx: BuildTarget, k: KerasLayer, ins: list[KerasTensor]) -> list[KerasTensor]:
     inner = k.get("layer") or {}
     cls = inner.get("class_name")
     if cls not in CONVERTERS or cls in ("TimeDistributed", "Bidirectional"):
         raise SourceError(f"keras layer {k.name!r} (TimeDistributed): wrapping {cls!r} is not supported")
-    x = ctx.layout(ins[0], CL)
+    x = ctx.layout(ins[0], CHANNELS_LAST)
     example = ctx.value(ctx.plain(x))
     chain = Chain(example.reshape(-1, *example.shape[2:]), meta=getattr(ctx, "meta", False))
-    sub = KLayer(str(inner["config"].get("name", cls)), cls, inner["config"], k.weights, k.version)
-    out = convert_layer(chain, sub, [T("step", x.rank - 1, CL)])
+    sub = KerasLayer(str(inner["config"].get("name", cls)), cls, inner["config"], k.weights, k.version)
+    out = convert_layer(chain, sub, [KerasTensor("step", x.rank - 1, CHANNELS_LAST)])
     if len(out) != 1:
         raise SourceError(f"keras layer {k.name!r} (TimeDistributed): the wrapped layer must have one output")
-    last = chain.layout(out[0], CL)
+    last = chain.layout(out[0], CHANNELS_LAST)
     layers, state = [], {}
     for i, op in enumerate(chain.ops):
         layers.append({"type": op.type, "args": op.args})
         state.update({f"body.{i}.{key}": v for key, v in op.state.items()})
-    return [ctx.add(k.name, Op("time_distributed", {"layers": layers}, state), [x], last.rank + 1, CL)]
+    return [ctx.add(k.name, Op("time_distributed", {"layers": layers}, state), [x], last.rank + 1, CHANNELS_LAST)]

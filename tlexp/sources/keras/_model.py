@@ -19,8 +19,8 @@ from torch import nn
 
 from tlexp.errors import ConfigError, SourceError, choices
 from tlexp.graph import GraphInput, LayerGraph, Node
-from tlexp.sources.keras._builder import CF, CL, Builder, MetaUnsupported, Op, T
-from tlexp.sources.keras._convert import CONVERTERS, KLayer, convert_layer, supported_classes
+from tlexp.sources.keras._builder import CHANNELS_FIRST, CHANNELS_LAST, Builder, KerasTensor, MetaUnsupported, Op
+from tlexp.sources.keras._convert import CONVERTERS, KerasLayer, convert_layer, supported_classes
 from tlexp.sources.keras._read import KerasFile, is_model, layer_name, model_layers
 
 __all__ = ["build_graph", "LAYOUTS"]
@@ -30,7 +30,7 @@ LAYOUTS = ("channels_first", "channels_last")
 Ref = tuple[str, int, int]
 
 
-class _Ctx:
+class _ModelImport:
     def __init__(self, kf: KerasFile, layout: str, input_shapes: list[list[int]] | None, meta: bool = True) -> None:
         self.kf = kf
         self.layout = layout
@@ -106,7 +106,7 @@ def _first_hint(cfg: dict[str, Any], input_name: str) -> tuple[str, str] | None:
     return None
 
 
-def _torch_channels_first(ctx: _Ctx, rank: int, hint: tuple[str, str] | None) -> bool:
+def _torch_channels_first(ctx: _ModelImport, rank: int, hint: tuple[str, str] | None) -> bool:
     """Does this input (per-sample rank) take torch's channels-first order in channels_first layout?
 
     Images (rank 3) do unless the model itself computes channels-first (then Keras's order is
@@ -135,7 +135,7 @@ def _declared_shape(lc: dict[str, Any]) -> list[int | None] | None:
     return None
 
 
-def _input_shape(ctx: _Ctx, declared: list[int | None] | None, name: str) -> list[int | None]:
+def _input_shape(ctx: _ModelImport, declared: list[int | None] | None, name: str) -> list[int | None]:
     i = ctx.n_inputs
     given = ctx.input_shapes[i] if ctx.input_shapes is not None and i < len(ctx.input_shapes) else None
     if given is None:
@@ -155,8 +155,8 @@ def _input_shape(ctx: _Ctx, declared: list[int | None] | None, name: str) -> lis
     return list(given)
 
 
-def _make_input(ctx: _Ctx, name: str, declared: list[int | None] | None, dtype: str | None,
-                hint: tuple[str, str] | None = None) -> T:
+def _make_input(ctx: _ModelImport, name: str, declared: list[int | None] | None, dtype: str | None,
+                hint: tuple[str, str] | None = None) -> KerasTensor:
     shape = _input_shape(ctx, declared, name)
     ctx.n_inputs += 1
     rank = len(shape)
@@ -171,15 +171,15 @@ def _make_input(ctx: _Ctx, name: str, declared: list[int | None] | None, dtype: 
         g = torch.Generator().manual_seed(0)
         example = torch.randint(0, 2, (2, *fill), generator=g) if is_int else torch.rand((2, *fill), generator=g)
     ctx.b.add_input(gi, example)
-    return T(name, rank, CF if cf else CL)
+    return KerasTensor(name, rank, CHANNELS_FIRST if cf else CHANNELS_LAST)
 
 
 # ---- layers -----------------------------------------------------------------------------------
 
 
-def _call(ctx: _Ctx, lc: dict[str, Any], prefix: str, wpath: tuple[str, ...], ins: list[T], call: int,
-          masks: list[T | None] | None = None, consts: list[Any] | None = None,
-          kwargs: dict[str, Any] | None = None) -> list[T]:
+def _call(ctx: _ModelImport, lc: dict[str, Any], prefix: str, wpath: tuple[str, ...], ins: list[KerasTensor], call: int,
+          masks: list[KerasTensor | None] | None = None, consts: list[Any] | None = None,
+          kwargs: dict[str, Any] | None = None) -> list[KerasTensor]:
     name = layer_name(lc)
     cls = str(lc.get("class_name"))
     node_name = f"{prefix}{name}" + (f":{call}" if call else "")
@@ -197,7 +197,7 @@ def _call(ctx: _Ctx, lc: dict[str, Any], prefix: str, wpath: tuple[str, ...], in
             f"{', '.join(supported_classes())}"
         )
     weights = ctx.kf.weights.get((*wpath, name), [])
-    k = KLayer(node_name, cls, lc.get("config") or {}, weights, ctx.kf.keras_version, list(consts or []),
+    k = KerasLayer(node_name, cls, lc.get("config") or {}, weights, ctx.kf.keras_version, list(consts or []),
                dict(kwargs or {}))
     if masks:
         # Keras 3 writes the masks a layer's ``call(mask=...)`` takes (and the ops computing them)
@@ -205,14 +205,14 @@ def _call(ctx: _Ctx, lc: dict[str, Any], prefix: str, wpath: tuple[str, ...], in
         # MultiHeadAttention read from their inputs, as Keras does)
         if len(masks) == 1:
             masks = masks + [None] * (len(ins) - 1)
-        ins = [T(t.ref, t.rank, t.layout, t.index, m) for t, m in zip(ins, masks)] + ins[len(masks):]
+        ins = [KerasTensor(t.ref, t.rank, t.layout, t.index, m) for t, m in zip(ins, masks)] + ins[len(masks):]
     first = len(ctx.b.nodes)
     outs = convert_layer(ctx.b, k, ins)
     _tie(ctx, (*wpath, name), ctx.b.nodes[first:])
     if _is_op(lc):
         # an op applied to Keras tensors (``x + y``, ``ops.concatenate``), not a layer: Keras
         # carries no mask past it
-        outs = [T(o.ref, o.rank, o.layout, o.index) if o.mask is not None else o for o in outs]
+        outs = [KerasTensor(o.ref, o.rank, o.layout, o.index) if o.mask is not None else o for o in outs]
     return outs
 
 
@@ -230,7 +230,7 @@ def _has_state(module: nn.Module) -> bool:
     return next(module.parameters(), None) is not None or next(module.buffers(), None) is not None
 
 
-def _tie(ctx: _Ctx, key: tuple[str, ...], nodes: list[Node]) -> None:
+def _tie(ctx: _ModelImport, key: tuple[str, ...], nodes: list[Node]) -> None:
     """A Keras layer called again (a shared layer, or a nested model called twice) uses the
     modules of its first call: one set of weights at every call, as in Keras."""
     stateful = [n for n in nodes if _has_state(n.module)]
@@ -251,7 +251,7 @@ def _tie(ctx: _Ctx, key: tuple[str, ...], nodes: list[Node]) -> None:
         n.module = m
 
 
-def _sequential(ctx: _Ctx, cfg: dict[str, Any], prefix: str, wpath: tuple[str, ...], ins: list[T] | None) -> list[T]:
+def _sequential(ctx: _ModelImport, cfg: dict[str, Any], prefix: str, wpath: tuple[str, ...], ins: list[KerasTensor] | None) -> list[KerasTensor]:
     layers = model_layers(cfg)
     if ins is None:
         first = layers[0] if layers else {}
@@ -307,7 +307,7 @@ def _refs(node: Any, consts: list[dict[str, Any]] | None = None) -> list[Ref]:
     return refs
 
 
-def _constant(ctx: _Ctx, name: str, cfg: dict[str, Any], donor: T) -> T:
+def _constant(ctx: _ModelImport, name: str, cfg: dict[str, Any], donor: KerasTensor) -> KerasTensor:
     """A node holding a constant operand (a positional table, say), repeated along the batch of
     ``donor`` (one of the call's tensor inputs); its per-sample rank must line up with the donor's."""
     dtype = str(cfg.get("dtype") or "float32")
@@ -322,7 +322,7 @@ def _constant(ctx: _Ctx, name: str, cfg: dict[str, Any], donor: T) -> T:
             f"input (per-sample rank {donor.rank}); tlexp cannot tell its batch axis"
         )
     op = Op("keras_constant", {"shape": list(value.shape[1:]), "integer": value.dtype == np.int64}, {"value": value})
-    return ctx.b.add(f"{name}/constant", op, [donor], donor.rank, CL)
+    return ctx.b.add(f"{name}/constant", op, [donor], donor.rank, CHANNELS_LAST)
 
 
 def _mask_refs(node: Any) -> list[Ref | None]:
@@ -387,7 +387,7 @@ def _io_refs(v: Any) -> list[Ref]:
     return [(str(r[0]), int(r[1]), int(r[2])) for r in v]
 
 
-def _functional(ctx: _Ctx, cfg: dict[str, Any], prefix: str, wpath: tuple[str, ...], ins: list[T] | None) -> list[T]:
+def _functional(ctx: _ModelImport, cfg: dict[str, Any], prefix: str, wpath: tuple[str, ...], ins: list[KerasTensor] | None) -> list[KerasTensor]:
     c = cfg["config"]
     layers = model_layers(cfg)
     by_name = {layer_name(lc): lc for lc in layers}
@@ -399,7 +399,7 @@ def _functional(ctx: _Ctx, cfg: dict[str, Any], prefix: str, wpath: tuple[str, .
         return [(n, i - 1 if n in skip else i, j) for n, i, j in refs]
 
     in_refs, out_refs = _io_refs(c["input_layers"]), fix(_io_refs(c["output_layers"]))
-    tensors: dict[Ref, T] = {}
+    tensors: dict[Ref, KerasTensor] = {}
     if ins is not None and len(ins) != len(in_refs):
         raise SourceError(f"keras model {prefix!r}: takes {len(in_refs)} inputs, is called with {len(ins)}")
     for i, ref in enumerate(in_refs):
@@ -446,7 +446,7 @@ def _functional(ctx: _Ctx, cfg: dict[str, Any], prefix: str, wpath: tuple[str, .
     return [tensors[r] for r in out_refs]
 
 
-def _model(ctx: _Ctx, cfg: dict[str, Any], prefix: str, wpath: tuple[str, ...], ins: list[T] | None) -> list[T]:
+def _model(ctx: _ModelImport, cfg: dict[str, Any], prefix: str, wpath: tuple[str, ...], ins: list[KerasTensor] | None) -> list[KerasTensor]:
     if cfg.get("class_name") == "Sequential":
         return _sequential(ctx, cfg, prefix, wpath, ins)
     if "input_layers" in cfg.get("config", {}):
@@ -454,10 +454,10 @@ def _model(ctx: _Ctx, cfg: dict[str, Any], prefix: str, wpath: tuple[str, ...], 
     raise SourceError(f"keras model {prefix or 'top'!r}: class {cfg.get('class_name')!r} is not a Sequential or functional model")
 
 
-def _output(ctx: _Ctx, t: T) -> str:
+def _output(ctx: _ModelImport, t: KerasTensor) -> str:
     b = ctx.b
     torch_cf = ctx.layout == "channels_first" and not ctx.channels_first
-    want = CF if torch_cf and (t.rank == 3 or (t.rank == 4 and t.layout == CF)) else CL
+    want = CHANNELS_FIRST if torch_cf and (t.rank == 3 or (t.rank == 4 and t.layout == CHANNELS_FIRST)) else CHANNELS_LAST
     t = b.plain(b.layout(t, want))
     if t.ref in {gi.name for gi in b.inputs}:
         t = b.add(f"{t.ref}/output", Op("identity", {}), [t], t.rank, t.layout)
@@ -469,11 +469,11 @@ def build_graph(kf: KerasFile, input_layout: str = "channels_first",
     if input_layout not in LAYOUTS:
         raise ConfigError(f"source.input_layout: {input_layout!r} is not a layout; valid: {', '.join(LAYOUTS)}")
     shapes = [list(s) for s in input_shapes] if input_shapes is not None else None
-    ctx = _Ctx(kf, input_layout, shapes)
+    ctx = _ModelImport(kf, input_layout, shapes)
     try:
         outs = _model(ctx, kf.model_config, "", (), None)
     except MetaUnsupported:
-        ctx = _Ctx(kf, input_layout, shapes, meta=False)  # a layer needs real values to trace
+        ctx = _ModelImport(kf, input_layout, shapes, meta=False)  # a layer needs real values to trace
         outs = _model(ctx, kf.model_config, "", (), None)
     outputs = [_output(ctx, t) for t in outs]
     if not ctx.b.nodes:
