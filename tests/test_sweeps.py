@@ -155,6 +155,32 @@ def test_gpu_pool_ctrl_c_stops_every_job(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_gpu_pool_sweep_killed_outright_leaves_no_job_running(tmp_path: Path) -> None:
+    app, sweep = _app(tmp_path), tmp_path / "sweep"
+    proc = subprocess.Popen(
+        [sys.executable, str(app), "-m", "hydra/launcher=gpu_pool", "hydra.launcher.slots=2", "hydra.launcher.devices=[]",
+         "+sleep=300,300", f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pids: list[int] = []
+    deadline = time.time() + 120
+    while time.time() < deadline and len(pids) < 2:
+        time.sleep(0.5)
+        try:
+            pids = [j["pid"] for j in json.loads((sweep / "gpu_pool.json").read_text())["jobs"] if j.get("status") == "running"]
+        except (OSError, ValueError):
+            continue
+    assert len(pids) == 2, "two jobs should be running"
+    time.sleep(1)
+    helpers = _children(proc.pid)
+    proc.kill()  # SIGKILL: the sweep cannot stop its jobs itself
+    proc.wait(timeout=30)
+    deadline = time.time() + 30
+    while time.time() < deadline and any(_alive(p) for p in helpers):
+        time.sleep(0.5)
+    assert not any(_alive(p) for p in [*pids, *helpers])
+
+
+@pytest.mark.slow
 def test_depth_sweep_on_gpu_pool_one_pass_failure_recorded_and_report(tmp_path: Path) -> None:
     sweep, cache = tmp_path / "sweep", tmp_path / "cache"
     # 2 cuts x 3 lr; lr=-1 is refused by each job that gets it (one per cut)
@@ -334,7 +360,8 @@ def test_tlexp_cache_command_line(tmp_path: Path) -> None:
     key = "ab" * 16
     (cache / f"{key}-train.h5").write_bytes(b"x" * 10)
     note_entry(cache, key, {"up_to": "layer2", "source": "zoo: resnet18", "data": {"data": "digits"}}, wrote=True)
-    res = run_cli(["--cache-dir", str(cache), "list"], cwd=tmp_path, script="tlexp-cache")
+    # wide enough that no cell folds (at 80 columns the table folds long values over lines)
+    res = run_cli(["--cache-dir", str(cache), "list"], cwd=tmp_path, script="tlexp-cache", env={"COLUMNS": "200"})
     assert res.returncode == 0 and "layer2" in res.stdout and "resnet18" in res.stdout
     bad = run_cli(["--cache-dir", str(cache), "prune", "--older-than", "soon"], cwd=tmp_path, script="tlexp-cache")
     assert bad.returncode == 2 and "--older-than" in bad.stderr and len(scan(cache)) == 1

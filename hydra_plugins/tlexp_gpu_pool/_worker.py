@@ -118,6 +118,7 @@ def forked_main(payload: bytes, env: dict[str, str], output: str, result: Any) -
     job's environment (``CUDA_VISIBLE_DEVICES`` before anything starts CUDA), sends its output
     to the job's ``job.out`` and its outcome down ``result`` (a one-way pipe)."""
     os.setsid()
+    _end_with_parent()
     os.environ.clear()
     os.environ.update(env)
     sys.stdout.flush()
@@ -139,6 +140,36 @@ def forked_main(payload: bytes, env: dict[str, str], output: str, result: Any) -
     # a fresh interpreter's shutdown: this job's exit handlers (loggers, files) run here
     atexit._run_exitfuncs()
     sys.exit(code)
+
+
+def _end_with_parent() -> None:
+    """Linux: this job gets SIGTERM when the fork server ends, and the fork server ends when the
+    sweep's process does, so even a sweep killed with SIGKILL leaves no job running.
+
+    multiprocessing hands each child the write end of the server's "alive" pipe, which would keep
+    the server (and so this job's parent) alive as long as the job runs: it is closed here, and
+    the job starts its own fork server should it ever want one."""
+    from multiprocessing import forkserver
+
+    server: Any = forkserver._forkserver
+    if server._forkserver_alive_fd is not None:
+        try:
+            os.close(server._forkserver_alive_fd)
+        except OSError:
+            pass
+    server._forkserver_alive_fd = None
+    server._forkserver_address = None
+    server._forkserver_pid = None
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: Ctrl-C and SIGTERM still stop the jobs
+        return
+    if os.getppid() != parent:  # the parent ended before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def preload(modules: list[str]) -> None:
