@@ -115,7 +115,8 @@ def test_rerun_hits_the_cache_and_trains_the_same(compose_cfg, tmp_path: Path) -
 
 
 def test_saved_model_continues_with_its_optimizer_state(compose_cfg, tmp_path: Path) -> None:
-    run(compose_cfg("experiment=churn_transfer", "trainer.max_epochs=1", out="first"))
+    # one phase: the optimizer state saved is that of the layers freeze.up_to=1 leaves trainable
+    run(compose_cfg("experiment=churn_transfer", "trainer.max_epochs=1", "unfreeze.epochs=0", out="first"))
     first = tmp_path / "first" / "model"
     assert (first / "optimizer.safetensors").is_file()
     cfg = compose_cfg("experiment=none", "source=saved", f"source.path={first}", "source.load_optimizer_state=true",

@@ -10,6 +10,7 @@ import tlexp
 from tlexp._resources import resolve_path
 from tlexp.assemble import load_graph, plain
 from tlexp.data import build_datamodule
+from tlexp.data.preprocessing import load_preprocessing
 from tlexp.train import prepare, run
 
 
@@ -33,7 +34,8 @@ def test_source_baseline_equals_the_loaded_model_by_hand(compose_cfg) -> None:
     cfg = compose_cfg("experiment=churn_transfer", "trainer.max_epochs=1")
     metrics = run(cfg)
     model = tlexp.load_model(resolve_path(str(cfg.source.path)))
-    data = build_datamodule(plain(cfg.data), seed=cfg.seed)
+    # the test rows prepared as the run prepares them: with the source's preprocessing when it has one
+    data = build_datamodule(plain(cfg.data), seed=cfg.seed, source_preprocessing=load_preprocessing(str(cfg.source.path)))
     accuracy, auroc = _by_hand(model, data.test_dataloader())
     base = metrics["baseline"]["source"]
     assert base["accuracy"] == pytest.approx(accuracy, abs=1e-6)
