@@ -62,3 +62,32 @@ def test_inspect_composes_the_config_once_and_writes_nothing(tmp_path: Path, mon
     assert len(calls) == 1
     assert json.loads(capsys.readouterr().out)["format"] == "tlexp.layergraph/1"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_composes_the_config_once_in_hydras_run_folder(tmp_path: Path, monkeypatch) -> None:
+    # a plain command line is one run: Hydra's runner (run folder, .hydra/, logging) without the
+    # app's first composition; -m, --help, --config-dir and sweepers still go through Hydra's app
+    import sys
+
+    from hydra._internal.hydra import Hydra
+
+    from tlexp import cli
+
+    calls: list[int] = []
+    seen: list = []
+    real = Hydra.compose_config
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Hydra, "compose_config", counting)
+    monkeypatch.setattr(cli, "_run_task", lambda cfg: seen.append(cfg))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["tlexp", f"hydra.run.dir={tmp_path}/run", "finetune.lr=0.5"])
+    cli.main()
+    assert len(calls) == 1 and len(seen) == 1 and seen[0].finetune.lr == 0.5
+    assert (tmp_path / "run" / ".hydra" / "config.yaml").is_file()
+    assert cli._one_run_overrides(["-m", "finetune.lr=0.1,0.2"]) is None
+    assert cli._one_run_overrides(["hparams_search=optuna"]) is None
+    assert cli._one_run_overrides(["freeze=none", "finetune.lr=1"]) == ["freeze=none", "finetune.lr=1"]

@@ -141,8 +141,7 @@ def _default_recipe(argv: list[str]) -> list[str]:
     return argv
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def _run_app(cfg: DictConfig) -> float | None:
+def _run_task(cfg: DictConfig) -> float | None:
     from tlexp.train import run
 
     _quiet_console()  # again here: launchers (gpu_pool, ray, submitit) run this in their own processes
@@ -156,6 +155,35 @@ def _run_app(cfg: DictConfig) -> float | None:
         return None
     # returned for sweepers that optimize a value (hparams_search=optuna)
     return optimized_value(cfg, metrics)
+
+
+_run_app = hydra.main(version_base="1.3", config_path="conf", config_name="config")(_run_task)
+
+
+def _single_run(overrides: list[str]) -> None:
+    """One run of the package's configs, composed once: Hydra's own runner (``Hydra.run``: the
+    run folder, logging, job callbacks, ``.hydra/``), without the app's first composition, which
+    only learns the run mode (a plain command line of the shipped configs is always one run)."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_automatic_config_search_path
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    search_path = create_automatic_config_search_path(None, __name__, "conf")
+    app = Hydra.create_main_hydra2(task_name="cli", config_search_path=search_path)
+    app.run(config_name="config", task_function=_run_task, overrides=overrides)
+
+
+def _one_run_overrides(argv: list[str]) -> list[str] | None:
+    """The overrides when the command line is one run of the shipped configs (no flags, no
+    --config-dir, no run mode or sweeper chosen), else None (Hydra's app decides)."""
+    if any(a.startswith("-") for a in argv):
+        return None
+    keys = [a.split("=", 1)[0].lstrip("+~") for a in argv]
+    if any(k.startswith(("hydra.mode", "hydra.sweeper", "hydra/sweeper", "hydra/launcher", "hparams_search"))
+           for k in keys):
+        return None
+    return list(argv)
 
 
 def optimized_value(cfg: DictConfig, metrics: dict[str, Any]) -> float:
@@ -250,6 +278,10 @@ def main() -> None:
                 _guard(_run_app)
         finally:
             print(_without_schemas(buf.getvalue()))
+        return
+    overrides = _one_run_overrides(argv)
+    if overrides is not None:
+        _guard(lambda: _single_run(overrides))
         return
     _guard(_run_app)
 
