@@ -357,6 +357,7 @@ def inspect_main() -> None:
     """``tlexp-inspect [overrides]``: the layer table (or ``inspect.format=json``)."""
     argv = _default_recipe(sys.argv[1:])
     _refuse_shadowed(argv)
+    _quiet_console()  # warnings (a Keras file's ignored training config, …) as one line each
     holder: list[list[str] | None] = []
     _guard(lambda: holder.append(_plain_overrides(argv)))
     overrides = holder[0]
@@ -366,7 +367,6 @@ def inspect_main() -> None:
     # inspecting writes nothing: no run folder, no log file
     quiet = ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
     sys.argv = [sys.argv[0], *argv, *quiet]
-    _quiet_console()  # warnings (a Keras file's ignored training config, …) as one line each
     _guard(_inspect_app)
 
 
