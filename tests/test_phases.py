@@ -96,10 +96,16 @@ def test_lr_scale_applies_to_every_absolute_rate() -> None:
 
 def test_phase2_scales_group_rates_in_the_optimizer(compose_cfg, tmp_path: Path) -> None:
     """finetune.groups with an absolute lr: phase 2 trains that group at lr × unfreeze.lr_scale."""
+    import warnings
+
     from tlexp.sources.saved import load_optimizer_state
 
-    metrics = run(compose_cfg(*NET, "finetune.groups=[{pattern: conv2, lr: 0.02}]", "train.restore_best=false"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        metrics = run(compose_cfg(*NET, "finetune.groups=[{pattern: conv2, lr: 0.02}]", "train.restore_best=false"))
     assert metrics["epochs"] == 4
+    # conv2 is frozen in phase 1 and trained in phase 2: no "matches no trainable parameter" warning
+    assert not [w for w in caught if "matches no trainable parameter" in str(w.message)]
     lrs = {g["name"]: g["lr"] for g in load_optimizer_state(tmp_path / "run" / "model")["param_groups"]}
     assert lrs["conv2"] == pytest.approx(0.002) and lrs["default"] == pytest.approx(0.005), lrs
 

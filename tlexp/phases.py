@@ -153,14 +153,16 @@ def fit_phase(cfg: Any, graph: LayerGraph, data: Any, cut: set[str], device: tor
               out_dir: Path, *, phase: int, max_epochs: int, finetune: Mapping[str, Any],
               optimizer_state: Mapping[str, Any] | None, class_weights: torch.Tensor | None,
               eval_modules: Sequence[nn.Module] = (), start: Any = None, training_terms: Any = None,
-              after: PhaseResult | None = None) -> PhaseResult:
+              after: PhaseResult | None = None, later_phase: bool = False) -> PhaseResult:
     """Featurize the prefix before ``cut`` (featurize mode) and fit the rest for ``max_epochs``.
 
     ``start`` (phase 2): the best monitored value so far; an epoch must beat it to be kept, and
     the whole graph is snapshot so that a phase that never improves leaves the graph as it found it.
     ``after`` (phase 2): the previous phase; the logger's epochs and steps continue after its
     own, and each ``ModelCheckpoint`` starts from its best, so that ``checkpoints/`` keeps the
-    best epoch over both phases.
+    best epoch over both phases. ``later_phase`` (phase 1 of two): a ``finetune.groups`` pattern
+    that matches only layers phase 2 unfreezes is not warned about here (phase 2 warns when a
+    pattern matches nothing it trains).
     """
     import pytorch_lightning as pl
 
@@ -216,6 +218,8 @@ def fit_phase(cfg: Any, graph: LayerGraph, data: Any, cut: set[str], device: tor
     with warnings.catch_warnings(), _shifted_logging(trainer.loggers, *shift):
         for message in _EXPECTED_WARNINGS:
             warnings.filterwarnings("ignore", message=message)
+        if later_phase:
+            warnings.filterwarnings("ignore", message=r"finetune\.groups\[\d+\]: pattern .* matches no trainable parameter")
         if after is not None:  # phase 1's best checkpoint is there, and kept unless beaten
             warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
         trainer.fit(module, datamodule=train_data)

@@ -339,7 +339,7 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     cut2 = phase2_cut(graph, cut, unfreeze.get("up_to")) if int(unfreeze.get("epochs") or 0) > 0 else None
     phases = [fit_phase(cfg, graph, data, cut, device, logger, out_dir, phase=1, max_epochs=int(cfg.trainer.max_epochs),
                         finetune=prepared.finetune, optimizer_state=prepared.optimizer_state, class_weights=class_weights,
-                        training_terms=terms)]
+                        training_terms=terms, later_phase=cut2 is not None)]
     if cut2 is not None:
         # phase 2: the cut moves back; newly unfrozen layers train at a scaled learning rate
         unfrozen = [n for n in graph.node_names if n in cut - cut2]
