@@ -88,6 +88,9 @@ def test_a_run_composes_the_config_once_in_hydras_run_folder(tmp_path: Path, mon
     cli.main()
     assert len(calls) == 1 and len(seen) == 1 and seen[0].finetune.lr == 0.5
     assert (tmp_path / "run" / ".hydra" / "config.yaml").is_file()
+    from hydra.core.global_hydra import GlobalHydra
+
+    assert not GlobalHydra.instance().is_initialized()  # an in-process compose after a run still works
     assert cli._one_run_overrides(["-m", "finetune.lr=0.1,0.2"]) is None
     assert cli._one_run_overrides(["hparams_search=optuna"]) is None
     assert cli._one_run_overrides(["freeze=none", "finetune.lr=1"]) == ["freeze=none", "finetune.lr=1"]

@@ -171,7 +171,11 @@ def _single_run(overrides: list[str]) -> None:
     GlobalHydra.instance().clear()
     search_path = create_automatic_config_search_path(None, __name__, "conf")
     app = Hydra.create_main_hydra2(task_name="cli", config_search_path=search_path)
-    app.run(config_name="config", task_function=_run_task, overrides=overrides)
+    try:
+        app.run(config_name="config", task_function=_run_task, overrides=overrides)
+    finally:
+        # left initialized, it makes the next in-process compose (a notebook, a test) fail
+        GlobalHydra.instance().clear()
 
 
 def _one_run_overrides(argv: list[str]) -> list[str] | None:
