@@ -10,7 +10,8 @@ import torch
 
 import tlexp
 from tests._models import conv_chain, skip_graph
-from tlexp.errors import ConfigError, ShapeError, SourceError
+from tlexp.config import SourceInit
+from tlexp.errors import ConfigError, ShapeError, SourceError, check, fits
 from tlexp.freeze import freeze, resolve_cut
 from tlexp.graph import LayerGraph, Node, build_layer, build_layer_and_spec, get_layer_type, layer_names
 from tlexp.sources.spec import build_spec
@@ -373,3 +374,42 @@ def test_graph_construction_errors():
         build_spec([{"name": "a", "type": "dense", "out_features": 2}], input_shape=[3], outputs=["q"])
     with pytest.raises(ConfigError, match="name used twice"):
         build_spec([{"name": "input", "type": "dense", "out_features": 2}], input_shape=[3])
+
+
+@pytest.mark.parametrize(
+    ("value", "hint", "kw", "message"),
+    [
+        ("3", int, {}, r"^x: '3' is not an integer$"),
+        (True, float, {}, r"^x: True is not a number$"),
+        ("1e-3", float, {"text_numbers": True, "low": 0.01}, r"^x: '1e-3' is out of range; valid: >= 0.01$"),
+        ("inf", float, {"text_numbers": True}, r"^x: inf is not a finite number$"),
+        (1.0, float, {"low": 0.0, "high": 1.0, "high_open": True}, r"^x: 1.0 is out of range; valid: \[0, 1\)$"),
+        ([1, 2, 3], tuple[int, int], {}, r"^x: \[1, 2, 3\] needs 2 values$"),
+        ("yes", bool | None, {}, r"^x: 'yes' is not a bool or null$"),
+        ("imagenet", SourceInit, {}, r"^x: 'imagenet' is not one of pretrained, random$"),
+    ],
+)
+def test_the_one_checker_names_the_field_value_and_what_is_valid(value, hint, kw, message):
+    """graph arguments, surgery op keys, finetune settings and source.init all go through
+    tlexp.errors.check: one wording for one mistake."""
+    with pytest.raises(ConfigError, match=message):
+        check(value, hint, "x", **kw)
+
+
+def test_the_one_checker_converts_where_the_hint_says():
+    assert check([1, 2], tuple[int, int], "x") == (1, 2)
+    assert check(1, float, "x") == 1.0 and isinstance(check(1, float, "x"), float)
+    assert check("2", int, "x", text_numbers=True) == 2
+    assert check("random", SourceInit, "x") is SourceInit.random
+    assert fits([1, 2], list[int]) and not fits([1, "a"], list[int])
+
+
+def test_no_room_keeps_its_own_type_checker():
+    import tlexp.baselines
+    import tlexp.finetune._settings
+    import tlexp.graph._registry
+    import tlexp.surgery._registry
+
+    assert not hasattr(tlexp.graph._registry, "_check") and not hasattr(tlexp.surgery._registry, "_fits")
+    for module in (tlexp.baselines, tlexp.finetune._settings, tlexp.graph._registry, tlexp.surgery._registry):
+        assert "check" in vars(module) or "fits" in vars(module), module.__name__

@@ -14,19 +14,19 @@ from typing import Any
 
 import torch
 
-from tlexp.errors import ConfigError, TlexpError
+from tlexp.errors import TlexpError, check
 
 __all__ = ["INITS", "check_init", "source_baseline"]
 
 log = logging.getLogger(__name__)
 
-INITS = ("pretrained", "random")
+INITS = ("pretrained", "random")  # tlexp.config.SourceInit (tests/test_compose.py keeps them equal)
 
 
 def check_init(init: Any) -> str:
-    if init not in INITS:
-        raise ConfigError(f"source.init: {init!r} is not an init; valid: {', '.join(INITS)}")
-    return str(init)
+    from tlexp.config import SourceInit
+
+    return str(check(init, SourceInit, "source.init").value)
 
 
 def source_baseline(source_cfg: Mapping[str, Any], data: Any, device: torch.device) -> tuple[dict[str, Any] | None, str]:

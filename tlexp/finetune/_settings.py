@@ -9,13 +9,12 @@ before any compute.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from tlexp.errors import ConfigError, choices
+from tlexp.errors import ConfigError, check, choices
 from tlexp.graph import ACTIVATIONS
 from tlexp.graph._weight_init import WEIGHT_INITS as _WEIGHT_INIT_TABLE
 
@@ -159,39 +158,13 @@ def _plain_value(v: Any) -> Any:
 
 def _number(value: Any, name: str, *, low: float | None = None, high: float | None = None,
             low_open: bool = False, high_open: bool = False) -> float:
-    """A float within bounds; numeric strings are accepted (YAML reads ``1e-3`` as text)."""
-    if isinstance(value, bool) or value is None:
-        raise ConfigError(f"{name}: {value!r} is not a number")
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise ConfigError(f"{name}: {value!r} is not a number") from None
-    if not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{name}: {value!r} is not a finite number")
-    v = float(value)
-    if low is not None and (v < low or (low_open and v == low)):
-        raise ConfigError(f"{name}: {value!r} is out of range; valid: {_range(low, high, low_open, high_open)}")
-    if high is not None and (v > high or (high_open and v == high)):
-        raise ConfigError(f"{name}: {value!r} is out of range; valid: {_range(low, high, low_open, high_open)}")
-    return v
-
-
-def _range(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
-    if high is None:
-        return f"{'>' if low_open else '>='} {low:g}"
-    return f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    """A finite float within bounds; numeric strings are accepted (YAML reads ``1e-3`` as text)."""
+    return float(check(value, float, name, low=low, high=high, low_open=low_open, high_open=high_open,
+                       text_numbers=True))
 
 
 def _int(value: Any, name: str, low: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and value.lstrip("-").isdigit():
-            value = int(value)
-        else:
-            raise ConfigError(f"{name}: {value!r} is not an integer")
-    if low is not None and value < low:
-        raise ConfigError(f"{name}: {value!r} is out of range; valid: >= {low}")
-    return value
+    return int(check(value, int, name, low=low, text_numbers=True))
 
 
 def _name(value: Any, name: str, valid: tuple[str, ...] | list[str]) -> str:
@@ -201,9 +174,7 @@ def _name(value: Any, name: str, valid: tuple[str, ...] | list[str]) -> str:
 
 
 def _bool(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{name}: {value!r} is not a bool (true/false)")
-    return value
+    return bool(check(value, bool, name))
 
 
 # ---- the fields ----------------------------------------------------------------------------

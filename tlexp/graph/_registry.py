@@ -73,17 +73,16 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import types
 import typing
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Literal, Union
+from typing import Any
 
 from torch import nn
 
-from tlexp.errors import ConfigError, choices
+from tlexp.errors import ConfigError, check, choices
 
 __all__ = [
     "Role",
@@ -276,70 +275,6 @@ def get_layer_type(name: str, field_name: str = "type") -> LayerType:
         ) from None
 
 
-def _check(value: Any, hint: Any, where: str) -> Any:
-    """Check ``value`` against a type hint, converting JSON lists to tuples where asked."""
-    if hint is Any or hint is inspect.Parameter.empty:
-        return value
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (Union, types.UnionType):
-        errors = []
-        for alt in args:
-            try:
-                return _check(value, alt, where)
-            except ConfigError as e:
-                errors.append(e)
-        raise ConfigError(f"{where}: {value!r} is not a {_hint_name(hint)}")
-    if hint is type(None):
-        if value is None:
-            return None
-        raise ConfigError(f"{where}: {value!r} is not null")
-    if origin is Literal:
-        if value in args:
-            return value
-        raise ConfigError(f"{where}: {value!r} is not one of {choices(args)}")
-    if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: {value!r} is not a {_hint_name(hint)}")
-        if origin is tuple and args and args[-1] is not Ellipsis and len(args) != len(value):
-            raise ConfigError(f"{where}: {value!r} needs {len(args)} values")
-        item_hints = [args[0]] * len(value) if (origin is list or args[-1:] == (Ellipsis,)) else list(args)
-        if not args:
-            item_hints = [Any] * len(value)
-        out = [_check(v, h, where) for v, h in zip(value, item_hints)]
-        return tuple(out) if origin is tuple else out
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: {value!r} is not a mapping")
-        return dict(value)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: {value!r} is not a bool (true/false)")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: {value!r} is not an int")
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{where}: {value!r} is not a number")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{where}: {value!r} is not a string")
-    return value
-
-
-def _hint_name(hint: Any) -> str:
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        return " or ".join(_hint_name(a) for a in typing.get_args(hint))
-    if origin is not None:
-        return origin.__name__
-    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
-
-
 @dataclass(frozen=True)
 class LayerSpec:
     """What a node was built from: a registry type name and its arguments, every one filled in.
@@ -403,7 +338,7 @@ def build_layer_and_spec(
     full: dict[str, Any] = {}
     for n, p in lt.params.items():
         if n in given:
-            full[n] = _check(given[n], lt.hints.get(n, Any), f"{where}.{n}")
+            full[n] = check(given[n], lt.hints.get(n, Any), f"{where}.{n}")
         elif p.default is inspect.Parameter.empty:
             raise ConfigError(
                 f"{where}: layer type {type_name!r} needs argument {n!r} "

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
-from tlexp.errors import ConfigError, choices
+from tlexp.errors import ConfigError, choices, fits, hint_name
 from tlexp.graph import LayerGraph, Node, build_layer_and_spec, get_layer_type
 
 __all__ = ["OpSpec", "OpContext", "register_op", "list_ops", "get_op", "apply_ops"]
@@ -150,42 +149,6 @@ class OpContext:
 # ---- parsing ops -------------------------------------------------------------------------
 
 
-def _hint_name(hint: Any) -> str:
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        return " or ".join(_hint_name(a) for a in typing.get_args(hint))
-    if origin is not None:
-        return f"{origin.__name__}"
-    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
-
-
-def _fits(value: Any, hint: Any) -> bool:
-    """Whether a config value fits a (simple) type hint: the op's own keys are plain."""
-    if hint is Any or hint is inspect.Parameter.empty:
-        return True
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        return any(_fits(value, a) for a in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if origin in (list, tuple, Sequence):
-        if not isinstance(value, (list, tuple)):
-            return False
-        args = typing.get_args(hint)
-        return not args or all(_fits(v, args[0]) for v in value)
-    if origin is dict or hint is dict:
-        return isinstance(value, Mapping)
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    return True
-
-
 @dataclass
 class _Parsed:
     spec: OpSpec
@@ -228,8 +191,8 @@ def _parse(i: int, entry: Any, field_name: str) -> _Parsed:
                 arg_fields[str(k)] = f"args.{k}"
         elif key in spec.params and key != "args":
             hint = spec.hints.get(key, Any)
-            if not _fits(value, hint):
-                raise ConfigError(f"{where}.{key}: {value!r} is not a {_hint_name(hint)} (op {spec.name!r})")
+            if not fits(value, hint):
+                raise ConfigError(f"{where}.{key}: {value!r} is not a {hint_name(hint)} (op {spec.name!r})")
             kwargs[key] = value
         elif spec.layer_args:
             layer[str(key)] = value
