@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +95,17 @@ def test_a_run_composes_the_config_once_in_hydras_run_folder(tmp_path: Path, mon
     assert cli._one_run_overrides(["-m", "finetune.lr=0.1,0.2"]) is None
     assert cli._one_run_overrides(["hparams_search=optuna"]) is None
     assert cli._one_run_overrides(["freeze=none", "finetune.lr=1"]) == ["freeze=none", "finetune.lr=1"]
+
+
+@pytest.mark.slow
+def test_openmp_threads_sleep_when_idle_unless_the_user_chose(tmp_path: Path) -> None:
+    # set before torch loads (OpenMP reads it once): spinning threads on a busy machine made a
+    # run of the default experiment several times slower (benchmarks/startup.py)
+    code = "import os, sys; import tlexp; print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split() == ["PASSIVE", "True"]
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                         capture_output=True, text=True, timeout=300)
+    assert res.stdout.split() == ["ACTIVE", "True"], res.stderr[-2000:]
