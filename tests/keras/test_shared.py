@@ -72,6 +72,22 @@ def test_removing_one_use_keeps_the_other() -> None:
     assert any(k.startswith("layers.d2.") for k in out.state_dict())
 
 
+@pytest.mark.parametrize(("op", "node", "others"), [
+    ({"op": "replace_layer", "name": "d2", "type": "dense", "args": {"in_features": 4, "out_features": 4}}, "d2", "d1"),
+    ({"op": "replace_layer", "name": "d1", "type": "dense", "args": {"in_features": 4, "out_features": 4}}, "d1", "d2"),
+    ({"op": "n_in_replace", "layer": "d1", "n_in": 3}, "d1", "d2"),
+    # d1 resized: d2 (the same layer) would take the new size at its one use only
+    ({"op": "n_out_replace", "layer": "d1", "n_out": 6}, "d1", "d2"),
+])
+def test_changing_one_use_of_a_shared_layer_is_refused(op: dict, node: str, others: str) -> None:
+    g = _graph()
+    with pytest.raises(ConfigError, match=rf"layer '{node}' shares its layer with .*'{others}'.*remove the other uses"):
+        apply_ops(g, [op])
+    # with the other use removed, the layer is no longer shared and can be changed
+    out = apply_ops(g, [{"op": "remove_vertex_keep_connections", "name": others}, op])
+    assert out.module(node) is not g.module(node) and out.shares(node) is None
+
+
 def test_a_shared_module_that_is_not_an_earlier_node_is_refused() -> None:
     cfg = _graph().to_config()
     cfg["nodes"][2]["shares"] = "head"

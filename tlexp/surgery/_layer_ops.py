@@ -142,6 +142,7 @@ def _add_with_inputs(graph: LayerGraph, ctx: OpContext, name: str, type: str, in
 def replace_layer(graph: LayerGraph, ctx: OpContext, *, name: str | int, type: str, args: dict[str, Any]) -> LayerGraph:
     """Replace a node's layer by a new one, keeping the node's name and connections."""
     target = ctx.resolve(graph, name, "name")
+    ctx.check_unshared(graph, [target], "name", "replace_layer")
     old = graph.node(target)
     nodes = copy_nodes(graph)
     nodes[graph.index(target)] = ctx.new_node(target, old.inputs, type, args, ctx.input_shapes(old.inputs))

@@ -118,6 +118,19 @@ class OpContext:
                                       f"{choices([*graph.inputs, *graph.node_names])}")
         return graph.resolve(ref, f"{self.field}.{key}")
 
+    def check_unshared(self, graph: LayerGraph, names: Sequence[str], key: str, what: str) -> None:
+        """Refuse to give one use of a shared layer (a node that ``shares``, or one whose layer
+        another node shares) a new layer: the other uses would keep the old one."""
+        for name in names:
+            owner = graph.shares(name) or name
+            group = [n for n in graph.node_names if n == owner or graph.shares(n) == owner]
+            if len(group) > 1:
+                others = ", ".join(repr(n) for n in group if n != name)
+                raise self.error(key, f"layer {name!r} shares its layer with {others}: {what} would give "
+                                      f"only {name!r} a new layer while {others} kept the old one; a shared layer is "
+                                      "changed at all its uses or none: remove the other uses first "
+                                      "(remove_vertex_keep_connections or remove_vertex_and_connections) or change a layer that is not shared")
+
     def input_shapes(self, names: Sequence[str]) -> list[Shape] | None:
         """Shapes of the named tensors before this op, or None when they are not known."""
         if self.shapes is None:

@@ -192,6 +192,8 @@ def n_out_replace(
                                      f"layer {target!r} ({node.type}); valid: {in_ch}, {2 * in_ch}, …")
         changes = {lt.n_out: n_out // in_ch}
     plan = _plan(graph, target, ctx)
+    ctx.check_unshared(graph, [n for n, kind in plan.items() if kind != "pass"], "layer",
+                       f"n_out_replace of {target!r}")
     scheme_next = weight_init_next if weight_init_next is not None else weight_init
     tracer = _Tracer(graph, ctx.label) if ctx.shapes is not None else None
     sizes: dict[str, int | None] = {}
@@ -236,6 +238,7 @@ def n_in_replace(
                                  f"valid layer types: {choices(can_replace_n_in())}")
     if n_in < 1:
         raise ctx.error("n_in", f"{n_in} is not a size; valid: a positive int")
+    ctx.check_unshared(graph, [target], "layer", "n_in_replace")
     nodes = copy_nodes(graph)
     k = graph.index(target)
     _rebuild(nodes[k], ctx, {lt.n_in: n_in}, weight_init)
