@@ -163,6 +163,36 @@ def test_continued_step_schedule_uses_the_lr_an_uninterrupted_run_would(compose_
     assert fresh["progress"]["lr_first"] == pytest.approx(0.1) and fresh["progress"]["epochs"] == 1
 
 
+def test_restored_best_epoch_saves_its_schedule_position_and_counters(compose_cfg, tmp_path: Path) -> None:
+    """model/ holds the best epoch's weights and optimizer state: the schedule position and the
+    counters saved beside them are that epoch's too, and experiment=continue goes on from there."""
+    from tlexp.sources.saved import load_optimizer_state
+
+    common = (*_moon_common(tmp_path), "finetune.schedule=step", "finetune.schedule_args={step_size: 1, gamma: 0.5}")
+    # val/loss chosen by its largest value: the first epoch is the best one (the loss falls)
+    first = train_run(compose_cfg("source=dl4j", f"source.path={MOON}", *common, "trainer.max_epochs=3",
+                                  "train.monitor=val/loss", "train.mode=max", out="a"))
+    best, steps = first["best_epoch"], first["progress"]["global_step"] // 3
+    assert first["monitor"]["restored"] is True and best < first["epochs"] == 3
+    saved = first["progress"]["saved"]
+    assert saved == {"at": "best_epoch", "epochs": best, "global_step": best * steps}
+    model = tmp_path / "a" / "model"
+    state = load_optimizer_state(model)
+    assert state["param_groups"][0]["lr"] == pytest.approx(0.1 * 0.5**best)  # stepped at the end of that epoch
+    assert state["progress"]["schedule"]["state"]["last_epoch"] == best
+    assert json.loads((model / "config.json").read_text())["meta"]["progress"] == {"epochs": best, "global_step": best * steps}
+    cont = train_run(compose_cfg("experiment=continue", f"source.path={model}", *_moon_common(tmp_path)[1:4],
+                                 "trainer.max_epochs=1", out="b"))
+    p = cont["progress"]
+    assert p["schedule_restored"] is True and p["lr_first"] == pytest.approx(0.1 * 0.5**best)
+    assert p["continued_from"] == {"epochs": best, "global_step": best * steps}
+    assert p["epochs"] == best + 1 and p["global_step"] == (best + 1) * steps
+    # train.restore_best=false: the last epoch's state, said so
+    last = train_run(compose_cfg("source=dl4j", f"source.path={MOON}", *common, "trainer.max_epochs=2",
+                                 "train.restore_best=false", out="c"))
+    assert last["progress"]["saved"] == {"at": "last_epoch", "epochs": 2, "global_step": 2 * steps}
+
+
 def test_continued_cosine_schedule_steps_on_from_its_position(compose_cfg, tmp_path: Path) -> None:
     common = (*_moon_common(tmp_path), "finetune.schedule=cosine", "finetune.schedule_args={min_lr: 0.01}",
               "trainer.max_epochs=1")

@@ -52,7 +52,10 @@ class BestWeights(pl.Callback):
 
     ``best_epoch`` counts from 1 (as ``epochs`` does); ``history`` holds the monitored value of
     every validated epoch. ``best_optimizer_state`` is the optimizer's state at that epoch (a
-    copy), so that the state saved beside the restored weights is the one that produced them.
+    copy), so that the state saved beside the restored weights is the one that produced them;
+    ``best_progress`` the trained module's counters and schedule position then (its
+    ``progress(epochs)``, with ``steps_done``). Both are taken once the epoch has ended (its
+    epoch-stepped schedule stepped), before the next optimizer step.
     """
 
     def __init__(self, monitor: str = "val/loss", mode: str = "min", keep: bool = True,
@@ -64,7 +67,9 @@ class BestWeights(pl.Callback):
         self.best_epoch: int | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best_optimizer_state: dict[str, Any] | None = None
+        self.best_progress: dict[str, Any] | None = None
         self.history: list[float] = []
+        self._pending: int | None = None  # the best epoch whose optimizer state is still to be taken
 
     def _better(self, value: float) -> bool:
         if math.isnan(value):
@@ -86,8 +91,26 @@ class BestWeights(pl.Callback):
             self.best_value, self.best_epoch = value, trainer.current_epoch + 1
             if self.keep:
                 self.best_state = self._snapshot(self.target or pl_module)
-                optimizers = trainer.optimizers
-                self.best_optimizer_state = copy.deepcopy(optimizers[0].state_dict()) if optimizers else None
+                self._pending = self.best_epoch
+
+    def _take_optimizer_state(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The optimizer's state and the module's progress as of the best epoch: after its end
+        (an epoch-stepped schedule has stepped), before any further optimizer step."""
+        if self._pending is None:
+            return
+        optimizers = trainer.optimizers
+        self.best_optimizer_state = copy.deepcopy(optimizers[0].state_dict()) if optimizers else None
+        progress = getattr(pl_module, "progress", None)
+        if callable(progress):
+            self.best_progress = {**copy.deepcopy(progress(self._pending)),
+                                  "steps_done": int(getattr(pl_module, "steps_done", 0))}
+        self._pending = None
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._take_optimizer_state(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._take_optimizer_state(trainer, pl_module)
 
     @staticmethod
     def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -98,7 +121,7 @@ class BestWeights(pl.Callback):
         weights kept are ``module``'s as they are now (and no optimizer state of this phase)."""
         self.best_value = value
         self.best_state = self._snapshot(module)
-        self.best_optimizer_state = None
+        self.best_optimizer_state = self.best_progress = None
 
     def restore(self, pl_module: pl.LightningModule) -> bool:
         """Load the best epoch's weights (into ``target`` when set); False when none were kept."""

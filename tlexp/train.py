@@ -367,14 +367,17 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     # the phase whose weights the graph holds: phase 2 unless it never beat phase 1's best
     kept = phases[-1] if len(phases) == 1 or phases[1].best.best_epoch is not None or not cfg.train.restore_best else phases[0]
     optimizer_state = None
+    progress = _progress([ph.trainer.lightning_module for ph in phases], epochs_run)
+    # the optimizer's state, schedule position and counters at the epoch whose weights were
+    # restored (the last epoch's otherwise): a continued run goes on from there
+    restored = bool(cfg.train.restore_best and kept.best.best_state is not None and kept.best.best_optimizer_state is not None)
+    saved_progress = _saved_progress(phases, kept, progress) if restored else progress
     if prepared.finetune.get("save_optimizer_state", True):
-        # the optimizer's state at the epoch whose weights were restored (the last epoch's otherwise)
-        optimizer_state = kept.best.best_optimizer_state if cfg.train.restore_best and kept.best.best_state is not None else None
+        optimizer_state = kept.best.best_optimizer_state if restored else None
         if optimizer_state is None and kept.trainer.optimizers:
             optimizer_state = kept.trainer.optimizers[0].state_dict()
-    progress = _progress([ph.trainer.lightning_module for ph in phases], epochs_run)
     if optimizer_state is not None:
-        optimizer_state = {**optimizer_state, "progress": progress}
+        optimizer_state = {**optimizer_state, "progress": saved_progress}
     metrics = {
         "name": cfg.name,
         "status": "completed",
@@ -398,6 +401,10 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         # of this run's first and last step, whether a saved schedule continued
         "progress": {k: v for k, v in progress.items() if k != "schedule"},
     }
+    # whose optimizer state, schedule position and counters model/ holds: the restored best
+    # epoch's ("best_epoch") or the last one's ("last_epoch"); experiment=continue goes on from there
+    metrics["progress"]["saved"] = {"at": "best_epoch" if restored else "last_epoch",
+                                    **{k: saved_progress[k] for k in ("epochs", "global_step")}}
     if len(phases) > 1:
         metrics["phases"] = [ph.summary(graph) for ph in phases]
     if baseline or baseline_skipped:
@@ -414,7 +421,7 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             "schedule": json.loads(json.dumps({"schedule": prepared.finetune.get("schedule") or "none",
                                                "schedule_args": prepared.finetune.get("schedule_args") or {}},
                                               default=str)),
-            "progress": {k: progress[k] for k in ("epochs", "global_step")}}
+            "progress": {k: saved_progress[k] for k in ("epochs", "global_step")}}
     source_meta = dict(graph.meta)
     if source_meta.get("data_config"):
         meta["data_config"] = source_meta["data_config"]  # how its images are to be prepared
@@ -436,6 +443,22 @@ def _progress(modules: list[Any], epochs_run: int) -> dict[str, Any]:
         progress["continued_from"] = {k: before[k] for k in ("epochs", "global_step") if k in before}
         progress["schedule_restored"] = first.schedule_restored
     return progress
+
+
+def _saved_progress(phases: list[Any], kept: Any, progress: Mapping[str, Any]) -> dict[str, Any]:
+    """``progress`` as of ``kept``'s restored best epoch: counters over the phases before it and
+    its own up to that epoch, its schedule's position then."""
+    earlier = phases[:phases.index(kept)]
+    at = kept.best.best_progress or {}
+    before = phases[0].trainer.lightning_module.progress_before
+    out = {k: v for k, v in progress.items() if k not in ("schedule", "lr_last")}
+    out["epochs"] = int(before.get("epochs", 0)) + sum(ph.epochs for ph in earlier) + int(kept.best.best_epoch or 0)
+    out["global_step"] = (int(before.get("global_step", 0)) + sum(ph.trainer.lightning_module.steps_done for ph in earlier)
+                          + int(at.get("steps_done", 0)))
+    out["lr_last"] = at.get("lr_last")
+    if at.get("schedule") is not None:
+        out["schedule"] = at["schedule"]
+    return out
 
 
 def _utc_now() -> str:
