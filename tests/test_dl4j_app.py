@@ -273,7 +273,7 @@ def test_dl4j_learning_rate_schedule_continues_at_the_saved_iteration(compose_cf
 @pytest.mark.slow
 def test_experiment_continue_from_the_command_line_continues_the_schedule(tmp_path: Path) -> None:
     common = [f"paths.cache_dir={tmp_path / 'cache'}", "trainer.enable_progress_bar=false", "trainer.max_epochs=1"]
-    first = run_cli(["experiment=churn_transfer", *common, "finetune.schedule=step", "print_table=false",
+    first = run_cli(["experiment=churn_transfer", *common, "unfreeze.epochs=0", "finetune.schedule=step", "print_table=false",
                      "finetune.schedule_args={step_size: 1, gamma: 0.5}", f"hydra.run.dir={tmp_path / 'a'}"], cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     a = json.loads((tmp_path / "a" / "metrics.json").read_text())["progress"]
