@@ -193,6 +193,23 @@ def test_restored_best_epoch_saves_its_schedule_position_and_counters(compose_cf
     assert last["progress"]["saved"] == {"at": "last_epoch", "epochs": 2, "global_step": 2 * steps}
 
 
+def test_two_phases_whose_best_epoch_is_in_phase_one_save_phase_ones_state(compose_cfg, tmp_path: Path) -> None:
+    """Phase 2 never beats phase 1's best: model/ holds phase 1's best epoch, and the counters
+    and schedule saved with it are phase 1's then, not the end of phase 2."""
+    from tlexp.sources.saved import load_optimizer_state
+
+    common = (*_moon_common(tmp_path), "finetune.schedule=step", "finetune.schedule_args={step_size: 1, gamma: 0.5}")
+    m = train_run(compose_cfg("source=dl4j", f"source.path={MOON}", *common, "trainer.max_epochs=2",
+                              "unfreeze.epochs=2", "unfreeze.up_to=null", "train.monitor=val/loss", "train.mode=max"))
+    assert m["best_epoch"] == 1 and m["epochs"] == 4, m["monitor"]
+    assert len(m["phases"]) == 2
+    steps = m["progress"]["global_step"] // 4  # steps per epoch (the same in both phases)
+    assert m["progress"]["saved"] == {"at": "best_epoch", "epochs": 1, "global_step": steps}
+    state = load_optimizer_state(tmp_path / "run" / "model")
+    assert state["progress"]["schedule"]["state"]["last_epoch"] == 1
+    assert state["param_groups"][0]["lr"] == pytest.approx(0.05)
+
+
 def test_continued_cosine_schedule_steps_on_from_its_position(compose_cfg, tmp_path: Path) -> None:
     common = (*_moon_common(tmp_path), "finetune.schedule=cosine", "finetune.schedule_args={min_lr: 0.01}",
               "trainer.max_epochs=1")
