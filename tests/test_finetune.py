@@ -813,3 +813,37 @@ def test_settings_take_their_defaults_from_the_one_schema(monkeypatch):
     monkeypatch.setattr(fields["gradient_normalization_threshold"], "default", 3.0)
     s = parse({})
     assert s.lr == 0.25 and s.threshold == 3.0
+
+
+@pytest.mark.parametrize(("cfg", "message"), [
+    ({"loss": "mse"}, r"^finetune\.loss: 'mse' is not one of cross_entropy, nll, bce$"),
+    ({"validate_output": "no"}, r"^finetune\.validate_output: 'no' is not a bool"),
+    ({"save_optimizer_state": 1}, r"^finetune\.save_optimizer_state: 1 is not a bool"),
+])
+def test_loss_and_run_switches_are_checked_by_the_finetune_schema(cfg, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_finetune(cfg)
+
+
+def test_module_and_train_read_loss_and_switches_off_the_schema():
+    """tlexp.module and tlexp.train re-declare no finetune default and keep no loss table of their own."""
+    import ast
+    import dataclasses
+    import inspect as pyinspect
+
+    import tlexp.module
+    import tlexp.train
+    from tlexp.config import FinetuneConfig, Loss
+    from tlexp.finetune import finetune_setting
+
+    defaults = {f.name: f.default for f in dataclasses.fields(FinetuneConfig)}
+    for key in ("loss", "validate_output", "save_optimizer_state", "class_weights"):
+        assert finetune_setting({}, key) == defaults[key]
+        assert finetune_setting({key: "given"}, key) == "given"
+    assert tlexp.module.LOSSES == tuple(m.value for m in Loss)
+    for module in (tlexp.module, tlexp.train):
+        for node in ast.walk(ast.parse(pyinspect.getsource(module))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get":
+                key = node.args[0].value if node.args and isinstance(node.args[0], ast.Constant) else None
+                assert key not in defaults or "finetune" not in ast.unparse(node.func.value), \
+                    f"{module.__name__}: {ast.unparse(node)} re-declares a finetune default"

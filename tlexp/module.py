@@ -12,13 +12,14 @@ import torchmetrics
 from torchmetrics.classification import BinaryAUROC, BinaryF1Score, MulticlassAccuracy, MulticlassF1Score
 
 from tlexp import finetune as ft
+from tlexp.config import Loss
 from tlexp.errors import ConfigError
 from tlexp.graph import LayerGraph, get_layer_type
 
 __all__ = ["TransferModule", "output_kind", "make_metrics", "LOSSES"]
 
-#: bce: one output unit (sigmoid or logit) for two classes
-LOSSES = ("cross_entropy", "nll", "bce")
+#: tlexp.config.Loss's values (bce: one output unit, sigmoid or logit, for two classes)
+LOSSES = tuple(loss.value for loss in Loss)
 
 
 def output_kind(graph: LayerGraph) -> str:
@@ -94,8 +95,6 @@ class TransferModule(pl.LightningModule):
         if training_terms is not None:
             training_terms.attach(model)
         self.finetune = dict(finetune)
-        if self.finetune.get("loss", "cross_entropy") not in LOSSES:
-            raise ConfigError(f"finetune.loss: {self.finetune.get('loss')!r} is not supported; valid: {', '.join(LOSSES)}")
         # parsed once: the per-step calls (l2, gradient normalization) then read plain attributes
         self.settings = ft.parse_finetune(self.finetune)
         self.num_classes = num_classes

@@ -79,10 +79,6 @@ def validate(cfg: DictConfig) -> None:
     from tlexp.callbacks import check_monitor, resolve_mode
 
     check_monitor(cfg.train.monitor)
-    from tlexp.module import LOSSES
-
-    if cfg.finetune.get("loss", "cross_entropy") not in LOSSES:
-        raise ConfigError(f"finetune.loss: {cfg.finetune.loss!r} is not supported; valid: {', '.join(LOSSES)}")
     from tlexp.baselines import check_init
 
     check_init(cfg.source.get("init", "pretrained"))
@@ -132,8 +128,8 @@ def prepare(cfg: DictConfig) -> Prepared:
     if all(g.shape is not None for g in graph.graph_inputs):
         shapes = graph.trace_shapes(where="model")
         out = shapes[graph.outputs[0]][0]
-        loss = finetune.get("loss", "cross_entropy")
-        if finetune.get("validate_output", True) and out:
+        loss = str(ft.finetune_setting(finetune, "loss"))
+        if ft.finetune_setting(finetune, "validate_output") and out:
             from tlexp.output_check import check_output
 
             check_output(graph, int(out[-1]), data.num_classes, loss)
@@ -327,7 +323,7 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     logger = _logger(cfg)  # before any compute: a logger that cannot be made is a config error
     graph, data, cut = prepared.graph, prepared.data, prepared.cut
     device = _device(cfg)
-    class_weights = data.class_weights() if prepared.finetune.get("class_weights") else None
+    class_weights = data.class_weights() if ft.finetune_setting(prepared.finetune, "class_weights") else None
     baseline, baseline_skipped = _baselines(cfg, prepared, device)
 
     from tlexp.callbacks import check_monitor
@@ -372,7 +368,7 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     # restored (the last epoch's otherwise): a continued run goes on from there
     restored = bool(cfg.train.restore_best and kept.best.best_state is not None and kept.best.best_optimizer_state is not None)
     saved_progress = _saved_progress(phases, kept, progress) if restored else progress
-    if prepared.finetune.get("save_optimizer_state", True):
+    if ft.finetune_setting(prepared.finetune, "save_optimizer_state"):
         optimizer_state = kept.best.best_optimizer_state if restored else None
         if optimizer_state is None and kept.trainer.optimizers:
             optimizer_state = kept.trainer.optimizers[0].state_dict()
@@ -418,8 +414,8 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             # a continued run keeps this frozen set: the one the saved weights and optimizer state were trained with
             "freeze_up_to": graph.boundary(kept.cut) if kept.cut else [],
             # the schedule a continued run takes back (with its position, from optimizer.safetensors)
-            "schedule": json.loads(json.dumps({"schedule": prepared.finetune.get("schedule") or "none",
-                                               "schedule_args": prepared.finetune.get("schedule_args") or {}},
+            "schedule": json.loads(json.dumps({"schedule": ft.finetune_setting(prepared.finetune, "schedule") or "none",
+                                               "schedule_args": ft.finetune_setting(prepared.finetune, "schedule_args") or {}},
                                               default=str)),
             "progress": {k: saved_progress[k] for k in ("epochs", "global_step")}}
     source_meta = dict(graph.meta)

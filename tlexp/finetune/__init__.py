@@ -36,6 +36,9 @@ from tlexp.finetune._settings import (
 from tlexp.finetune._settings import (
     parse as parse_finetune,
 )
+from tlexp.finetune._settings import (
+    setting as finetune_setting,
+)
 
 __all__ = [
     "GRADIENT_NORMALIZATIONS",
@@ -54,6 +57,7 @@ __all__ = [
     "regularization_loss",
     "restore_scheduler",
     "scheduler_state",
+    "finetune_setting",
     "validate_finetune",
 ]
 

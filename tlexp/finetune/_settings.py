@@ -27,6 +27,7 @@ __all__ = [
     "GroupRule",
     "Settings",
     "parse",
+    "setting",
 ]
 
 OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw", "rmsprop", "adagrad")
@@ -343,6 +344,11 @@ def parse(cfg: Any) -> Settings:
         dropout = 1.0 - retain
     activation = get("activation")
     weight_init = get("weight_init")
+    from tlexp.config import Loss
+
+    check(get("loss"), Loss, "finetune.loss")  # read by tlexp.module and tlexp.train through setting()
+    for key in ("validate_output", "class_weights", "save_optimizer_state"):
+        _bool(get(key), f"finetune.{key}")
     bias_init = get("bias_init")
     seed = get("seed")
     return Settings(
@@ -414,6 +420,11 @@ def _constraints(value: Any) -> tuple[dict[str, Any], ...]:
             raise ConfigError(f"{where}: min {c['min']} is above max {c['max']}")
         out.append(c)
     return tuple(out)
+
+
+def setting(cfg: Mapping[str, Any], key: str) -> Any:
+    """One ``finetune`` value as given, or the schema's default (a plain value) when left out."""
+    return cfg[key] if key in cfg else defaults()[key]
 
 
 def defaults() -> dict[str, Any]:
