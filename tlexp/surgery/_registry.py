@@ -127,7 +127,7 @@ class OpContext:
             if len(group) > 1:
                 others = ", ".join(repr(n) for n in group if n != name)
                 raise self.error(key, f"layer {name!r} shares its layer with {others}: {what} would give "
-                                      f"only {name!r} a new layer while {others} kept the old one; a shared layer is "
+                                      f"only {name!r} a new layer while {others} would keep the old one; a shared layer is "
                                       "changed at all its uses or none: remove the other uses first "
                                       "(remove_vertex_keep_connections or remove_vertex_and_connections) or change a layer that is not shared")
 
