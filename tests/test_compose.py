@@ -116,3 +116,26 @@ def test_each_closed_choice_lists_what_its_room_accepts():
                           and e is not c.Choice} - {c.Accelerator, c.InspectFormat, c.MonitorMode}
     for enum, values in rooms.items():
         assert tuple(m.value for m in enum) == tuple(values), enum.__name__
+
+
+def test_closed_choices_from_python_go_through_the_schema_enums():
+    """Without Hydra (a library call), freeze.mode, train.mode, source.init and finetune.loss are
+    checked against tlexp.config's Enums by the one checker: same choices, one wording."""
+    from tests._models import conv_chain
+    from tlexp.baselines import check_init
+    from tlexp.callbacks import resolve_mode
+    from tlexp.errors import ConfigError
+    from tlexp.finetune import validate_finetune
+    from tlexp.freeze import freeze
+
+    cases = [
+        (lambda: freeze(conv_chain(), None, mode="sometimes"), "freeze.mode: 'sometimes' is not one of featurize, in_model"),
+        (lambda: resolve_mode("val/loss", "biggest"), "train.mode: 'biggest' is not one of min, max, auto"),
+        (lambda: check_init("imagenet"), "source.init: 'imagenet' is not one of pretrained, random"),
+        (lambda: validate_finetune({"loss": "mse"}), "finetune.loss: 'mse' is not one of cross_entropy, nll, bce"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ConfigError) as e:
+            call()
+        assert str(e.value) == message
+    assert resolve_mode("val/loss", "auto") == "min" and resolve_mode("val/accuracy", "auto") == "max"

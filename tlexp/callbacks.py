@@ -19,7 +19,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from tlexp.errors import ConfigError, choices
+from tlexp.config import MonitorMode
+from tlexp.errors import ConfigError, check, choices
 
 __all__ = ["MONITORS", "BestWeights", "resolve_mode", "check_monitor", "build_callbacks"]
 
@@ -27,15 +28,14 @@ log = logging.getLogger(__name__)
 
 #: the metrics an epoch can be chosen by (val/auroc: two classes only)
 MONITORS = ("val/loss", "val/accuracy", "val/auroc")
-MODES = ("auto", "min", "max")
+MODES = tuple(m.value for m in MonitorMode)
 
 
 def resolve_mode(monitor: str, mode: str) -> str:
     """``auto``: min for a loss, max for a score."""
-    if mode not in MODES:
-        raise ConfigError(f"train.mode: {mode!r} is not a mode; valid: {', '.join(MODES)}")
+    mode = check(mode, MonitorMode, "train.mode").value
     if mode != "auto":
-        return mode
+        return str(mode)
     return "min" if monitor.endswith("loss") else "max"
 
 

@@ -19,10 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from tlexp import finetune as ft
 from tlexp.assemble import build_model, check_required, edit_graph, load_graph, plain
-from tlexp.config import plain_choices
+from tlexp.config import Accelerator, FreezeMode, plain_choices
 from tlexp.data import TlexpDataModule, build_datamodule
-from tlexp.errors import ConfigError, ShapeError
-from tlexp.freeze import MODES
+from tlexp.errors import ConfigError, ShapeError, check
 from tlexp.graph import LayerGraph
 
 # build_model stays importable from here: assembly itself lives in tlexp.assemble
@@ -34,7 +33,7 @@ log = logging.getLogger(__name__)
 #: model, and taken back when a run continues it with its optimizer state
 CONTINUE_KEYS = ("optimizer", "momentum", "betas", "eps", "groups")
 
-ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
+ACCELERATORS = tuple(a.value for a in Accelerator)
 
 #: Lightning warnings about things tlexp does on purpose
 def _container(node: Any) -> Any:
@@ -59,8 +58,7 @@ def validate(cfg: DictConfig) -> None:
         least = 1 if key == "batch_size" else 0
         if value is not None and value < least:
             raise ConfigError(f"data.{key}: {value} must be at least {least}")
-    if cfg.freeze.mode not in MODES:
-        raise ConfigError(f"freeze.mode: {cfg.freeze.mode!r} is not a mode; valid: {', '.join(MODES)}")
+    check(cfg.freeze.mode, FreezeMode, "freeze.mode")
     from tlexp.featurize._store import check_dtype, parse_bytes
 
     check_dtype(cfg.featurize.dtype)
@@ -68,8 +66,7 @@ def validate(cfg: DictConfig) -> None:
     if cfg.featurize.batch_size < 1:
         raise ConfigError(f"featurize.batch_size: {cfg.featurize.batch_size} must be at least 1")
     ft.validate_finetune(plain(cfg.finetune))
-    if cfg.trainer.accelerator not in ACCELERATORS:
-        raise ConfigError(f"trainer.accelerator: {cfg.trainer.accelerator!r} is not known; valid: {', '.join(ACCELERATORS)}")
+    check(cfg.trainer.accelerator, Accelerator, "trainer.accelerator")
     if cfg.trainer.max_epochs < 1:
         raise ConfigError(f"trainer.max_epochs: {cfg.trainer.max_epochs} must be at least 1")
     _check_accelerator(cfg.trainer.accelerator)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tlexp.errors import ConfigError
+from tlexp.errors import check
 from tlexp.graph import LayerGraph
 
 __all__ = ["resolve_cut", "freeze", "MODES"]
@@ -36,8 +36,9 @@ def resolve_cut(graph: LayerGraph, up_to: str | int | Sequence[str | int] | None
 
 def freeze(graph: LayerGraph, up_to: str | int | Sequence[str | int] | None, mode: str = "featurize") -> set[str]:
     """Freeze the cut for ``up_to`` in place and return it."""
-    if mode not in MODES:
-        raise ConfigError(f"freeze.mode: {mode!r} is not a mode; valid: {', '.join(MODES)}")
+    from tlexp.config import FreezeMode
+
+    check(mode, FreezeMode, "freeze.mode")
     cut = resolve_cut(graph, up_to)
     graph.set_frozen(cut)
     return cut
