@@ -80,3 +80,22 @@ def test_rooms_import_only_rooms_below_them():
     rooms = {p.stem if p.is_file() else p.name for p in package.iterdir() if p.suffix == ".py" or (p / "__init__.py").is_file()}
     assert rooms - {"conf"} <= set(RANKS), f"rank the new room(s): {sorted(rooms - {'conf'} - set(RANKS))}"
     assert upward_imports() == []
+
+
+def test_a_config_node_becomes_plain_data_in_one_place():
+    """tlexp.config.plain is the one conversion of config nodes the run path uses (assemble,
+    surgery, finetune, sources and phases once each had their own)."""
+    package = TESTS.parent / "tlexp"
+    users = ["assemble.py", "finetune/_settings.py", "surgery/_registry.py", "sources/__init__.py", "phases.py",
+             "train.py", "inspect.py", "module.py", "baselines.py"]
+    own = [f"{name}:{node.lineno}" for name in users for node in ast.walk(ast.parse((package / name).read_text()))
+           if isinstance(node, ast.Attribute) and node.attr == "to_container"]
+    assert own == []
+    from omegaconf import OmegaConf
+
+    from tlexp.assemble import plain as from_assemble
+    from tlexp.config import plain
+
+    assert from_assemble is plain
+    node = OmegaConf.create({"a": 1, "b": "${a}", "c": [{"d": "${a}"}]})
+    assert plain(node) == {"a": 1, "b": 1, "c": [{"d": 1}]} and plain([1]) == [1]

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from omegaconf import DictConfig, OmegaConf
 
+from tlexp.config import plain
 from tlexp.errors import ConfigError, ShapeError
 from tlexp.freeze import freeze
 from tlexp.graph import GraphInput, LayerGraph
@@ -28,13 +29,6 @@ class DataLike(Protocol):
 
     @property
     def num_classes(self) -> int: ...
-
-
-def plain(node: Any) -> Any:
-    """A config node as plain data (interpolations resolved); anything else as it is."""
-    if isinstance(node, DictConfig) or OmegaConf.is_config(node):
-        return OmegaConf.to_container(node, resolve=True)
-    return node
 
 
 def _spec_without_shape(source: Mapping[str, Any]) -> bool:

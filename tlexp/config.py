@@ -141,6 +141,14 @@ class WeightInit(Choice):
 
 
 
+def plain(node: Any) -> Any:
+    """A config node as plain data (interpolations resolved); anything else as it is. The one
+    place a config node becomes plain data (assemble, surgery, finetune, sources, phases use it)."""
+    if OmegaConf.is_config(node):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
 def plain_choices(cfg: DictConfig) -> DictConfig:
     """The composed config with its closed choices as plain strings, for the code past the
     entry point (h5py attributes, Lightning arguments, JSON files take strings). The choices

@@ -23,6 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
+from tlexp.config import plain
 from tlexp.errors import ConfigError
 from tlexp.graph import LayerGraph
 
@@ -51,7 +52,7 @@ def _callbacks_node(cfg: DictConfig, mode: str) -> dict[str, Any]:
     OmegaConf.set_readonly(copy, False)
     with open_dict(copy):
         copy.train.mode = mode
-    return OmegaConf.to_container(copy.callbacks, resolve=True)  # type: ignore[return-value]
+    return plain(copy.callbacks)  # type: ignore[no-any-return]
 
 
 def _source_name(cfg: DictConfig) -> str:

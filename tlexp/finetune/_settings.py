@@ -135,13 +135,9 @@ def _plain(cfg: Any) -> dict[str, Any]:
     """A plain dict from a dict, an OmegaConf node or a dataclass instance."""
     if cfg is None:
         return {}
-    try:
-        from omegaconf import DictConfig, OmegaConf
+    from tlexp.config import plain
 
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
+    cfg = plain(cfg)
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
         return dataclasses.asdict(cfg)
     if isinstance(cfg, Mapping):

@@ -42,10 +42,9 @@ for _provider in (
 def load_source(cfg: Mapping[str, Any]) -> LayerGraph:
     """Build the model that ``cfg`` (the ``source`` config node) describes."""
     if not isinstance(cfg, dict):
-        from omegaconf import DictConfig, OmegaConf
+        from tlexp.config import plain
 
-        if isinstance(cfg, DictConfig):
-            cfg = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+        cfg = plain(cfg)
     kind = cfg.get("type")
     if kind not in SOURCES:
         raise ConfigError(f"source.type: unknown source {kind!r}; valid: {choices(SOURCES)}")

@@ -224,13 +224,9 @@ def _parse(i: int, entry: Any, field_name: str) -> _Parsed:
 
 def _plain(ops: Any) -> Any:
     """Hydra hands over ListConfig/DictConfig; ops work on plain lists and dicts."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        return ops
-    if isinstance(ops, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(ops, resolve=True)
-    return ops
+    from tlexp.config import plain
+
+    return plain(ops)
 
 
 def _has_shapes(graph: LayerGraph) -> bool:
