@@ -37,6 +37,10 @@ def test_churn_model_on_own_csv_of_another_width(tmp_path: Path) -> None:
               f"paths.cache_dir={tmp_path / 'cache'}", "trainer.max_epochs=2", *QUICK]
     res = run_cli([*common, f"hydra.run.dir={tmp_path / 'a'}"], cwd=tmp_path)
     assert res.returncode == 2
+    assert "data.preprocessing=refit" in res.stderr  # the shipped model's statistics are for its own columns
+    common.append("data.preprocessing=refit")
+    res = run_cli([*common, f"hydra.run.dir={tmp_path / 'a2'}"], cwd=tmp_path)
+    assert res.returncode == 2
     assert "{op: n_in_replace, layer: dense0, n_in: 4}" in res.stderr  # the message leads there
     ops = ("surgery.ops=[{op: n_in_replace, layer: dense0, n_in: 4}, {op: remove_output_layer}, "
            "{op: add_layer, name: output, type: dense, out_features: auto, activation: softmax}]")

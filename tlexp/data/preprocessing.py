@@ -93,7 +93,8 @@ class TabularPreprocessing:
             raise ConfigError(
                 f"{where}: the data's columns do not match the source model's preprocessing ({'; '.join(parts)}); "
                 f"the model takes {choices(self.columns)}"
-                + ("; drop extra columns with data.drop, or data.preprocessing=refit with surgery to refit the input" if strict else "")
+                + ("; drop extra columns with data.drop, or, for a table of its own, set data.preprocessing=refit (the run "
+                   "then says how to resize the model's first layer to the data's width)" if strict else "")
             )
 
     def encode(self, columns: Mapping[str, Sequence[str]], origin: str) -> np.ndarray:
