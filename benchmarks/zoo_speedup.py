@@ -45,6 +45,17 @@ from tlexp.sources.zoo import data_config
 from tlexp.train import run
 
 
+def zoo_run_config(args: argparse.Namespace, images: Path, mode: str, epochs: int, extra: list[str]):
+    """The benchmark's run: the zoo model frozen through ``args.freeze`` on the image folder, in ``mode``."""
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=[
+            "experiment=none", "source=zoo", f"source.name={args.model}",
+            f"source.input_size=[3,{args.size},{args.size}]", "data=image_folder", f"data.path={images}",
+            f"data.batch_size={args.batch_size}", "surgery=replace_output", f"freeze.up_to={args.freeze}",
+            f"freeze.mode={mode}", f"trainer.max_epochs={epochs}", "finetune.lr=1e-3",
+            "trainer.enable_progress_bar=false", "logger=none", "print_table=false", *extra])
+
+
 def hand_loop(model_name: str, images: Path, size: int, epochs: int, batch_size: int, lr: float, seed: int) -> tuple[float, float]:
     """timm's model, features computed once under inference_mode, a linear head trained on them."""
     start = time.perf_counter()
@@ -134,14 +145,8 @@ def main() -> None:
         images = write_digit_images(Path(tmp) / "images", size=args.size, per_class=args.per_class)
         results = {}
         for mode in ("in_model", "featurize"):
-            with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-                cfg = compose("config", overrides=[
-                    "experiment=none", "source=zoo", f"source.name={args.model}",
-                    f"source.input_size=[3,{args.size},{args.size}]", "data=image_folder", f"data.path={images}",
-                    f"data.batch_size={args.batch_size}", "surgery=replace_output", f"freeze.up_to={args.freeze}",
-                    f"freeze.mode={mode}", f"trainer.max_epochs={args.epochs}", "finetune.lr=1e-3",
-                    f"paths.output_dir={tmp}/{mode}", f"paths.cache_dir={tmp}/cache", "trainer.enable_progress_bar=false",
-                    "logger=none", "print_table=false", *overrides])
+            cfg = zoo_run_config(args, images, mode, args.epochs, [
+                f"paths.output_dir={tmp}/{mode}", f"paths.cache_dir={tmp}/cache", *overrides])
             t = time.perf_counter()
             metrics = run(cfg)
             results[mode] = (time.perf_counter() - t, metrics)
@@ -177,15 +182,9 @@ def two_phase(console: Console, args: argparse.Namespace, overrides: list[str]) 
     with tempfile.TemporaryDirectory() as tmp:
         images = write_digit_images(Path(tmp) / "images", size=args.size, per_class=args.per_class)
         for mode in ("in_model", "featurize"):
-            with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-                cfg = compose("config", overrides=[
-                    "experiment=none", "source=zoo", f"source.name={args.model}",
-                    f"source.input_size=[3,{args.size},{args.size}]", "data=image_folder", f"data.path={images}",
-                    f"data.batch_size={args.batch_size}", "surgery=replace_output", f"freeze.up_to={args.freeze}",
-                    f"freeze.mode={mode}", f"trainer.max_epochs={args.phase_epochs}", "finetune.lr=1e-3",
-                    f"unfreeze.up_to={args.unfreeze}", f"unfreeze.epochs={args.phase_epochs}", "baseline.source=false",
-                    f"paths.output_dir={tmp}/two-{mode}", f"paths.cache_dir={tmp}/cache-two", "trainer.enable_progress_bar=false",
-                    "logger=none", "print_table=false", *overrides])
+            cfg = zoo_run_config(args, images, mode, args.phase_epochs, [
+                f"unfreeze.up_to={args.unfreeze}", f"unfreeze.epochs={args.phase_epochs}", "baseline.source=false",
+                f"paths.output_dir={tmp}/two-{mode}", f"paths.cache_dir={tmp}/cache-two", *overrides])
             start = time.perf_counter()
             m = run(cfg)
             total = time.perf_counter() - start
