@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import tlexp
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, cli_here
 from tlexp.data.tabular import synthetic_churn, write_csv
 
 
@@ -42,7 +42,7 @@ def _no_run_or_marked_failed(run_dir: Path, line: str | None = None) -> None:
 
 @pytest.mark.slow
 def test_inspect_default_model_draws_the_cut(tmp_path: Path) -> None:
-    res = run_cli(["inspect.format=table"], cwd=tmp_path, script="tlexp-inspect", env={"COLUMNS": "200"})
+    res = cli_here(["inspect.format=table"], cwd=tmp_path, script="tlexp-inspect", env={"COLUMNS": "200"})
     assert res.returncode == 0, res.stderr
     out = res.stdout
     for name in ("conv1", "pool2", "flatten", "fc1", "output"):
@@ -56,7 +56,7 @@ def test_inspect_default_model_draws_the_cut(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_inspect_json_is_the_architecture(tmp_path: Path) -> None:
-    res = run_cli(["experiment=churn_transfer", "inspect.format=json"], cwd=tmp_path, script="tlexp-inspect")
+    res = cli_here(["experiment=churn_transfer", "inspect.format=json"], cwd=tmp_path, script="tlexp-inspect")
     assert res.returncode == 0, res.stderr
     arch = json.loads(res.stdout)
     assert [n["name"] for n in arch["nodes"]] == ["dense0", "dense1", "dense2", "output"]
@@ -78,7 +78,7 @@ def test_inspect_json_is_the_architecture(tmp_path: Path) -> None:
     ],
 )
 def test_inspect_bad_input_is_one_line(tmp_path: Path, args: list[str], expect: str) -> None:
-    line = _one_error_line(run_cli(args, cwd=tmp_path, script="tlexp-inspect"))
+    line = _one_error_line(cli_here(args, cwd=tmp_path, script="tlexp-inspect"))
     assert expect in line
 
 
@@ -101,7 +101,7 @@ def test_inspect_bad_input_is_one_line(tmp_path: Path, args: list[str], expect: 
 )
 def test_run_bad_config_is_one_line_and_leaves_no_run_or_a_failed_one(tmp_path: Path, args: list[str], expect: str) -> None:
     run_dir = tmp_path / "run"
-    line = _one_error_line(run_cli([*args, f"hydra.run.dir={run_dir}", f"paths.cache_dir={tmp_path / 'cache'}"], cwd=tmp_path))
+    line = _one_error_line(cli_here([*args, f"hydra.run.dir={run_dir}", f"paths.cache_dir={tmp_path / 'cache'}"], cwd=tmp_path))
     assert expect in line
     _no_run_or_marked_failed(run_dir, line)
     assert not list((tmp_path / "cache").glob("*.h5")) if (tmp_path / "cache").exists() else True
@@ -134,7 +134,7 @@ def _bad_number(header, rows):
 def test_run_bad_csv_is_one_line(tmp_path: Path, mutate, expect: str) -> None:
     path = _churn_file(tmp_path, mutate)
     run_dir = tmp_path / "run"
-    res = run_cli(["experiment=churn_transfer", f"data.path={path}", f"hydra.run.dir={run_dir}",
+    res = cli_here(["experiment=churn_transfer", f"data.path={path}", f"hydra.run.dir={run_dir}",
                    f"paths.cache_dir={tmp_path / 'cache'}"], cwd=tmp_path)
     line = _one_error_line(res)
     assert expect in line
@@ -149,7 +149,7 @@ def test_run_unreadable_model_folder_is_one_line(tmp_path: Path) -> None:
     (model / "config.json").write_text((shipped / "config.json").read_text())
     (model / "weights.safetensors").write_bytes((shipped / "weights.safetensors").read_bytes()[:200])
     run_dir = tmp_path / "run"
-    res = run_cli(["experiment=churn_transfer", f"source.path={model}", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    res = cli_here(["experiment=churn_transfer", f"source.path={model}", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     line = _one_error_line(res)
     assert "truncated or damaged" in line
     _no_run_or_marked_failed(run_dir, line)
@@ -160,10 +160,10 @@ def test_run_truncated_cache_file_is_one_line(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     common = ["experiment=churn_transfer", "trainer.max_epochs=1", f"paths.cache_dir={cache}",
               "trainer.enable_progress_bar=false"]
-    assert run_cli([*common, f"hydra.run.dir={tmp_path / 'ok'}"], cwd=tmp_path).returncode == 0
+    assert cli_here([*common, f"hydra.run.dir={tmp_path / 'ok'}"], cwd=tmp_path).returncode == 0
     victim = sorted(cache.glob("*-train.h5"))[0]
     victim.write_bytes(victim.read_bytes()[:64])
-    res = run_cli([*common, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    res = cli_here([*common, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     line = _one_error_line(res)
     assert "unreadable or truncated" in line
     _no_run_or_marked_failed(tmp_path / "run", line)
@@ -206,7 +206,7 @@ def test_a_users_own_config_folder_adds_experiments(tmp_path: Path) -> None:
         "defaults:\n  - override /source: saved\n  - override /data: churn\n  - override /surgery: replace_output\n"
         "name: my_recipe\nsource:\n  path: pkg://models/churn_net\nfreeze:\n  up_to: dense1\n"
     )
-    res = run_cli(["--config-dir", str(tmp_path / "my_conf"), "experiment=my_recipe", "inspect.format=json"],
+    res = cli_here(["--config-dir", str(tmp_path / "my_conf"), "experiment=my_recipe", "inspect.format=json"],
                   cwd=tmp_path, script="tlexp-inspect")
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads(res.stdout)["frozen"] == ["dense0", "dense1"]
@@ -216,7 +216,7 @@ def test_a_users_own_config_folder_adds_experiments(tmp_path: Path) -> None:
 @pytest.mark.skipif(__import__("importlib").util.find_spec("tensorboard") is not None, reason="tensorboard is installed")
 def test_missing_logger_package_is_one_line_before_any_compute(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    res = run_cli(["logger=tensorboard", f"hydra.run.dir={run_dir}", f"paths.cache_dir={tmp_path / 'cache'}"], cwd=tmp_path)
+    res = cli_here(["logger=tensorboard", f"hydra.run.dir={run_dir}", f"paths.cache_dir={tmp_path / 'cache'}"], cwd=tmp_path)
     line = _one_error_line(res)
     assert "logger: cannot create pytorch_lightning.loggers.TensorBoardLogger (Neither `tensorboard`" in line
     _no_run_or_marked_failed(run_dir, line)

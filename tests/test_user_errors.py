@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import run_cli
+from tests.conftest import cli_here
 from tests.test_cli import _no_run_or_marked_failed, _one_error_line
 from tlexp.data.tabular import synthetic_churn, write_csv
 
@@ -79,7 +79,7 @@ def test_user_error_is_one_line_exit_2_and_the_folder_is_marked_failed(tmp_path:
     args, expect = _case(name, tmp_path)
     run_dir, cache = tmp_path / "run", tmp_path / "cache"
     extra = [a for a in (f"hydra.run.dir={run_dir}", f"paths.cache_dir={cache}") if a.split("=")[0] not in str(args)]
-    line = _one_error_line(run_cli([*args, *extra, *QUICK], cwd=tmp_path))
+    line = _one_error_line(cli_here([*args, *extra, *QUICK], cwd=tmp_path))
     assert expect in line, line
     if name != "missing_config_dir":  # composing fails before any folder is made
         assert run_dir.is_dir()
@@ -100,13 +100,13 @@ def _nan_churn(tmp: Path) -> Path:
 def test_nan_csv_names_column_and_row_and_dropna_or_fillna_train(tmp_path: Path) -> None:
     path = _nan_churn(tmp_path)
     common = ["experiment=churn_transfer", f"data.path={path}", f"paths.cache_dir={tmp_path / 'cache'}", *QUICK]
-    line = _one_error_line(run_cli([*common, f"hydra.run.dir={tmp_path / 'bad'}"], cwd=tmp_path))
+    line = _one_error_line(cli_here([*common, f"hydra.run.dir={tmp_path / 'bad'}"], cwd=tmp_path))
     assert "column 'Balance' has a missing value 'NaN' in data row 6" in line
     assert "data.dropna=true" in line and "data.fillna=" in line
     _no_run_or_marked_failed(tmp_path / "bad", line)
     for fix in ("data.dropna=true", "data.fillna=0"):
         run_dir = tmp_path / fix.replace("=", "_")
-        res = run_cli([*common, fix, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+        res = cli_here([*common, fix, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
         assert res.returncode == 0, res.stderr[-2000:]
         metrics = json.loads((run_dir / "metrics.json").read_text())
         assert metrics["status"] == "completed"
