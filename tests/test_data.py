@@ -36,6 +36,64 @@ def test_digits_class_subset_cap_and_determinism() -> None:
         build_datamodule({"type": "digits", "classes": [3, 12]}, seed=0)
 
 
+def test_digits_load_as_scikit_learn_gives_them() -> None:
+    # read from scikit-learn's bundled file without importing scikit-learn (a run's start-up)
+    from sklearn.datasets import load_digits
+
+    from tlexp.data.digits import load_digits_arrays
+
+    images, target = load_digits_arrays()
+    theirs = load_digits()
+    assert images.dtype == theirs.images.dtype and np.array_equal(images, theirs.images)
+    assert target.dtype == theirs.target.dtype and np.array_equal(target, theirs.target)
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.25, 0.5, 0.2 / 0.7, 0.05])
+@pytest.mark.parametrize("seed", [0, 42, 7])
+def test_splits_are_scikit_learns_train_test_split(fraction: float, seed: int) -> None:
+    # the same indices as sklearn's train_test_split (the runs before the change split so)
+    from sklearn.model_selection import train_test_split
+
+    from tlexp.data._split import train_test_indices
+
+    rng = np.random.default_rng(seed)
+    labels = [rng.integers(0, 10, 1797), np.repeat([0, 1, 1, 1], 60), rng.integers(0, 3, 31),
+              np.r_[np.zeros(50, int), np.ones(7, int), np.full(5, 2)]]
+    for y in labels:
+        idx = np.arange(100, 100 + len(y))  # not the positions, so an index mix-up shows
+        for strat in (y, None):
+            try:
+                theirs = train_test_split(idx, test_size=fraction, stratify=strat, random_state=seed)
+            except ValueError:
+                with pytest.raises(ValueError):
+                    train_test_indices(idx, fraction, strat, seed)
+                continue
+            ours = train_test_indices(idx, fraction, strat, seed)
+            assert [a.tolist() for a in ours] == [a.tolist() for a in theirs]
+    with pytest.raises(ValueError):  # too few samples of a class to stratify
+        train_test_indices(np.arange(5), 0.4, np.array([0, 0, 0, 0, 1]), 0)
+
+
+def test_the_default_digits_split_is_the_one_runs_had() -> None:
+    # identical to the split made with scikit-learn before (same rows, hence the same accuracies)
+    from sklearn.model_selection import train_test_split
+
+    dm = build_datamodule({"type": "digits"}, seed=0)
+    dm.setup()
+    y = np.concatenate([dm.labels(s).numpy() for s in ("train", "val", "test")])
+    assert len(y) == 1797
+    from tlexp.data._split import stratified_split
+    from tlexp.data.digits import load_digits_arrays
+
+    target = load_digits_arrays()[1]
+    idx = np.arange(len(target))
+    rest, test = train_test_split(idx, test_size=0.3, stratify=target, random_state=42)
+    train, val = train_test_split(rest, test_size=0.2 / 0.7, stratify=target[rest], random_state=42)
+    ours = stratified_split(target, 0.2, 0.3, 42)
+    assert [a.tolist() for a in ours] == [train.tolist(), val.tolist(), test.tolist()]
+    assert dm.labels("test").tolist() == target[test].tolist()
+
+
 def test_synthetic_churn_has_the_real_schema_and_rate() -> None:
     header, rows = synthetic_churn()
     assert header == CHURN_COLUMNS and len(rows) == 10000

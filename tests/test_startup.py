@@ -109,3 +109,23 @@ def test_openmp_threads_sleep_when_idle_unless_the_user_chose(tmp_path: Path) ->
     res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
                          capture_output=True, text=True, timeout=300)
     assert res.stdout.split() == ["ACTIVE", "True"], res.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_plain_run_imports_no_sklearn_and_writes_hydras_files(tmp_path: Path) -> None:
+    # importing scikit-learn cost a run of the default experiment about 0.3 s of its start-up
+    # (the digits come from its bundled file, the splits are its draws made with numpy)
+    code = (
+        "import sys\n"
+        f"sys.argv = ['tlexp', 'trainer.max_epochs=1', 'hydra.run.dir={tmp_path}/run', 'paths.cache_dir={tmp_path}/cache']\n"
+        "from tlexp.cli import main\n"
+        "main()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn'))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == "[]"
+    hydra_dir = tmp_path / "run" / ".hydra"
+    assert sorted(p.name for p in hydra_dir.iterdir()) == ["config.yaml", "hydra.yaml", "overrides.yaml"]
+    assert "trainer.max_epochs=1" in (hydra_dir / "overrides.yaml").read_text()
+    assert "max_epochs: 1" in (hydra_dir / "config.yaml").read_text()

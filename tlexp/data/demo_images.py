@@ -19,12 +19,13 @@ def write_digit_images(out_dir: str | Path, size: int = 64, per_class: int | Non
                        classes: Sequence[int] = tuple(range(10))) -> Path:
     """One RGB PNG per digit image, ``size``×``size``, under ``out_dir/<digit>/``; returns out_dir."""
     from PIL import Image
-    from sklearn.datasets import load_digits
+
+    from tlexp.data.digits import load_digits_arrays
 
     out = Path(out_dir)
-    digits = load_digits()
+    images, target = load_digits_arrays()
     counts: dict[int, int] = {}
-    for i, (img, label) in enumerate(zip(digits.images, digits.target)):
+    for i, (img, label) in enumerate(zip(images, target)):
         label = int(label)
         if label not in classes or (per_class is not None and counts.get(label, 0) >= per_class):
             continue

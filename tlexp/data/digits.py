@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,23 @@ from tlexp.data._base import TlexpDataModule
 from tlexp.data._facts import DIGITS_INPUT_SHAPE, digits_classes
 from tlexp.data._split import cap_per_class, check_fractions, stratified_split
 
-__all__ = ["DigitsDataModule"]
+__all__ = ["DigitsDataModule", "load_digits_arrays"]
+
+
+def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The digits' images (n, 8, 8; values 0..16, float64) and labels (int64), as
+    ``sklearn.datasets.load_digits()`` gives them: read from the file scikit-learn ships, without
+    importing scikit-learn (a run's start-up would pay about 0.3 s for it)."""
+    import gzip
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")  # finds the package without running it
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("data=digits reads scikit-learn's bundled digits; install scikit-learn")
+    path = Path(next(iter(spec.submodule_search_locations)), "datasets", "data", "digits.csv.gz")
+    with gzip.open(path, mode="rt", encoding="utf-8") as f:
+        table = np.loadtxt(f, delimiter=",")
+    return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(int)
 
 
 class DigitsDataModule(TlexpDataModule):
@@ -40,13 +57,11 @@ class DigitsDataModule(TlexpDataModule):
         self.input_shape = DIGITS_INPUT_SHAPE
 
     def _build(self) -> dict[str, Dataset]:
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        keep = np.isin(digits.target, self.classes)
-        x = (digits.images[keep] / 16.0).astype(np.float32)[:, None]
+        images, target = load_digits_arrays()
+        keep = np.isin(target, self.classes)
+        x = (images[keep] / 16.0).astype(np.float32)[:, None]
         relabel = {c: i for i, c in enumerate(self.classes)}
-        y = np.array([relabel[int(t)] for t in digits.target[keep]], dtype=np.int64)
+        y = np.array([relabel[int(t)] for t in target[keep]], dtype=np.int64)
         train, val, test = stratified_split(y, self.val_fraction, self.test_fraction, self.split_seed)
         train = cap_per_class(train, y, self.max_per_class)
         return {

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from tlexp._resources import resolve_path
 from tlexp.data._base import SPLITS, TlexpDataModule
-from tlexp.data._split import cap_per_class
+from tlexp.data._split import cap_per_class, train_test_indices
 from tlexp.errors import ConfigError, SourceError
 
 __all__ = ["ImageFolderDataModule", "DEFAULT_DATA_CONFIG"]
@@ -125,12 +125,10 @@ def _carve(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
     idx = np.arange(len(y))
     if fraction <= 0:
         return idx, idx[:0]
-    from sklearn.model_selection import train_test_split
-
     present = np.bincount(y)[np.unique(y)] if len(y) else np.zeros(0)
     for strat in ((y if len(present) and present.min() >= 3 else None), None):
         try:
-            rest, part = train_test_split(idx, test_size=fraction, stratify=strat, random_state=seed)
+            rest, part = train_test_indices(idx, fraction, strat, seed)
             return np.sort(rest), np.sort(part)
         except ValueError:  # too few samples to stratify, or to split at all
             continue
