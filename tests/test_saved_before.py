@@ -21,7 +21,20 @@ MODELS = sorted(p.name for p in HERE.iterdir() if p.is_dir())
 
 
 def test_the_fixture_has_keras_and_zoo_models():
-    assert {"keras_activations", "keras_rnn", "zoo_test_vit"} <= set(MODELS)
+    assert {"keras_activations", "keras_rnn", "keras_recurrent", "zoo_test_vit"} <= set(MODELS)
+
+
+def test_the_two_recurrent_names_are_one_type_and_load_as_it():
+    from tlexp.graph import get_layer_type, layer_names, list_layers
+
+    lt = get_layer_type("keras_recurrent")
+    assert lt is get_layer_type("keras_rnn") and lt.name == "keras_rnn" and "keras_recurrent" in lt.aliases
+    assert [t.name for t in list_layers()].count("keras_rnn") == 1
+    assert "keras_recurrent" not in [t.name for t in list_layers()] and "keras_recurrent" in layer_names()
+    for name in ("keras_rnn", "keras_recurrent"):  # saved under either name: saved again as keras_rnn
+        graph = tlexp.load_model(HERE / name)
+        types = {n["type"] for n in graph.to_config()["nodes"]}
+        assert "keras_rnn" in types and "keras_recurrent" not in types
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -1028,7 +1028,6 @@ def _torch_rnn_state(cell: str, w: list[np.ndarray], units: int, use_bias: bool,
 def _rnn_op(cell: str, s: dict[str, Any], input_size: int, fwd: list[np.ndarray], bwd: list[np.ndarray] | None,
             merge_mode: str, masked: bool = False, initial_states: int = 0) -> Op:
     bidirectional = bwd is not None
-    plain = {key: v for key, v in s.items() if key not in ("return_state", "zero_output_for_mask")}
     extended = masked or initial_states or s["return_state"]
     if not extended and _torch_native(cell, s) and (not bidirectional or merge_mode == "concat"):
         state = _torch_rnn_state(cell, fwd, s["units"], s["use_bias"], "")
@@ -1043,12 +1042,8 @@ def _rnn_op(cell: str, s: dict[str, Any], input_size: int, fwd: list[np.ndarray]
         state.update({"backward_kernel": bwd[0], "backward_recurrent_kernel": bwd[1]})
         if s["use_bias"]:
             state["backward_bias"] = bwd[2]
-    if extended:
-        return Op("keras_recurrent", {"cell": cell, "input_size": input_size, **s, "bidirectional": bidirectional,
-                                      "merge_mode": merge_mode, "masked": masked, "initial_states": initial_states},
-                  state)
-    return Op("keras_rnn", {"cell": cell, "input_size": input_size, **plain, "bidirectional": bidirectional,
-                            "merge_mode": merge_mode}, state)
+    return Op("keras_rnn", {"cell": cell, "input_size": input_size, **s, "bidirectional": bidirectional,
+                            "merge_mode": merge_mode, "masked": masked, "initial_states": initial_states}, state)
 
 
 def _rnn_outputs(ctx: BuildTarget, k: KerasLayer, cell: str, s: dict[str, Any], x: KerasTensor, inits: list[KerasTensor], op: Op,

@@ -323,11 +323,18 @@ class KerasRNN(nn.Module):
     the activations; this loop follows Keras's cell equations for every setting: gate order
     (LSTM i, f, c, o; GRU z, r, h), both GRU variants, any activation, ``go_backwards``, and
     the Bidirectional merge modes (the backward sequence re-reversed as Keras does).
+
+    Inputs: the sequence, then the (N, T) step mask when ``masked``, then ``initial_states``
+    state tensors (forward direction first); with ``return_state`` the final states follow the
+    output. Keras's rules for a masked step: the states keep their previous values, the output
+    repeats the previous output (zeros with ``zero_output_for_mask``), so the last output is the
+    last unmasked step's.
     """
 
     def __init__(self, cell: str, input_size: int, units: int, activation: str, recurrent_activation: str,
                  use_bias: bool, return_sequences: bool, go_backwards: bool, reset_after: bool,
-                 bidirectional: bool, merge_mode: str) -> None:
+                 bidirectional: bool, merge_mode: str, masked: bool = False, initial_states: int = 0,
+                 return_state: bool = False, zero_output_for_mask: bool = False) -> None:
         super().__init__()
         self.cell, self.units = cell, units
         self.act = keras_activation(activation)
@@ -335,6 +342,8 @@ class KerasRNN(nn.Module):
         self.use_bias, self.return_sequences = use_bias, return_sequences
         self.go_backwards, self.reset_after = go_backwards, reset_after and cell == "gru"
         self.bidirectional, self.merge_mode = bidirectional, merge_mode
+        self.masked, self.initial_states = masked, initial_states
+        self.return_state, self.zero_output_for_mask = return_state, zero_output_for_mask
         k = _GATES[cell] * units
         bias_shape = (2, k) if self.reset_after else (k,)
         for prefix in ("", "backward_") if bidirectional else ("",):
@@ -353,32 +362,33 @@ class KerasRNN(nn.Module):
             else:
                 nn.init.xavier_uniform_(p)
 
-    def _run(self, x: torch.Tensor, prefix: str, backwards: bool) -> torch.Tensor:
+    def _loop(self, x: torch.Tensor, prefix: str, backwards: bool, mask: torch.Tensor | None,
+              init: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         kernel = getattr(self, prefix + "kernel")
         rec = getattr(self, prefix + "recurrent_kernel")
         bias = getattr(self, prefix + "bias") if self.use_bias else None
         if backwards:
             x = x.flip(1)
-        n, steps = x.shape[0], x.shape[1]
-        u = self.units
+            mask = mask.flip(1) if mask is not None else None
+        n, steps, u = x.shape[0], x.shape[1], self.units
+        rec_bias: torch.Tensor | None = None
         if bias is not None and self.reset_after:
-            xw = x @ kernel + bias[0]
-            rec_bias: torch.Tensor | None = bias[1]
+            xw, rec_bias = x @ kernel + bias[0], bias[1]
         else:
             xw = x @ kernel + (bias if bias is not None else 0)
-            rec_bias = None
-        h = x.new_zeros(n, u)
-        c = x.new_zeros(n, u)
+        h = init[0] if init else x.new_zeros(n, u)
+        c = init[1] if len(init) > 1 else x.new_zeros(n, u)
+        prev = x.new_zeros(n, u)
         outs = []
         for t in range(steps):
             xt = xw[:, t]
+            c_new = c
             if self.cell == "simple":
-                h = self.act(xt + h @ rec)
+                h_new = self.act(xt + h @ rec)
             elif self.cell == "lstm":
-                z = xt + h @ rec
-                i, f, g, o = z.split(u, dim=-1)
-                c = self.rec_act(f) * c + self.rec_act(i) * self.act(g)
-                h = self.rec_act(o) * self.act(c)
+                i, f, g, o = (xt + h @ rec).split(u, dim=-1)
+                c_new = self.rec_act(f) * c + self.rec_act(i) * self.act(g)
+                h_new = self.rec_act(o) * self.act(c_new)
             else:
                 xz, xr, xh = xt.split(u, dim=-1)
                 if self.reset_after:
@@ -386,35 +396,47 @@ class KerasRNN(nn.Module):
                     if rec_bias is not None:
                         hr = hr + rec_bias
                     rz, rr, rh = hr.split(u, dim=-1)
-                    zg = self.rec_act(xz + rz)
-                    r = self.rec_act(xr + rr)
+                    zg, r = self.rec_act(xz + rz), self.rec_act(xr + rr)
                     hh = self.act(xh + r * rh)
                 else:
                     zg = self.rec_act(xz + h @ rec[:, :u])
                     r = self.rec_act(xr + h @ rec[:, u:2 * u])
                     hh = self.act(xh + (r * h) @ rec[:, 2 * u:])
-                h = zg * h + (1 - zg) * hh
-            outs.append(h)
-        if self.return_sequences:
-            return torch.stack(outs, dim=1)
-        return h
+                h_new = zg * h + (1 - zg) * hh
+            out = h_new
+            if mask is not None:
+                m = mask[:, t, None]
+                h_new, c_new = torch.where(m, h_new, h), torch.where(m, c_new, c)
+                out = torch.where(m, out, torch.zeros_like(out) if self.zero_output_for_mask else prev)
+            h, c, prev = h_new, c_new, out
+            outs.append(out)
+        y = torch.stack(outs, dim=1) if self.return_sequences else prev
+        return y, ([h, c] if self.cell == "lstm" else [h])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        y = self._run(x, "", self.go_backwards)
+    def forward(self, x: torch.Tensor, *extra: torch.Tensor):  # type: ignore[override]
+        mask = extra[0].bool() if self.masked else None
+        init = list(extra[1:] if self.masked else extra)
+        per = len(init) // 2 if self.bidirectional else len(init)
+        y, states = self._loop(x, "", self.go_backwards, mask, init[:per])
         if not self.bidirectional:
-            return y
-        y_rev = self._run(x, "backward_", not self.go_backwards)
+            return (y, *states) if self.return_state else y
+        y_rev, states_rev = self._loop(x, "backward_", not self.go_backwards, mask, init[per:])
         if self.return_sequences:
             y_rev = y_rev.flip(1)
+        merged: tuple[torch.Tensor, ...]
         if self.merge_mode == "concat":
-            return torch.cat([y, y_rev], dim=-1)
-        if self.merge_mode == "sum":
-            return y + y_rev
-        if self.merge_mode == "mul":
-            return y * y_rev
-        if self.merge_mode == "ave":
-            return (y + y_rev) / 2
-        return y, y_rev
+            merged = (torch.cat([y, y_rev], dim=-1),)
+        elif self.merge_mode == "sum":
+            merged = (y + y_rev,)
+        elif self.merge_mode == "mul":
+            merged = (y * y_rev,)
+        elif self.merge_mode == "ave":
+            merged = ((y + y_rev) / 2,)
+        else:
+            merged = (y, y_rev)
+        if self.return_state:
+            return (*merged, *states, *states_rev)
+        return merged if len(merged) > 1 else merged[0]
 
 
 def _rnn_out(args: dict, n_out: int) -> int:
@@ -429,8 +451,10 @@ def _rnn_out(args: dict, n_out: int) -> int:
     size_axis=-1,
     out_size=_rnn_out,
     infer=lambda s: {"input_size": s[0][-1]},
-    example={"cell": "gru", "units": 3, "reset_after": False, "bidirectional": True, "merge_mode": "sum"},
-    example_inputs=((5, 4),),
+    example={"cell": "lstm", "units": 3, "masked": True, "go_backwards": True},
+    example_inputs=((5, 4), (5,)),
+    # the masked/stateful variant was a type of its own (models saved naming it still load)
+    aliases=("keras_recurrent",),
 )
 def keras_rnn(
     cell: Literal["simple", "lstm", "gru"],
@@ -444,7 +468,14 @@ def keras_rnn(
     reset_after: bool = True,
     bidirectional: bool = False,
     merge_mode: Literal["concat", "sum", "mul", "ave", "none"] = "concat",
+    masked: bool = False,
+    initial_states: int = 0,
+    return_state: bool = False,
+    zero_output_for_mask: bool = False,
 ) -> nn.Module:
-    """Keras SimpleRNN/LSTM/GRU (and Bidirectional) with Keras's gate math and weight layout."""
+    """Keras SimpleRNN/LSTM/GRU (and Bidirectional) with Keras's gate math and weight layout;
+    optionally a step mask and initial states in, final states out."""
     return KerasRNN(cell, input_size, units, activation, recurrent_activation, use_bias, return_sequences,
-                    go_backwards, reset_after, bidirectional, merge_mode)
+                    go_backwards, reset_after, bidirectional, merge_mode, masked=masked,
+                    initial_states=initial_states, return_state=return_state,
+                    zero_output_for_mask=zero_output_for_mask)

@@ -18,7 +18,7 @@ from torch import nn
 
 from tlexp.graph import Role, register_layer
 from tlexp.graph._layers import _act, _Pool
-from tlexp.sources.keras._layers import Crop, KerasActivationName, KerasRNN, ZeroPad, _rnn_out, keras_activation
+from tlexp.sources.keras._layers import Crop, KerasActivationName, ZeroPad, keras_activation
 
 IntOrTuple = int | tuple[int, ...]
 Padding = str | int | tuple[int, ...]
@@ -266,137 +266,6 @@ def resize(height: int, width: int, interpolation: Literal["nearest", "bilinear"
            antialias: bool = False) -> nn.Module:
     """Resize (C, H, W) to height x width (half-pixel centres, as TF and Keras resize)."""
     return Resize(height, width, interpolation, antialias)
-
-
-# ---- recurrent layers with masks, returned states and initial states ----------------------------
-
-
-class KerasRecurrent(KerasRNN):
-    """KerasRNN that also takes a step mask and initial states, and can return its final states.
-
-    Inputs: the sequence, then the (N, T) mask when ``masked``, then ``initial_states`` state
-    tensors (forward direction first). Keras's rules for a masked step: the states keep their
-    previous values, the output repeats the previous output (zeros with ``zero_output_for_mask``),
-    so the last output is the last unmasked step's.
-    """
-
-    def __init__(self, *args, masked: bool, initial_states: int, return_state: bool, zero_output_for_mask: bool,
-                 **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.masked, self.initial_states = masked, initial_states
-        self.return_state, self.zero_output_for_mask = return_state, zero_output_for_mask
-
-    def _loop(self, x: torch.Tensor, prefix: str, backwards: bool, mask: torch.Tensor | None,
-              init: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        kernel = getattr(self, prefix + "kernel")
-        rec = getattr(self, prefix + "recurrent_kernel")
-        bias = getattr(self, prefix + "bias") if self.use_bias else None
-        if backwards:
-            x = x.flip(1)
-            mask = mask.flip(1) if mask is not None else None
-        n, steps, u = x.shape[0], x.shape[1], self.units
-        rec_bias: torch.Tensor | None = None
-        if bias is not None and self.reset_after:
-            xw, rec_bias = x @ kernel + bias[0], bias[1]
-        else:
-            xw = x @ kernel + (bias if bias is not None else 0)
-        h = init[0] if init else x.new_zeros(n, u)
-        c = init[1] if len(init) > 1 else x.new_zeros(n, u)
-        prev = x.new_zeros(n, u)
-        outs = []
-        for t in range(steps):
-            xt = xw[:, t]
-            c_new = c
-            if self.cell == "simple":
-                h_new = self.act(xt + h @ rec)
-            elif self.cell == "lstm":
-                i, f, g, o = (xt + h @ rec).split(u, dim=-1)
-                c_new = self.rec_act(f) * c + self.rec_act(i) * self.act(g)
-                h_new = self.rec_act(o) * self.act(c_new)
-            else:
-                xz, xr, xh = xt.split(u, dim=-1)
-                if self.reset_after:
-                    hr = h @ rec
-                    if rec_bias is not None:
-                        hr = hr + rec_bias
-                    rz, rr, rh = hr.split(u, dim=-1)
-                    zg, r = self.rec_act(xz + rz), self.rec_act(xr + rr)
-                    hh = self.act(xh + r * rh)
-                else:
-                    zg = self.rec_act(xz + h @ rec[:, :u])
-                    r = self.rec_act(xr + h @ rec[:, u:2 * u])
-                    hh = self.act(xh + (r * h) @ rec[:, 2 * u:])
-                h_new = zg * h + (1 - zg) * hh
-            out = h_new
-            if mask is not None:
-                m = mask[:, t, None]
-                h_new, c_new = torch.where(m, h_new, h), torch.where(m, c_new, c)
-                out = torch.where(m, out, torch.zeros_like(out) if self.zero_output_for_mask else prev)
-            h, c, prev = h_new, c_new, out
-            outs.append(out)
-        y = torch.stack(outs, dim=1) if self.return_sequences else prev
-        return y, ([h, c] if self.cell == "lstm" else [h])
-
-    def forward(self, x: torch.Tensor, *extra: torch.Tensor):  # type: ignore[override]
-        mask = extra[0].bool() if self.masked else None
-        init = list(extra[1:] if self.masked else extra)
-        per = len(init) // 2 if self.bidirectional else len(init)
-        y, states = self._loop(x, "", self.go_backwards, mask, init[:per])
-        if not self.bidirectional:
-            return (y, *states) if self.return_state else y
-        y_rev, states_rev = self._loop(x, "backward_", not self.go_backwards, mask, init[per:])
-        if self.return_sequences:
-            y_rev = y_rev.flip(1)
-        merged: tuple[torch.Tensor, ...]
-        if self.merge_mode == "concat":
-            merged = (torch.cat([y, y_rev], dim=-1),)
-        elif self.merge_mode == "sum":
-            merged = (y + y_rev,)
-        elif self.merge_mode == "mul":
-            merged = (y * y_rev,)
-        elif self.merge_mode == "ave":
-            merged = ((y + y_rev) / 2,)
-        else:
-            merged = (y, y_rev)
-        if self.return_state:
-            return (*merged, *states, *states_rev)
-        return merged if len(merged) > 1 else merged[0]
-
-
-@register_layer(
-    "keras_recurrent",
-    role=Role.WEIGHTS,
-    n_in="input_size",
-    n_out="units",
-    size_axis=-1,
-    out_size=_rnn_out,
-    infer=lambda s: {"input_size": s[0][-1]},
-    example={"cell": "lstm", "units": 3, "masked": True, "go_backwards": True},
-    example_inputs=((5, 4), (5,)),
-)
-def keras_recurrent(
-    cell: Literal["simple", "lstm", "gru"],
-    input_size: int,
-    units: int,
-    activation: KerasActivationName = "tanh",
-    recurrent_activation: KerasActivationName = "sigmoid",
-    use_bias: bool = True,
-    return_sequences: bool = False,
-    go_backwards: bool = False,
-    reset_after: bool = True,
-    bidirectional: bool = False,
-    merge_mode: Literal["concat", "sum", "mul", "ave", "none"] = "concat",
-    masked: bool = False,
-    initial_states: int = 0,
-    return_state: bool = False,
-    zero_output_for_mask: bool = False,
-) -> nn.Module:
-    """Keras SimpleRNN/LSTM/GRU (and Bidirectional) taking a step mask and initial states, and
-    returning its final states (inputs: sequence, mask if ``masked``, then the initial states)."""
-    return KerasRecurrent(cell, input_size, units, activation, recurrent_activation, use_bias, return_sequences,
-                          go_backwards, reset_after, bidirectional, merge_mode, masked=masked,
-                          initial_states=initial_states, return_state=return_state,
-                          zero_output_for_mask=zero_output_for_mask)
 
 
 # ---- masks --------------------------------------------------------------------------------------
