@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tlexp.errors import SourceError
-from tlexp.sources.dl4j import load_dl4j, read_array_file
+from tlexp.sources.dl4j import load_dl4j, load_optimizer_state, read_array_file
 from tlexp.sources.dl4j._ndarray import read_array_bytes, write_array, write_utf
 
 FIX = Path(__file__).parent / "fixtures" / "dl4j"
@@ -391,7 +391,7 @@ def test_nesterov_momentum_is_mapped_and_one_step_equals_dl4j_s() -> None:
 
     g = load_dl4j(_zip("080", "MLP_1"), load_optimizer_state=True)
     assert g.meta["finetune_overrides"] == {"optimizer": "nesterov", "lr": 0.15, "momentum": 0.9}
-    by_name = g.meta["optimizer_state"]["by_name"]
+    by_name = load_optimizer_state(_zip("080", "MLP_1"))["by_name"]
     lr, mu = 0.15, 0.9
     v0 = _lin(0, 12).reshape(3, 4, order="F").T  # DL4J's v for layer0's W, laid out like W
     torch.testing.assert_close(by_name["layers.layer0.weight"]["momentum_buffer"], torch.from_numpy(-v0 / lr))
@@ -419,7 +419,7 @@ def test_adam_moments_are_mapped_block_by_block(tmp_path: Path) -> None:
     g = load_dl4j(p, load_optimizer_state=True)
     assert g.meta["finetune_overrides"]["optimizer"] == "adam"
     assert g.meta["finetune_overrides"]["lr"] == pytest.approx(0.005)
-    s = g.meta["optimizer_state"]["by_name"]
+    s = load_optimizer_state(p)["by_name"]
     torch.testing.assert_close(s["layers.layer0.conv.bias"]["exp_avg"], torch.from_numpy(_lin(0, 4)))
     torch.testing.assert_close(s["layers.layer0.conv.weight"]["exp_avg"], torch.from_numpy(_lin(4, 36).reshape(4, 1, 3, 3)))
     torch.testing.assert_close(s["layers.layer0.conv.bias"]["exp_avg_sq"], torch.from_numpy(_lin(1304, 4)))

@@ -95,6 +95,17 @@ class Prepared:
         self.graph, self.data, self.cut, self.finetune, self.optimizer_state = graph, data, cut, finetune, optimizer_state
 
 
+def _training_terms(meta: dict[str, Any]) -> Any:
+    """The source's training terms (an imported Keras model's regularizers and constraints, JSON
+    data in ``graph.meta``) as the object the training loop applies, or None."""
+    terms = meta.get("training_terms")
+    if not terms:
+        return None
+    from tlexp.sources.keras import KerasTerms
+
+    return KerasTerms(terms)
+
+
 def prepare(cfg: DictConfig) -> Prepared:
     cfg = plain_choices(cfg)
     validate(cfg)
@@ -120,7 +131,6 @@ def prepare(cfg: DictConfig) -> Prepared:
         data = build_datamodule(data_cfg, seed=cfg.seed, source_preprocessing=source_pre)
         data.setup()
         graph, finetune = load_graph(cfg, data)
-    source_meta = dict(graph.meta)
     graph = edit_graph(cfg, graph, data)
     if all(g.shape is not None for g in graph.graph_inputs):
         shapes = graph.trace_shapes(where="model")
@@ -138,12 +148,9 @@ def prepare(cfg: DictConfig) -> Prepared:
             )
     optimizer_state = None
     if cfg.source.get("load_optimizer_state"):
-        # a source that read the state itself (dl4j) carries it; a saved model's is on disk
-        optimizer_state = source_meta.get("optimizer_state")
-        if optimizer_state is None:
-            from tlexp.sources.saved import load_optimizer_state
+        from tlexp.sources import load_source_optimizer_state
 
-            optimizer_state = load_optimizer_state(cfg.source.path)
+        optimizer_state = load_source_optimizer_state(cfg.source)  # a saved model's, or a DL4J zip's
     ft.apply_graph_overrides(graph, finetune)
     if not any(p.requires_grad for p in graph.parameters()):
         frozen = f"freeze.up_to={_container(cfg.freeze.up_to)!r} freezes every layer" if graph.frozen else "the model has no parameters"
@@ -327,7 +334,7 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     from tlexp.phases import bn_modules, fit_phase, phase2_cut, scale_lrs
 
     check_monitor(cfg.train.monitor, data.num_classes)
-    terms = (getattr(prepared.graph, "meta", None) or {}).get("training_terms")
+    terms = _training_terms(prepared.graph.meta)
     unfreeze = plain(cfg.get("unfreeze")) or {}
     cut2 = phase2_cut(graph, cut, unfreeze.get("up_to")) if int(unfreeze.get("epochs") or 0) > 0 else None
     phases = [fit_phase(cfg, graph, data, cut, device, logger, out_dir, phase=1, max_epochs=int(cfg.trainer.max_epochs),

@@ -31,7 +31,7 @@ def _model(K):
 
 def test_penalties_equal_keras_losses_and_constraints_project_alike(tmp_path) -> None:
     K = keras()
-    from tlexp.sources.keras import load_keras
+    from tlexp.sources.keras import KerasTerms, load_keras
 
     model = _model(K)
     xs = inputs((6, 5, 2), seed=4)
@@ -39,7 +39,7 @@ def test_penalties_equal_keras_losses_and_constraints_project_alike(tmp_path) ->
     want = float(sum(float(v) for v in model.losses))
     model.save(tmp_path / "m.keras")
     graph = load_keras(tmp_path / "m.keras", enforce_training_config=True, input_layout="channels_last")
-    terms = graph.meta["training_terms"]
+    terms = KerasTerms(graph.meta["training_terms"])
     terms.attach(graph)
     graph.eval()
     graph(torch.from_numpy(xs[0]))
@@ -63,12 +63,12 @@ def test_penalties_equal_keras_losses_and_constraints_project_alike(tmp_path) ->
 
 def test_constraints_hold_after_each_training_step(tmp_path) -> None:
     K = keras()
-    from tlexp.sources.keras import load_keras
+    from tlexp.sources.keras import KerasTerms, load_keras
 
     model = _model(K)
     model.save(tmp_path / "m.keras")
     graph = load_keras(tmp_path / "m.keras", enforce_training_config=True)
-    terms = graph.meta["training_terms"]
+    terms = KerasTerms(graph.meta["training_terms"])
     terms.attach(graph)
     opt = torch.optim.SGD(graph.parameters(), lr=1.0)
     x = torch.randn(4, 2, 6, 5)
@@ -117,7 +117,7 @@ def test_shared_layer_and_conv_lstm_penalties_equal_keras_losses(tmp_path) -> No
     """A Dense applied twice: its weight penalty counts once, its activity penalty once per call
     (as in Keras's model.losses); ConvLSTM2D's kernel, recurrent and bias regularizers."""
     K = keras()
-    from tlexp.sources.keras import load_keras
+    from tlexp.sources.keras import KerasTerms, load_keras
 
     L, R = K.layers, K.regularizers
     v = K.Input((3, 5, 5, 2), name="video")
@@ -134,7 +134,7 @@ def test_shared_layer_and_conv_lstm_penalties_equal_keras_losses(tmp_path) -> No
     want = float(sum(float(t) for t in model.losses))
     model.save(tmp_path / "s.keras")
     graph = load_keras(tmp_path / "s.keras", enforce_training_config=True, input_layout="channels_last")
-    terms = graph.meta["training_terms"]
+    terms = KerasTerms(graph.meta["training_terms"])
     terms.attach(graph)
     graph.eval()
     graph(torch.from_numpy(xs[0]))

@@ -14,7 +14,7 @@ from typing import Any
 from tlexp.errors import ConfigError, choices
 from tlexp.graph import LayerGraph, register_provider
 
-__all__ = ["SOURCES", "load_source"]
+__all__ = ["SOURCES", "load_source", "load_source_optimizer_state"]
 
 #: source type -> module that defines ``from_config(cfg) -> LayerGraph``; imported lazily so
 #: that a run from a saved model never imports timm or h5py-reading code it does not need
@@ -50,4 +50,22 @@ def load_source(cfg: Mapping[str, Any]) -> LayerGraph:
         raise ConfigError(f"source.type: unknown source {kind!r}; valid: {choices(SOURCES)}")
     module = importlib.import_module(SOURCES[kind])
     loader: Callable[[Mapping[str, Any]], LayerGraph] = module.from_config
+    return loader(cfg)
+
+
+def load_source_optimizer_state(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The optimizer state the ``source`` config node's model was saved with
+    (``source.load_optimizer_state=true``): ``by_name`` or a torch ``state_dict``, and ``progress``.
+    A source that has one defines ``optimizer_state_from_config(cfg)`` (saved, dl4j); the graph's
+    ``meta`` stays JSON data, so the tensors come from here."""
+    if not isinstance(cfg, dict):
+        from tlexp.config import plain
+
+        cfg = plain(cfg)
+    kind = cfg.get("type")
+    module = importlib.import_module(SOURCES.get(str(kind), SOURCES["saved"]))
+    loader: Callable[[Mapping[str, Any]], dict[str, Any]] | None = getattr(module, "optimizer_state_from_config", None)
+    if loader is None:
+        raise ConfigError(f"source.load_optimizer_state: a {kind} source has no optimizer state; "
+                          "sources that have one: saved, dl4j")
     return loader(cfg)

@@ -239,6 +239,11 @@ def load_optimizer_state(directory: str | os.PathLike[str]) -> dict[str, Any]:
         raise SourceError(f"source.path: {path} cannot be read ({e}); the file is truncated or damaged") from None
 
 
+def optimizer_state_from_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`load_optimizer_state` of the ``source`` config node's folder."""
+    return load_optimizer_state(str(cfg.get("path")))
+
+
 def from_config(cfg: Mapping[str, Any]) -> LayerGraph:
     path = cfg.get("path")
     if not path:

@@ -32,7 +32,9 @@ from tlexp.sources.dl4j._ndarray import ND4JFormatError, read_array_bytes, read_
 
 __all__ = [
     "load_dl4j",
+    "load_optimizer_state",
     "from_config",
+    "optimizer_state_from_config",
     "read_array_file",
     "read_model_zip",
     "SUPPORTED_LAYERS",
@@ -60,7 +62,7 @@ def read_model_zip(path: str | Path) -> dict[str, bytes]:
                                        "normalizer.bin", "noParams.marker") if n in names}
 
 
-def _mln(conf: dict[str, Any], b: Builder, where: str) -> tuple[list[GraphInput], list[Built], list[str]]:
+def _multi_layer_network(conf: dict[str, Any], b: Builder, where: str) -> tuple[list[GraphInput], list[Built], list[str]]:
     confs = conf["confs"]
     pre = conf.get("inputPreProcessors") or {}
     built: list[Built] = []
@@ -126,7 +128,7 @@ def _topological(conf: dict[str, Any]) -> list[str]:
     return [v for v in result if v not in inputs]
 
 
-def _cg(conf: dict[str, Any], b: Builder, where: str) -> tuple[list[GraphInput], list[Built], list[str]]:
+def _computation_graph(conf: dict[str, Any], b: Builder, where: str) -> tuple[list[GraphInput], list[Built], list[str]]:
     inputs = list(conf["networkInputs"])
     b.net_input = inputs[0]
     vin = conf.get("vertexInputs") or {}
@@ -201,10 +203,10 @@ def build_graph(conf: dict[str, Any], path: str = "configuration.json") -> tuple
     b = Builder()
     try:
         if "confs" in conf:
-            inputs, built, outputs = _mln(conf, b, path)
+            inputs, built, outputs = _multi_layer_network(conf, b, path)
             kind = "MultiLayerNetwork"
         elif "vertices" in conf:
-            inputs, built, outputs = _cg(conf, b, path)
+            inputs, built, outputs = _computation_graph(conf, b, path)
             kind = "ComputationGraph"
         else:
             raise SourceError(f"source.path: {path}: configuration.json is neither a MultiLayerNetwork nor a ComputationGraph")
@@ -221,9 +223,10 @@ def load_dl4j(path: str | Path, normalizer: bool = True, load_optimizer_state: b
     """Import a DL4J ModelSerializer zip as a :class:`LayerGraph` in inference mode.
 
     ``graph.meta`` records the network kind, the file's DL4J dtype, and the training settings
-    the file stores. With ``load_optimizer_state`` the zip's ``updaterState.bin`` becomes
-    ``graph.meta["optimizer_state"]`` (torch state per parameter name) and the matching optimizer
-    ``graph.meta["finetune_overrides"]``, so a run continues where DL4J stopped.
+    the file stores (JSON data). With ``load_optimizer_state`` the zip's ``updaterState.bin`` must
+    map to a torch optimizer: that optimizer becomes ``graph.meta["finetune_overrides"]``, and
+    :func:`load_optimizer_state` reads the state itself (torch tensors per parameter name), so a
+    run continues where DL4J stopped.
     """
     entries = read_model_zip(path)
     conf = _parse_json(entries["configuration.json"], str(path))
@@ -238,27 +241,11 @@ def load_dl4j(path: str | Path, normalizer: bool = True, load_optimizer_state: b
         "dl4j_network": kind,
         "dl4j_dtype": str(params.dtype),
         "has_updater_state": "updaterState.bin" in entries,
-        "param_layout": [(n.out, [list(k) for k in n.param_names]) for n in built if n.n_params],
+        "param_layout": [[n.out, [list(k) for k in n.param_names]] for n in built if n.n_params],
     }
     if load_optimizer_state:
-        if "updaterState.bin" not in entries:
-            raise SourceError(
-                f"source.path: {path}: the zip has no updaterState.bin (DL4J saved it with saveUpdater=false); "
-                "set source.load_optimizer_state=false"
-            )
-        from tlexp.sources.dl4j._updater import map_updater_state
-
-        try:
-            state = read_array_bytes(entries["updaterState.bin"], f"{path}: updaterState.bin")
-        except ND4JFormatError as e:
-            raise SourceError(f"source.path: {e}") from None
-        mapped = map_updater_state(conf, built, state, _iterations(conf), build_graph, epoch=_epochs(conf))
+        mapped = _updater_state(path, entries, conf, built)
         meta["finetune_overrides"] = mapped["finetune_overrides"]
-        # DL4J's counters (configuration.json iterationCount / epochCount): a run continues them
-        progress: dict[str, Any] = {"epochs": _epochs(conf), "global_step": mapped["iteration"]}
-        if mapped.get("schedule"):
-            progress["schedule"] = mapped["schedule"]  # DL4J's learningRateSchedule, where it stands
-        meta["optimizer_state"] = {"by_name": mapped["by_name"], "progress": progress}
         meta["dl4j_updater"] = mapped["updater"]
         meta["dl4j_iteration"] = mapped["iteration"]
     graph = graph.rebuilt(meta=meta)
@@ -268,6 +255,44 @@ def load_dl4j(path: str | Path, normalizer: bool = True, load_optimizer_state: b
         graph = add_normalizer(graph, entries["normalizer.bin"], str(path))
     graph.eval()
     return graph
+
+
+def _updater_state(path: str | Path, entries: Mapping[str, bytes], conf: dict[str, Any], built: list[Built]) -> dict[str, Any]:
+    """The zip's updaterState.bin mapped to torch (``map_updater_state``'s result)."""
+    if "updaterState.bin" not in entries:
+        raise SourceError(
+            f"source.path: {path}: the zip has no updaterState.bin (DL4J saved it with saveUpdater=false); "
+            "set source.load_optimizer_state=false"
+        )
+    from tlexp.sources.dl4j._updater import map_updater_state
+
+    try:
+        state = read_array_bytes(entries["updaterState.bin"], f"{path}: updaterState.bin")
+    except ND4JFormatError as e:
+        raise SourceError(f"source.path: {e}") from None
+    return map_updater_state(conf, built, state, _iterations(conf), build_graph, epoch=_epochs(conf))
+
+
+def load_optimizer_state(path: str | Path) -> dict[str, Any]:
+    """The optimizer state of a DL4J zip (``source.load_optimizer_state=true``): ``by_name`` (torch
+    state per parameter name) and ``progress`` (DL4J's counters, and its learning-rate schedule
+    where it stands), as a saved model's ``optimizer.safetensors`` gives them."""
+    entries = read_model_zip(path)
+    conf = _parse_json(entries["configuration.json"], str(path))
+    _, built, _ = build_graph(conf, str(path))
+    mapped = _updater_state(path, entries, conf, built)
+    # DL4J's counters (configuration.json iterationCount / epochCount): a run continues them
+    progress: dict[str, Any] = {"epochs": _epochs(conf), "global_step": mapped["iteration"]}
+    if mapped.get("schedule"):
+        progress["schedule"] = mapped["schedule"]  # DL4J's learningRateSchedule, where it stands
+    return {"by_name": mapped["by_name"], "progress": progress}
+
+
+def optimizer_state_from_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`load_optimizer_state` of the ``source`` config node's file."""
+    from tlexp._resources import resolve_path
+
+    return load_optimizer_state(resolve_path(str(cfg.get("path"))))
 
 
 def _counter(conf: dict[str, Any], key: str) -> int:

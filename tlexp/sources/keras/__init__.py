@@ -31,7 +31,7 @@ from tlexp.sources.keras._read import read_keras
 from tlexp.sources.keras._terms import KerasTerms
 from tlexp.sources.keras._training import map_training_config
 
-__all__ = ["load_keras", "from_config", "supported_classes", "LAYOUTS"]
+__all__ = ["load_keras", "from_config", "supported_classes", "LAYOUTS", "KerasTerms"]
 
 
 def _shapes(input_shape: Any) -> list[list[int]] | None:
@@ -59,7 +59,9 @@ def load_keras(
     ``input_shape`` (per sample, Keras's order, e.g. ``[32, 32, 3]``; one list per input for
     several) fills in a shape the file does not store. With ``enforce_training_config`` the
     stored optimizer and loss become ``graph.meta["finetune_overrides"]``, or a ConfigError if
-    they have no tlexp equivalent; without it a stored training config is ignored with a warning.
+    they have no tlexp equivalent, and the regularizers and constraints
+    ``graph.meta["training_terms"]`` (JSON data, applied in training by :class:`KerasTerms`);
+    without it a stored training config is ignored with a warning.
     """
     if input_layout not in LAYOUTS:
         raise ConfigError(f"source.input_layout: {input_layout!r} is not a layout; valid: {', '.join(LAYOUTS)}")
@@ -73,13 +75,13 @@ def load_keras(
             "config applies (set source.enforce_training_config=true to use the stored one)"
         )
     try:
-        graph = _build_graph(kf, input_layout, _shapes(input_shape))
+        graph, imported = _build_graph(kf, input_layout, _shapes(input_shape))
     except TlexpError:
         raise
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
         # a config missing a field, or holding a value of the wrong kind: a damaged or foreign file
         raise SourceError(f"source.path: {path}: malformed Keras model config ({type(e).__name__}: {e})") from None
-    terms, labels, unsupported = graph.__dict__.pop("keras_terms", ([], [], []))
+    terms, labels, unsupported = imported.terms, imported.labels, imported.unsupported
     if enforce_training_config:
         if unsupported:
             raise ConfigError(
@@ -88,7 +90,7 @@ def load_keras(
                 "outputs; MaxNorm, NonNeg, UnitNorm, MinMaxNorm on kernels and biases)"
             )
         if terms:
-            meta["training_terms"] = KerasTerms(terms)
+            meta["training_terms"] = terms  # JSON data; KerasTerms(terms) applies them in training
     elif labels or unsupported:
         warn(
             f"{Path(path).name}: Keras regularizers/constraints are not applied (set source.enforce_training_config=true "

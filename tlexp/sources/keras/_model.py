@@ -11,6 +11,7 @@ that use one module (one set of weights, updated once by an optimizer step), the
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ from tlexp.sources.keras._builder import CHANNELS_FIRST, CHANNELS_LAST, Builder,
 from tlexp.sources.keras._convert import CONVERTERS, KerasLayer, convert_layer, supported_classes
 from tlexp.sources.keras._read import KerasFile, is_model, layer_name, model_layers
 
-__all__ = ["build_graph", "LAYOUTS"]
+__all__ = ["build_graph", "ImportedTerms", "LAYOUTS"]
 
 LAYOUTS = ("channels_first", "channels_last")
 
@@ -464,8 +465,18 @@ def _output(ctx: _ModelImport, t: KerasTensor) -> str:
     return t.ref
 
 
+@dataclass(frozen=True)
+class ImportedTerms:
+    """The imported model's regularizers and constraints: training terms (JSON data, see _terms),
+    a label per term, and labels of the ones tlexp cannot apply."""
+
+    terms: list[dict[str, Any]]
+    labels: list[str]
+    unsupported: list[str]
+
+
 def build_graph(kf: KerasFile, input_layout: str = "channels_first",
-                input_shapes: Sequence[Sequence[int]] | None = None) -> LayerGraph:
+                input_shapes: Sequence[Sequence[int]] | None = None) -> tuple[LayerGraph, ImportedTerms]:
     if input_layout not in LAYOUTS:
         raise ConfigError(f"source.input_layout: {input_layout!r} is not a layout; valid: {', '.join(LAYOUTS)}")
     shapes = [list(s) for s in input_shapes] if input_shapes is not None else None
@@ -479,5 +490,4 @@ def build_graph(kf: KerasFile, input_layout: str = "channels_first",
     if not ctx.b.nodes:
         raise SourceError(f"source.path: {kf.path}: the Keras model has no layers")
     graph = LayerGraph(ctx.b.inputs, ctx.b.nodes, outputs)
-    graph.keras_terms = (ctx.b.terms, ctx.b.term_labels, ctx.b.unsupported_terms)  # type: ignore[attr-defined,assignment]
-    return graph
+    return graph, ImportedTerms(ctx.b.terms, ctx.b.term_labels, ctx.b.unsupported_terms)

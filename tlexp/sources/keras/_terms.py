@@ -6,7 +6,7 @@ penalty on the layer's output divided by the batch size (as Keras 3 does), and `
 ``NonNeg``, ``UnitNorm`` and ``MinMaxNorm`` constraints projections applied to the parameter
 after each optimizer step, with the norm axes mapped from Keras's kernel layout to torch's.
 
-They are recorded per node in ``graph.meta["keras_terms"]`` (JSON data: node, parameter, kind,
+They are recorded per node in ``graph.meta["training_terms"]`` (JSON data: node, parameter, kind,
 numbers), so they survive surgery and splitting by node name; :func:`penalty` and
 :func:`apply_constraints` find the nodes present in whichever graph is being trained.
 """
