@@ -84,8 +84,9 @@ def _versus(test: Mapping[str, Any], base: Mapping[str, Any]) -> str:
 
 
 def layer_table(graph: LayerGraph, rows: Sequence[SummaryRow], title: str = "model") -> Table:
-    """Index, name, type, output shape, parameters, frozen/trainable, and the feature size a cut
-    after that layer would store per sample (the boundary tensors, skip connections included)."""
+    """Index, name, type, output shape, parameters (``shares X`` for a shared layer's later use:
+    its weights are X's), frozen/trainable, and the feature size a cut after that layer would
+    store per sample (the boundary tensors, skip connections included)."""
     from rich import box
 
     # compact enough for 80 columns (a pipe, a CI log): a chain's inputs are the row above, so
@@ -119,14 +120,17 @@ def layer_table(graph: LayerGraph, rows: Sequence[SummaryRow], title: str = "mod
                 size += n
         out = " ".join(str(list(s)) for s in r.output_shape) if r.output_shape else "?"
         state = "frozen" if r.name in frozen else ("trainable" if r.params else "-")
+        params = human_count(r.params)
+        if r.shares is not None:  # a shared layer's later use: its weights are the earlier node's
+            params = f"shares {r.shares}"
+            state = "frozen" if r.frozen else ("trainable" if r.trainable else "-")
         kind = r.type
         if kind == "timm_module":  # say which timm block it is (BasicBlock, ConvNeXtBlock, …)
             kind = f"timm {type(graph.module(r.name)).__name__}"
         cut_col = human_count(size) if size is not None else "?"
         if r.name in same_as:
             cut_col += f" (= {same_as[r.name]})"
-        cells = [str(r.index), r.name, kind, *([] if chain else [", ".join(r.inputs)]), out, human_count(r.params),
-                 state, cut_col]
+        cells = [str(r.index), r.name, kind, *([] if chain else [", ".join(r.inputs)]), out, params, state, cut_col]
         t.add_row(*cells, end_section=r.index == last_frozen)
     return t
 

@@ -4,6 +4,7 @@ several graph nodes, so an optimizer step updates it once and a saved model keep
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -191,3 +192,47 @@ def test_runs_train_save_and_reload_a_shared_layer(compose_cfg, tmp_path) -> Non
     assert cut.module("mix") is cut.module("mix:1")
     assert torch.equal(cut.module("mix").weight, keras_mix)  # frozen at its first use: unchanged at both
     assert not torch.equal(cut.module("output").weight, load_keras(path).module("output").weight)
+
+
+def _saved_shared(tmp_path) -> Path:
+    save_model(_graph(), tmp_path / "shared")
+    return tmp_path / "shared"
+
+
+def test_inspect_marks_a_shared_layers_later_use(compose_cfg, tmp_path, capsys) -> None:
+    """tlexp-inspect's table says d2 shares d1's weights (not a bare 0 parameters), with d1's
+    state; its JSON names the shared node."""
+    import json
+
+    from rich.console import Console
+
+    from tlexp.inspect import inspect_config
+
+    model = _saved_shared(tmp_path)
+    rows = {r.name: r for r in load_model(model).summary()}
+    assert rows["d2"].shares == "d1" and rows["d1"].shares is None and rows["head"].shares is None
+    console = Console(record=True, width=200)
+    base = ("experiment=none", "source=saved", f"source.path={model}")
+    inspect_config(compose_cfg(*base, "freeze.up_to=d1"), console=console)
+    text = console.export_text()
+    lines = {line.split()[1]: line for line in text.splitlines() if line.split()[:1] in (["1"], ["2"])}
+    assert set(lines) == {"act", "d2"}
+    assert "shares d1" in lines["d2"] and "frozen" in lines["d2"], lines
+    assert "shares" not in lines["act"]
+    assert "30 parameters" in text  # the shared dense (20) counted once, the head (10)
+    capsys.readouterr()
+    inspect_config(compose_cfg(*base, "inspect.format=json"))
+    nodes = json.loads(capsys.readouterr().out)["nodes"]
+    assert {"name": "d2", "shares": "d1", "inputs": ["act"]} in nodes
+
+
+@pytest.mark.slow
+def test_inspect_from_the_command_line_marks_a_shared_layer(tmp_path) -> None:
+    from tests.conftest import run_cli
+
+    model = _saved_shared(tmp_path)
+    res = run_cli(["experiment=none", "source=saved", f"source.path={model}"], cwd=tmp_path, script="tlexp-inspect",
+                  env={"COLUMNS": "200"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    d2 = next(line for line in res.stdout.splitlines() if " d2 " in line)
+    assert "shares d1" in d2 and "trainable" in d2

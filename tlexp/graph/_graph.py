@@ -77,6 +77,9 @@ class SummaryRow:
     params: int
     trainable: bool
     frozen: bool
+    #: the earlier node whose module this one uses (a shared layer's later use; its parameters
+    #: are counted there), or None
+    shares: str | None = None
 
     @property
     def feature_size(self) -> int | None:
@@ -329,7 +332,8 @@ class LayerGraph(nn.Module):
     # ---- inspection ------------------------------------------------------------------------
 
     def summary(self, input_shape: Sequence[Sequence[int | None]] | Sequence[int] | None = None) -> list[SummaryRow]:
-        """One row per node: name, type, output shape, parameter count, trainable or frozen."""
+        """One row per node: name, type, output shape, parameter count, trainable or frozen, and
+        the node it shares its module with (a shared layer's later use counts no parameters)."""
         shapes_in = None
         if input_shape is not None:
             shapes_in = [input_shape] if input_shape and isinstance(input_shape[0], int) else input_shape  # type: ignore[index]
@@ -354,6 +358,7 @@ class LayerGraph(nn.Module):
                     params=sum(p.numel() for p in params),
                     trainable=any(p.requires_grad for p in node.module.parameters()),
                     frozen=id(node.module) in frozen_modules,
+                    shares=self._shares.get(node.name),
                 )
             )
         return rows
