@@ -226,7 +226,7 @@ def _without_schemas(help_text: str) -> str:
 
 #: Lightning's start-up lines that say nothing about the run: the device banner (tlexp's table
 #: says where it ran), tips and advertisements for Lightning's cloud products
-_ADS = re.compile(r"^(GPU|TPU|HPU|IPU) available:|Tip:|\N{ELECTRIC LIGHT BULB}|litlogger|litmodels|lightning\.ai",
+_LIGHTNING_ADS = re.compile(r"^(GPU|TPU|HPU|IPU) available:|Tip:|\N{ELECTRIC LIGHT BULB}|litlogger|litmodels|lightning\.ai",
                   re.IGNORECASE | re.MULTILINE)
 
 
@@ -242,7 +242,7 @@ class ConsoleWarnings(logging.Filter):
 
 class _NoAds(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return _ADS.search(record.getMessage()) is None
+        return _LIGHTNING_ADS.search(record.getMessage()) is None
 
 
 def _quiet_console() -> None:

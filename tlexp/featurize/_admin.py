@@ -28,7 +28,7 @@ from tlexp.featurize._store import parse_bytes
 
 __all__ = ["CacheEntry", "scan", "prune", "parse_age", "cache_cli"]
 
-_H5 = re.compile(r"^([0-9a-f]{8,64})-([A-Za-z0-9_]+)\.h5$")
+_CACHE_FILE = re.compile(r"^([0-9a-f]{8,64})-([A-Za-z0-9_]+)\.h5$")
 
 
 @dataclass
@@ -61,7 +61,7 @@ def scan(cache_dir: str | Path) -> list[CacheEntry]:
         raise ConfigError(f"--cache-dir: {d} is not a folder (the feature cache: paths.cache_dir, env TLEXP_CACHE)")
     entries: dict[str, CacheEntry] = {}
     for p in sorted(d.iterdir()):
-        m = _H5.match(p.name)
+        m = _CACHE_FILE.match(p.name)
         if m:
             entries.setdefault(m.group(1), CacheEntry(m.group(1))).files.append(p)
     for e in entries.values():

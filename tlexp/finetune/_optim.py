@@ -201,7 +201,7 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Mapping[str, A
             )
     _check_shapes(where, state, saved_groups, now_groups)
     keep = [{k: v for k, v in g.items() if k != "params"} for g in now_groups]
-    per_param = {_pid(k): v for k, v in state["state"].items()}
+    per_param = {_param_id(k): v for k, v in state["state"].items()}
     optimizer.load_state_dict({"state": per_param, "param_groups": saved_groups})
     for group, options in zip(optimizer.param_groups, keep):
         params = group["params"]
@@ -210,7 +210,7 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Mapping[str, A
         group["params"] = params
 
 
-def _pid(key: Any) -> Any:
+def _param_id(key: Any) -> Any:
     # a state read back from JSON may carry the parameter ids as text
     return int(key) if isinstance(key, str) and key.isdigit() else key
 
@@ -220,7 +220,7 @@ def _check_shapes(where: str, state: Mapping[str, Any], saved_groups: list, now_
     for sg, ng in zip(saved_groups, now_groups):
         by_id.update(zip(sg["params"], ng["params"]))
     for pid, pstate in state["state"].items():
-        key = _pid(pid)
+        key = _param_id(pid)
         if key not in by_id:
             raise ConfigError(f"{where}: the saved state names parameter {pid!r}, which no saved group holds")
         shape = tuple(by_id[key].shape)

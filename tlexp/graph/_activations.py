@@ -61,7 +61,7 @@ def _module(cls: Callable[[], nn.Module]) -> Factory:
     return lambda dim, alpha: cls()
 
 
-def _fn(name: str, fn: Callable[[torch.Tensor, int], torch.Tensor]) -> Factory:
+def _function(name: str, fn: Callable[[torch.Tensor, int], torch.Tensor]) -> Factory:
     return lambda dim, alpha: ActivationFunction(name, fn, dim)
 
 
@@ -84,9 +84,9 @@ ACTIVATIONS: dict[str, Factory] = {
     "leaky_relu": _leaky,
     "elu": lambda dim, alpha: nn.ELU(1.0 if alpha is None else alpha),
     "selu": _module(nn.SELU),
-    "celu": _fn("celu", lambda x, d: F.celu(x)),
+    "celu": _function("celu", lambda x, d: F.celu(x)),
     "gelu": _module(nn.GELU),
-    "gelu_tanh": _fn("gelu_tanh", lambda x, d: F.gelu(x, approximate="tanh")),
+    "gelu_tanh": _function("gelu_tanh", lambda x, d: F.gelu(x, approximate="tanh")),
     "silu": _module(nn.SiLU),
     "swish": _module(nn.SiLU),
     "hard_silu": _module(nn.Hardswish),
@@ -94,23 +94,23 @@ ACTIVATIONS: dict[str, Factory] = {
     "mish": _module(nn.Mish),
     "sigmoid": _module(nn.Sigmoid),
     "hard_sigmoid": _module(nn.Hardsigmoid),
-    "hard_sigmoid_keras2": _fn("hard_sigmoid_keras2", _hard_sigmoid_keras2),
-    "log_sigmoid": _fn("log_sigmoid", lambda x, d: F.logsigmoid(x)),
-    "sparse_sigmoid": _fn("sparse_sigmoid", lambda x, d: torch.clamp(0.5 * (x + 1), 0.0, 1.0)),
+    "hard_sigmoid_keras2": _function("hard_sigmoid_keras2", _hard_sigmoid_keras2),
+    "log_sigmoid": _function("log_sigmoid", lambda x, d: F.logsigmoid(x)),
+    "sparse_sigmoid": _function("sparse_sigmoid", lambda x, d: torch.clamp(0.5 * (x + 1), 0.0, 1.0)),
     "tanh": _module(nn.Tanh),
-    "hard_tanh": _fn("hard_tanh", lambda x, d: torch.clamp(x, -1.0, 1.0)),
-    "tanh_shrink": _fn("tanh_shrink", lambda x, d: x - torch.tanh(x)),
-    "soft_shrink": _fn("soft_shrink", lambda x, d: F.softshrink(x, 0.5)),
-    "hard_shrink": _fn("hard_shrink", lambda x, d: F.hardshrink(x, 0.5)),
+    "hard_tanh": _function("hard_tanh", lambda x, d: torch.clamp(x, -1.0, 1.0)),
+    "tanh_shrink": _function("tanh_shrink", lambda x, d: x - torch.tanh(x)),
+    "soft_shrink": _function("soft_shrink", lambda x, d: F.softshrink(x, 0.5)),
+    "hard_shrink": _function("hard_shrink", lambda x, d: F.hardshrink(x, 0.5)),
     "softplus": _module(nn.Softplus),
     "softsign": _module(nn.Softsign),
-    "sparse_plus": _fn("sparse_plus", lambda x, d: _sparse_plus(x)),
-    "squareplus": _fn("squareplus", lambda x, d: (x + torch.sqrt(x * x + 4.0)) / 2),
-    "exponential": _fn("exponential", lambda x, d: torch.exp(x)),
+    "sparse_plus": _function("sparse_plus", lambda x, d: _sparse_plus(x)),
+    "squareplus": _function("squareplus", lambda x, d: (x + torch.sqrt(x * x + 4.0)) / 2),
+    "exponential": _function("exponential", lambda x, d: torch.exp(x)),
     "softmax": lambda dim, alpha: nn.Softmax(dim=dim),
     "log_softmax": lambda dim, alpha: nn.LogSoftmax(dim=dim),
-    "sparsemax": _fn("sparsemax", _sparsemax),
-    "glu": _fn("glu", lambda x, d: F.glu(x, dim=d)),
+    "sparsemax": _function("sparsemax", _sparsemax),
+    "glu": _function("glu", lambda x, d: F.glu(x, dim=d)),
 }
 
 

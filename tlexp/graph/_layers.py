@@ -21,7 +21,7 @@ from tlexp.graph._registry import Role, register_layer
 __all__ = ["ACTIVATIONS", "make_activation", "Dense", "Conv"]
 
 
-def _act(activation: str, alpha: float | None, dim: int = -1) -> nn.Module:
+def _activation_layer(activation: str, alpha: float | None, dim: int = -1) -> nn.Module:
     if activation == "leaky_relu" and alpha is None:
         alpha = TORCH_LEAKY_SLOPE  # tlexp's own layers take torch's slope
     return make_activation(activation, dim=dim, alpha=alpha)
@@ -40,7 +40,7 @@ class Dense(nn.Linear):
     ) -> None:
         super().__init__(in_features, out_features, bias=bias)
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.act = _act(activation, None)
+        self.act = _activation_layer(activation, None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(super().forward(self.drop(x)))
@@ -91,7 +91,7 @@ class Conv(nn.Module):
         self.conv = cls(in_channels, out_channels, self.kernel_size, **kw)
         self.transposed = transposed
         self.drop = (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)[dims - 1](dropout) if dropout > 0 else nn.Identity()
-        self.act = _act(activation, None, dim=1)
+        self.act = _activation_layer(activation, None, dim=1)
 
     def _same_pad(self, x: torch.Tensor) -> torch.Tensor:
         pads: list[int] = []
@@ -143,11 +143,11 @@ def _last(shapes):  # in_features for dense
     return {"in_features": shapes[0][-1]}
 
 
-def _chan(shapes):
+def _in_channels(shapes):
     return {"in_channels": shapes[0][0]}
 
 
-def _nf(shapes):
+def _num_features(shapes):
     return {"num_features": shapes[0][0]}
 
 
@@ -203,7 +203,7 @@ def _register_convs(dims: int) -> None:
     conv.__doc__ = f"{dims}-D convolution over {_CONV_AXES[dims]}; padding 'same' is TF-style for any stride."
     conv_transpose.__doc__ = f"Transposed {dims}-D convolution."
     shape = {1: (3, 8), 2: (3, 8, 8), 3: (2, 5, 5, 5)}[dims]
-    sizes: dict[str, Any] = {"role": Role.WEIGHTS, "n_in": "in_channels", "n_out": "out_channels", "infer": _chan,
+    sizes: dict[str, Any] = {"role": Role.WEIGHTS, "n_in": "in_channels", "n_out": "out_channels", "infer": _in_channels,
              "example": {"out_channels": 2, "kernel_size": 3}, "example_inputs": (shape,)}
     register_layer(f"conv{dims}d", **_CONV, **sizes)(conv)
     register_layer(f"conv_transpose{dims}d", takes_activation=True, **sizes)(conv_transpose)
@@ -214,7 +214,7 @@ for _dims in (1, 2, 3):
 
 
 @register_layer(
-    "depthwise_conv2d", role=Role.FOLLOW, follow="in_channels", n_out="depth_multiplier", **_CONV, infer=_chan,
+    "depthwise_conv2d", role=Role.FOLLOW, follow="in_channels", n_out="depth_multiplier", **_CONV, infer=_in_channels,
     example={"kernel_size": 3}, example_inputs=((3, 8, 8),)
 )
 def depthwise_conv2d(
@@ -246,7 +246,7 @@ class SeparableConv(nn.Module):
 
 
 @register_layer(
-    "separable_conv2d", role=Role.WEIGHTS, n_in="in_channels", n_out="out_channels", **_CONV, infer=_chan,
+    "separable_conv2d", role=Role.WEIGHTS, n_in="in_channels", n_out="out_channels", **_CONV, infer=_in_channels,
     example={"out_channels": 4, "kernel_size": 3}, example_inputs=((3, 8, 8),)
 )
 def separable_conv2d(
@@ -342,13 +342,13 @@ def global_max_pool(keepdims: bool = False) -> nn.Module:
     return GlobalPool("max", keepdims)
 
 
-@register_layer("batchnorm1d", role=Role.FOLLOW, follow="num_features", infer=_nf, example_inputs=((3,),))
+@register_layer("batchnorm1d", role=Role.FOLLOW, follow="num_features", infer=_num_features, example_inputs=((3,),))
 def batchnorm1d(num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True) -> nn.Module:
     """Batch normalization over (C) or (C, L) inputs."""
     return nn.BatchNorm1d(num_features, eps=eps, momentum=momentum, affine=affine)
 
 
-@register_layer("batchnorm2d", role=Role.FOLLOW, follow="num_features", infer=_nf, example_inputs=((3, 4, 4),))
+@register_layer("batchnorm2d", role=Role.FOLLOW, follow="num_features", infer=_num_features, example_inputs=((3, 4, 4),))
 def batchnorm2d(num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True) -> nn.Module:
     """Batch normalization over (C, H, W) inputs."""
     return nn.BatchNorm2d(num_features, eps=eps, momentum=momentum, affine=affine)
@@ -381,7 +381,7 @@ class Activation(nn.Module):
 @register_layer("activation", role=Role.PASS, is_activation=True, example={"name": "relu"})
 def activation(name: str, alpha: float | None = None, dim: int = -1) -> nn.Module:
     """An activation function by name (alpha for leaky_relu/elu, dim for softmax)."""
-    return Activation(_act(name, alpha, dim))
+    return Activation(_activation_layer(name, alpha, dim))
 
 
 class Flatten(nn.Module):

@@ -102,10 +102,10 @@ def make_plan(config: DictConfig, sweep_dir: str | Path, execute: bool = True) -
         job["up_to"] = OmegaConf.to_container(cfg.freeze, resolve=True)["up_to"]  # type: ignore[index]
         job["cut_size"] = len(p.cut)
         job["boundary"] = boundary
-        ctx = json.dumps({"data": p.data.identity(), "dtype": cfg.featurize.dtype, "autocast": str(autocast),
+        featurize_setting = json.dumps({"data": p.data.identity(), "dtype": cfg.featurize.dtype, "autocast": str(autocast),
                           "device": str(device), "batch_size": int(cfg.featurize.batch_size),
                           "cache_dir": str(cfg.paths.cache_dir)}, sort_keys=True, default=str)
-        prepared[num] = (cfg, p, ctx, device, autocast)
+        prepared[num] = (cfg, p, featurize_setting, device, autocast)
 
     # groups: a leader (deepest cut) and the keys of its nested shallower cuts over the same data
     groups: list[dict[str, Any]] = []
@@ -115,11 +115,11 @@ def make_plan(config: DictConfig, sweep_dir: str | Path, execute: bool = True) -
         if job["key"] in by_key:
             by_key[job["key"]]["jobs"].append(num)
             continue
-        cfg, p, ctx, _, _ = prepared[num]
+        cfg, p, featurize_setting, _, _ = prepared[num]
         placed = False
         for g in groups:
-            lead_cfg, lead, lead_ctx, _, lead_autocast = prepared[g["leader"]]
-            if lead_ctx != ctx or not p.cut <= lead.cut:
+            lead_cfg, lead, lead_setting, _, lead_autocast = prepared[g["leader"]]
+            if lead_setting != featurize_setting or not p.cut <= lead.cut:
                 continue
             lead.graph.set_frozen(p.cut)
             pre, _ = lead.graph.split(p.cut)

@@ -59,11 +59,13 @@ def _pair(v: Any, n: int = 2) -> list[int]:
     return [int(v)] * n
 
 
-def _f(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+def _fortran_order(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``a`` reshaped column-major (how DL4J lays out most parameter blocks)."""
     return a.reshape(shape, order="F")
 
 
-def _c(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+def _c_order(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``a`` reshaped row-major."""
     return a.reshape(shape, order="C")
 
 
@@ -157,13 +159,13 @@ class Builder:
         return b
 
     def _layer(self, name: str, obj: dict[str, Any], src: str, kind: str, where: str) -> Built:
-        cls, L = layer_class(obj, where)
-        retain = dropout_retain(L)
+        cls, fields = layer_class(obj, where)
+        retain = dropout_retain(fields)
         drop = 1.0 - retain if retain < 1.0 else 0.0
-        n_in = int(L.get("nin", L.get("nIn", 0)) or 0)
-        n_out = int(L.get("nout", L.get("nOut", 0)) or 0)
-        has_bias = bool(L.get("hasBias", True))
-        act = activation_of(L, where) if ("activationFn" in L or "activationFunction" in L) else ("identity", 0.0, 0.0)
+        n_in = int(fields.get("nin", fields.get("nIn", 0)) or 0)
+        n_out = int(fields.get("nout", fields.get("nOut", 0)) or 0)
+        has_bias = bool(fields.get("hasBias", True))
+        act = activation_of(fields, where) if ("activationFn" in fields or "activationFunction" in fields) else ("identity", 0.0, 0.0)
 
         if cls in ("DenseLayer", "OutputLayer", "CenterLossOutputLayer", "RnnOutputLayer"):
             nodes: list[Node] = []
@@ -187,7 +189,7 @@ class Builder:
             n_extra = n_in * n_out if cls == "CenterLossOutputLayer" else 0
 
             def assign(flat: np.ndarray, dense=dense) -> None:
-                _set(dense.weight, _f(flat[: n_in * n_out], (n_in, n_out)).T)
+                _set(dense.weight, _fortran_order(flat[: n_in * n_out], (n_in, n_out)).T)
                 if has_bias:
                     _set(dense.bias, flat[n_in * n_out : n_in * n_out + n_out])
 
@@ -207,11 +209,11 @@ class Builder:
         if cls in ("ConvolutionLayer", "Convolution2D", "Convolution1DLayer", "Convolution1D", "Deconvolution2D"):
             one_d = cls.startswith("Convolution1D")
             dims = 1 if one_d else 2
-            k = _pair(L.get("kernelSize", [1, 1]), dims)
-            s = _pair(L.get("stride", [1, 1]), dims)
-            p = _pair(L.get("padding", [0, 0]), dims)
-            d = _pair(L.get("dilation", [1, 1]), dims)
-            mode = str(L.get("convolutionMode") or "Truncate")
+            k = _pair(fields.get("kernelSize", [1, 1]), dims)
+            s = _pair(fields.get("stride", [1, 1]), dims)
+            p = _pair(fields.get("padding", [0, 0]), dims)
+            d = _pair(fields.get("dilation", [1, 1]), dims)
+            mode = str(fields.get("convolutionMode") or "Truncate")
             if mode == "Causal" and not one_d:
                 raise SourceError(f"{where}: convolutionMode Causal is for Convolution1D layers only")
             padding: Any = "same" if mode == "Same" else (p if dims == 2 else p[0])
@@ -249,37 +251,37 @@ class Builder:
                     _set(conv.bias, flat[:n_out])
                 w = flat[nb:]
                 if deconv:
-                    _set(conv.weight, _c(w, (n_in, n_out, *k)))
+                    _set(conv.weight, _c_order(w, (n_in, n_out, *k)))
                 else:
-                    _set(conv.weight, _c(w, (n_out, n_in, *k)))
+                    _set(conv.weight, _c_order(w, (n_out, n_in, *k)))
 
             keys = ([("b", nb)] if has_bias else []) + [("W", n_in * n_out * kk)]
             return Built(nodes, out, "rnn" if one_d else "cnn", nb + n_in * n_out * kk, assign, keys)
 
         if cls in ("Convolution3D", "Subsampling3DLayer", "Upsampling3D", "ZeroPadding3DLayer", "Cropping3D"):
-            return self._three_d(name, cls, L, src, kind, where, act, drop, n_in, n_out, has_bias)
+            return self._three_d(name, cls, fields, src, kind, where, act, drop, n_in, n_out, has_bias)
 
         if cls == "PReLULayer":
-            shape = [int(x) for x in L.get("inputShape") or []]
+            shape = [int(x) for x in fields.get("inputShape") or []]
             if not shape:
                 raise SourceError(f"{where}: PReLULayer without inputShape")
-            for axis in L.get("sharedAxes") or []:
+            for axis in fields.get("sharedAxes") or []:
                 shape[int(axis) - 1] = 1  # DL4J's shared axes count the batch axis as 0
             m = build_layer("prelu", {"shape": shape}, where=where)
             size = int(np.prod(shape))
 
             def assign(flat: np.ndarray, m=m) -> None:
-                _set(m.alpha, _f(flat, tuple(shape)))  # PReLUParamInitializer: 'f' order
+                _set(m.alpha, _fortran_order(flat, tuple(shape)))  # PReLUParamInitializer: 'f' order
 
             return Built([Node(name, m, [src])], name, kind, size, assign, [("W", size)])
 
         if cls in ("DepthwiseConvolution2D", "SeparableConvolution2D"):
-            k = _pair(L.get("kernelSize"))
-            s = _pair(L.get("stride", [1, 1]))
-            p = _pair(L.get("padding", [0, 0]))
-            d = _pair(L.get("dilation", [1, 1]))
-            mult = int(L.get("depthMultiplier", 1))
-            mode = str(L.get("convolutionMode") or "Truncate")
+            k = _pair(fields.get("kernelSize"))
+            s = _pair(fields.get("stride", [1, 1]))
+            p = _pair(fields.get("padding", [0, 0]))
+            d = _pair(fields.get("dilation", [1, 1]))
+            mult = int(fields.get("depthMultiplier", 1))
+            mode = str(fields.get("convolutionMode") or "Truncate")
             padding = "same" if mode == "Same" else p
             kk = k[0] * k[1]
             if cls == "DepthwiseConvolution2D":
@@ -291,7 +293,7 @@ class Builder:
                 def assign(flat: np.ndarray, conv=conv) -> None:
                     if has_bias:
                         _set(conv.bias, flat[:nb])
-                    w = _c(flat[nb:], (k[0], k[1], n_in, mult))  # [kH, kW, nIn, mult]
+                    w = _c_order(flat[nb:], (k[0], k[1], n_in, mult))  # [kH, kW, nIn, mult]
                     _set(conv.weight, w.transpose(2, 3, 0, 1).reshape(n_in * mult, 1, k[0], k[1]))
 
                 keys = ([("b", nb)] if has_bias else []) + [("W", kk * n_in * mult)]
@@ -305,31 +307,31 @@ class Builder:
             def assign(flat: np.ndarray, conv=conv) -> None:
                 if has_bias:
                     _set(conv.pointwise.bias, flat[:nb])
-                dw = _c(flat[nb : nb + ndw], (mult, n_in, k[0], k[1]))
+                dw = _c_order(flat[nb : nb + ndw], (mult, n_in, k[0], k[1]))
                 _set(conv.depthwise.weight, dw.transpose(1, 0, 2, 3).reshape(n_in * mult, 1, k[0], k[1]))
-                _set(conv.pointwise.weight, _c(flat[nb + ndw :], (n_out, n_in * mult, 1, 1)))
+                _set(conv.pointwise.weight, _c_order(flat[nb + ndw :], (n_out, n_in * mult, 1, 1)))
 
             keys = ([("b", nb)] if has_bias else []) + [("W", ndw), ("pW", n_out * n_in * mult)]
             return Built(nodes, out, "cnn", sum(x for _, x in keys), assign, keys)
 
         if cls in ("SubsamplingLayer", "Pooling2D", "Subsampling1DLayer", "Pooling1D"):
             dims = 1 if "1D" in cls else 2
-            kind_name = str(L.get("poolingType", "MAX")).lower()
+            kind_name = str(fields.get("poolingType", "MAX")).lower()
             kind_name = {"max": "max", "avg": "avg", "sum": "sum", "pnorm": "pnorm"}.get(kind_name)
             if kind_name is None:
-                raise SourceError(f"{where}: pooling type {L.get('poolingType')!r} is not supported")
-            mode = str(L.get("convolutionMode") or "Truncate")
-            if _pair(L.get("dilation", [1, 1]), dims) != [1] * dims:
+                raise SourceError(f"{where}: pooling type {fields.get('poolingType')!r} is not supported")
+            mode = str(fields.get("convolutionMode") or "Truncate")
+            if _pair(fields.get("dilation", [1, 1]), dims) != [1] * dims:
                 raise SourceError(f"{where}: dilated pooling is not supported")
             m = build_layer("dl4j_pool", {
-                "kernel": _pair(L.get("kernelSize", [2, 2]), dims), "stride": _pair(L.get("stride", [2, 2]), dims),
-                "padding": _pair(L.get("padding", [0, 0]), dims), "kind": kind_name, "same": mode == "Same",
-                "pnorm": int(L.get("pnorm") or 2), "include_pad": bool(L.get("avgPoolIncludePadInDivisor", False)),
+                "kernel": _pair(fields.get("kernelSize", [2, 2]), dims), "stride": _pair(fields.get("stride", [2, 2]), dims),
+                "padding": _pair(fields.get("padding", [0, 0]), dims), "kind": kind_name, "same": mode == "Same",
+                "pnorm": int(fields.get("pnorm") or 2), "include_pad": bool(fields.get("avgPoolIncludePadInDivisor", False)),
             }, where=where)
             return Built([Node(name, m, [src])], name, "rnn" if dims == 1 else "cnn")
 
         if cls in ("ZeroPaddingLayer", "ZeroPadding1DLayer"):
-            pad = [int(x) for x in L.get("padding", [0, 0, 0, 0])]
+            pad = [int(x) for x in fields.get("padding", [0, 0, 0, 0])]
             if cls == "ZeroPadding1DLayer":
                 return Built([Node(name, build_layer("zero_padding1d", {"padding": pad[:2]}), [src])], name, kind)
             if len(pad) == 2:
@@ -337,7 +339,7 @@ class Builder:
             return Built([Node(name, build_layer("zero_padding2d", {"padding": pad}), [src])], name, kind)
 
         if cls in ("Cropping2D", "Cropping1D"):
-            crop = [int(x) for x in L.get("cropping", [0, 0, 0, 0])]
+            crop = [int(x) for x in fields.get("cropping", [0, 0, 0, 0])]
             if cls == "Cropping1D":
                 return Built([Node(name, build_layer("cropping1d", {"cropping": crop[:2]}), [src])], name, kind)
             if len(crop) == 2:
@@ -345,18 +347,18 @@ class Builder:
             return Built([Node(name, build_layer("cropping2d", {"cropping": crop}), [src])], name, kind)
 
         if cls in ("Upsampling2D", "Upsampling1D"):
-            size = L.get("size", 2)
+            size = fields.get("size", 2)
             if cls == "Upsampling1D":
                 return Built([Node(name, build_layer("upsample1d", {"size": _pair(size, 1)[0]}), [src])], name, kind)
             return Built([Node(name, build_layer("upsample2d", {"scale_factor": _pair(size)}), [src])], name, kind)
 
         if cls == "BatchNormalization":
             n = n_out or n_in
-            lock = bool(L.get("lockGammaBeta", False))
-            log_std = bool(L.get("useLogStd", False))
-            eps = float(L.get("eps", 1e-5))
+            lock = bool(fields.get("lockGammaBeta", False))
+            log_std = bool(fields.get("useLogStd", False))
+            eps = float(fields.get("eps", 1e-5))
             m = build_layer("dl4j_batchnorm", {"num_features": n, "eps": eps, "momentum": 0.1, "affine": not lock,
-                                               "gamma": float(L.get("gamma", 1.0)), "beta": float(L.get("beta", 0.0))},
+                                               "gamma": float(fields.get("gamma", 1.0)), "beta": float(fields.get("beta", 0.0))},
                             where=where)
             keys = ([] if lock else [("gamma", n), ("beta", n)]) + [("mean", n), ("log10stdev" if log_std else "var", n)]
 
@@ -376,18 +378,18 @@ class Builder:
             return Built([Node(name, m, [src])], name, kind, 4 * n - (2 * n if lock else 0), assign, keys)
 
         if cls == "LocalResponseNormalization":
-            m = build_layer("dl4j_lrn", {"k": float(L.get("k", 2.0)), "n": float(L.get("n", 5.0)),
-                                         "alpha": float(L.get("alpha", 1e-4)), "beta": float(L.get("beta", 0.75))})
+            m = build_layer("dl4j_lrn", {"k": float(fields.get("k", 2.0)), "n": float(fields.get("n", 5.0)),
+                                         "alpha": float(fields.get("alpha", 1e-4)), "beta": float(fields.get("beta", 0.75))})
             return Built([Node(name, m, [src])], name, kind)
 
         if cls in ("EmbeddingLayer", "EmbeddingSequenceLayer"):
             seq = cls == "EmbeddingSequenceLayer"
-            bias = bool(L.get("hasBias", not seq))
+            bias = bool(fields.get("hasBias", not seq))
             m = build_layer("dl4j_embedding", {"n_in": n_in, "n_out": n_out, "bias": bias, "sequence": seq,
                                                "activation": act[0]}, where=where)
 
             def assign(flat: np.ndarray, m=m) -> None:
-                _set(m.W, _f(flat[: n_in * n_out], (n_in, n_out)))
+                _set(m.W, _fortran_order(flat[: n_in * n_out], (n_in, n_out)))
                 if bias:
                     _set(m.b, flat[n_in * n_out :])
 
@@ -396,34 +398,34 @@ class Builder:
                          assign, keys)
 
         if cls == "GlobalPoolingLayer":
-            pt = str(L.get("poolingType", "MAX")).lower()
-            dims = L.get("poolingDimensions")
-            collapse = bool(L.get("collapseDimensions", True))
+            pt = str(fields.get("poolingType", "MAX")).lower()
+            dims = fields.get("poolingDimensions")
+            collapse = bool(fields.get("collapseDimensions", True))
             if pt in ("max", "avg") and not dims:
                 m = build_layer(f"global_{pt}_pool", {"keepdims": not collapse})
             else:
                 m = build_layer("dl4j_global_pool", {"kind": pt, "dims": [int(x) for x in dims] if dims else None,
-                                                     "keepdims": not collapse, "pnorm": int(L.get("pnorm") or 2)},
+                                                     "keepdims": not collapse, "pnorm": int(fields.get("pnorm") or 2)},
                                 where=where)
             return Built([Node(name, m, [src])], name, "ff" if collapse else kind)
 
         if cls in ("LSTM", "GravesLSTM", "SimpleRnn"):
-            return self._rnn(name, cls, L, src, where, drop)
+            return self._rnn(name, cls, fields, src, where, drop)
 
         if cls == "GravesBidirectionalLSTM":
-            return self._bidirectional(name, "GravesLSTM", L, L, "add", src, where, drop, legacy=True)
+            return self._bidirectional(name, "GravesLSTM", fields, fields, "add", src, where, drop, legacy=True)
 
         if cls == "Bidirectional":
-            fcls, fwd = layer_class(L["fwd"], f"{where}.fwd")
-            _, bwd = layer_class(L["bwd"], f"{where}.bwd")
-            mode = str(L.get("mode", "CONCAT")).lower()
+            fcls, fwd = layer_class(fields["fwd"], f"{where}.fwd")
+            _, bwd = layer_class(fields["bwd"], f"{where}.bwd")
+            mode = str(fields.get("mode", "CONCAT")).lower()
             if mode not in ("concat", "add", "mul", "average"):
                 raise SourceError(f"{where}: Bidirectional mode {mode!r} is not supported")
             return self._bidirectional(name, fcls, fwd, bwd, mode, src, where, drop)
 
         if cls == "LastTimeStep":
-            ucls, inner = layer_class(L["underlying"], f"{where}.underlying")
-            b = self.layer(f"{name}_seq", L["underlying"], src, kind, where)
+            ucls, inner = layer_class(fields["underlying"], f"{where}.underlying")
+            b = self.layer(f"{name}_seq", fields["underlying"], src, kind, where)
             last = build_layer("getitem", {"index": [[None, None, None], [None, None, None], -1]})
             b.nodes.append(Node(name, last, [b.out]))
             b.out, b.kind = name, "ff"
@@ -432,27 +434,27 @@ class Builder:
         if cls == "Yolo2OutputLayer":
             from tlexp.sources.dl4j._zoo import yolo2_output_node
 
-            return Built([yolo2_output_node(name, L, src)], name, "cnn")
+            return Built([yolo2_output_node(name, fields, src)], name, "cnn")
 
         raise SourceError(
             f"{where}: layer class {cls} is not supported; supported: {', '.join(SUPPORTED_LAYERS)}"
         )
 
-    def _three_d(self, name: str, cls: str, L: dict[str, Any], src: str, kind: str, where: str,
+    def _three_d(self, name: str, cls: str, fields: dict[str, Any], src: str, kind: str, where: str,
                  act: tuple[str, float, float], drop: float, n_in: int, n_out: int, has_bias: bool) -> Built:
         """Convolution3D, Subsampling3DLayer, Upsampling3D, ZeroPadding3DLayer, Cropping3D on DL4J's
         NCDHW (or NDHWC: permuted to channels first and back around the layer)."""
-        channels_last = str(L.get("dataFormat") or "NCDHW").upper() == "NDHWC"
+        channels_last = str(fields.get("dataFormat") or "NCDHW").upper() == "NDHWC"
         nodes: list[Node] = []
         if channels_last:
             nodes.append(Node(f"{name}_to_ncdhw", build_layer("permute", {"dims": [3, 0, 1, 2]}), [src]))
             src = f"{name}_to_ncdhw"
         core = f"{name}_ncdhw" if channels_last else name
-        mode = str(L.get("convolutionMode") or L.get("mode") or "Truncate")
-        k = _pair(L.get("kernelSize", [2, 2, 2]), 3)
-        s = _pair(L.get("stride", [1, 1, 1] if cls == "Convolution3D" else [2, 2, 2]), 3)
-        p = _pair(L.get("padding", [0, 0, 0]), 3)
-        d = _pair(L.get("dilation", [1, 1, 1]), 3)
+        mode = str(fields.get("convolutionMode") or fields.get("mode") or "Truncate")
+        k = _pair(fields.get("kernelSize", [2, 2, 2]), 3)
+        s = _pair(fields.get("stride", [1, 1, 1] if cls == "Convolution3D" else [2, 2, 2]), 3)
+        p = _pair(fields.get("padding", [0, 0, 0]), 3)
+        d = _pair(fields.get("dilation", [1, 1, 1]), 3)
         n_params, assign, keys = 0, None, []
         if cls == "Convolution3D":
             args: dict[str, Any] = {"in_channels": n_in, "out_channels": n_out, "kernel_size": k, "stride": s,
@@ -466,14 +468,14 @@ class Builder:
             def assign(flat: np.ndarray, conv=conv) -> None:  # Convolution3DParamInitializer: b, then W
                 if has_bias:
                     _set(conv.conv.bias, flat[:nb])
-                _set(conv.conv.weight, _c(flat[nb:], (n_out, n_in, *k)))  # [nOut, nIn, kD, kH, kW] 'c'
+                _set(conv.conv.weight, _c_order(flat[nb:], (n_out, n_in, *k)))  # [nOut, nIn, kD, kH, kW] 'c'
 
             keys = ([("b", nb)] if has_bias else []) + [("W", nw)]
             n_params = nb + nw
         elif cls == "Subsampling3DLayer":
-            kind_name = str(L.get("poolingType", "MAX")).lower()
+            kind_name = str(fields.get("poolingType", "MAX")).lower()
             if kind_name not in ("max", "avg"):
-                raise SourceError(f"{where}: Subsampling3DLayer pooling type {L.get('poolingType')!r} is not supported; "
+                raise SourceError(f"{where}: Subsampling3DLayer pooling type {fields.get('poolingType')!r} is not supported; "
                                   "valid: MAX, AVG")
             if d != [1, 1, 1]:
                 raise SourceError(f"{where}: dilated pooling is not supported")
@@ -481,12 +483,12 @@ class Builder:
                                           "same": mode == "Same", "include_pad": False}, where=where)
             nodes.append(Node(core, m, [src]))
         elif cls == "Upsampling3D":
-            nodes.append(Node(core, build_layer("upsample3d", {"size": _pair(L.get("size", 2), 3)}), [src]))
+            nodes.append(Node(core, build_layer("upsample3d", {"size": _pair(fields.get("size", 2), 3)}), [src]))
         elif cls == "ZeroPadding3DLayer":
-            pad = [int(x) for x in L.get("padding", [0] * 6)]
+            pad = [int(x) for x in fields.get("padding", [0] * 6)]
             nodes.append(Node(core, build_layer("zero_padding3d", {"padding": pad}), [src]))
         else:
-            crop = [int(x) for x in L.get("cropping", [0] * 6)]
+            crop = [int(x) for x in fields.get("cropping", [0] * 6)]
             nodes.append(Node(core, build_layer("cropping3d", {"cropping": crop}), [src]))
         out = nodes[-1].name
         if channels_last:
@@ -494,13 +496,13 @@ class Builder:
             out = name
         return Built(nodes, out, "cnn3d", n_params, assign, keys)
 
-    def _rnn(self, name: str, cls: str, L: dict[str, Any], src: str, where: str, drop: float) -> Built:
-        n_in = int(L.get("nin", 0))
-        n = int(L.get("nout", 0))
-        if L.get("hasLayerNorm"):
+    def _rnn(self, name: str, cls: str, fields: dict[str, Any], src: str, where: str, drop: float) -> Built:
+        n_in = int(fields.get("nin", 0))
+        n = int(fields.get("nout", 0))
+        if fields.get("hasLayerNorm"):
             raise SourceError(f"{where}: SimpleRnn with layer normalization is not supported")
-        act = activation_of(L, where)
-        gate = activation_of(L, where, "gateActivationFn")
+        act = activation_of(fields, where)
+        gate = activation_of(fields, where, "gateActivationFn")
         kind = {"LSTM": "lstm", "GravesLSTM": "graves_lstm", "SimpleRnn": "simple_rnn"}[cls]
         m = build_layer("dl4j_rnn", {"n_in": n_in, "n_out": n, "kind": kind, "activation": act[0],
                                      "gate_activation": gate[0], "dropout": drop}, where=where)
@@ -586,8 +588,8 @@ def _cell_params(kind: str, n_in: int, n: int):
         size = n_in * n + n * n + n
 
         def assign(cell, flat: np.ndarray) -> None:
-            _set(cell.W, _f(flat[: n_in * n], (n_in, n)))
-            _set(cell.RW, _f(flat[n_in * n : n_in * n + n * n], (n, n)))
+            _set(cell.W, _fortran_order(flat[: n_in * n], (n_in, n)))
+            _set(cell.RW, _fortran_order(flat[n_in * n : n_in * n + n * n], (n, n)))
             _set(cell.b, flat[n_in * n + n * n :])
 
         return size, assign, [("W", n_in * n), ("RW", n * n), ("b", n)]
@@ -596,8 +598,8 @@ def _cell_params(kind: str, n_in: int, n: int):
     size = nw + nr + 4 * n
 
     def assign(cell, flat: np.ndarray) -> None:
-        _set(cell.W, _f(flat[:nw], (n_in, 4 * n)))
-        _set(cell.RW, _f(flat[nw : nw + nr], (n, cols)))
+        _set(cell.W, _fortran_order(flat[:nw], (n_in, 4 * n)))
+        _set(cell.RW, _fortran_order(flat[nw : nw + nr], (n, cols)))
         _set(cell.b, flat[nw + nr :])
 
     return size, assign, [("W", nw), ("RW", nr), ("b", 4 * n)]

@@ -31,8 +31,8 @@ from tlexp.graph._registry import register_layer
 
 __all__ = ["ZOO", "zoo_config", "load_zoo", "yolo2_output_node", "PRETRAINED_FILES"]
 
-L = "org.deeplearning4j.nn.conf.layers."
-A = "org.nd4j.linalg.activations.impl.Activation"
+LAYER_CLASS = "org.deeplearning4j.nn.conf.layers."
+ACTIVATION_CLASS = "org.nd4j.linalg.activations.impl.Activation"
 
 #: the file DL4J's zoo downloads for the pretrained weights (DL4JResources base URL + models/…)
 PRETRAINED_FILES = {
@@ -54,21 +54,21 @@ DEFAULTS = {  # (input shape, classes) of DL4J's pretrained file
 TINY_YOLO_PRIORS = [[1.08, 1.19], [3.42, 4.41], [6.63, 11.38], [9.42, 5.11], [16.62, 10.52]]
 
 
-class _G:
+class _GraphBuilder:
     """A tiny GraphBuilder writing DL4J 1.0 JSON."""
 
     def __init__(self) -> None:
         self.vertices: dict[str, Any] = {}
         self.inputs: dict[str, list[str]] = {}
 
-    def layer(self, name: str, layer: dict[str, Any], *inputs: str) -> _G:
+    def layer(self, name: str, layer: dict[str, Any], *inputs: str) -> _GraphBuilder:
         layer = dict(layer, layerName=name)
         self.vertices[name] = {"@class": "org.deeplearning4j.nn.conf.graph.LayerVertex",
                                "layerConf": {"layer": layer}, "preProcessor": None}
         self.inputs[name] = list(inputs)
         return self
 
-    def vertex(self, name: str, cls: str, *inputs: str, **fields: Any) -> _G:
+    def vertex(self, name: str, cls: str, *inputs: str, **fields: Any) -> _GraphBuilder:
         self.vertices[name] = {"@class": "org.deeplearning4j.nn.conf.graph." + cls, **fields}
         self.inputs[name] = list(inputs)
         return self
@@ -79,38 +79,38 @@ class _G:
 
 
 def _act(name: str, **f: Any) -> dict[str, Any]:
-    return {"@class": A + name, **f}
+    return {"@class": ACTIVATION_CLASS + name, **f}
 
 
 def conv(n_in: int, n_out: int, k: int, s: int = 1, p: int = 0, mode: str = "Truncate", bias: bool = True,
          act: str = "Identity", **act_fields: Any) -> dict[str, Any]:
-    return {"@class": L + "ConvolutionLayer", "nin": n_in, "nout": n_out, "kernelSize": [k, k], "stride": [s, s],
+    return {"@class": LAYER_CLASS + "ConvolutionLayer", "nin": n_in, "nout": n_out, "kernelSize": [k, k], "stride": [s, s],
             "padding": [p, p], "dilation": [1, 1], "convolutionMode": mode, "hasBias": bias,
             "activationFn": _act(act, **act_fields)}
 
 
-def bn(n: int) -> dict[str, Any]:
-    return {"@class": L + "BatchNormalization", "nin": n, "nout": n, "eps": 1e-5, "lockGammaBeta": False,
+def batch_norm(n: int) -> dict[str, Any]:
+    return {"@class": LAYER_CLASS + "BatchNormalization", "nin": n, "nout": n, "eps": 1e-5, "lockGammaBeta": False,
             "activationFn": _act("Identity")}
 
 
 def act_layer(name: str, **f: Any) -> dict[str, Any]:
-    return {"@class": L + "ActivationLayer", "activationFn": _act(name, **f)}
+    return {"@class": LAYER_CLASS + "ActivationLayer", "activationFn": _act(name, **f)}
 
 
 def pool(k: int, s: int, mode: str = "Truncate", kind: str = "MAX") -> dict[str, Any]:
-    return {"@class": L + "SubsamplingLayer", "kernelSize": [k, k], "stride": [s, s], "padding": [0, 0],
+    return {"@class": LAYER_CLASS + "SubsamplingLayer", "kernelSize": [k, k], "stride": [s, s], "padding": [0, 0],
             "dilation": [1, 1], "convolutionMode": mode, "poolingType": kind}
 
 
 def dense(n_in: int, n_out: int, act: str, retain: float | None = None, cls: str = "DenseLayer") -> dict[str, Any]:
-    d: dict[str, Any] = {"@class": L + cls, "nin": n_in, "nout": n_out, "hasBias": True, "activationFn": _act(act)}
+    d: dict[str, Any] = {"@class": LAYER_CLASS + cls, "nin": n_in, "nout": n_out, "hasBias": True, "activationFn": _act(act)}
     if retain is not None:
         d["idropout"] = {"@class": "org.deeplearning4j.nn.conf.dropout.Dropout", "p": retain}
     return d
 
 
-def _darknet_block(g: _G, i: int, k: int, n_in: int, n_out: int, pool_size: int, pool_stride: int | None = None,
+def _darknet_block(g: _GraphBuilder, i: int, k: int, n_in: int, n_out: int, pool_size: int, pool_stride: int | None = None,
                    src: str | None = None) -> None:
     if src is None:
         for cand in (f"maxpooling2d_{i - 1}", f"activation_{i - 1}", f"concatenate_{i - 1}", "input"):
@@ -118,7 +118,7 @@ def _darknet_block(g: _G, i: int, k: int, n_in: int, n_out: int, pool_size: int,
                 src = cand
                 break
     g.layer(f"convolution2d_{i}", conv(n_in, n_out, k, mode="Same", bias=False), src)  # type: ignore[arg-type]
-    g.layer(f"batchnormalization_{i}", bn(n_out), f"convolution2d_{i}")
+    g.layer(f"batchnormalization_{i}", batch_norm(n_out), f"convolution2d_{i}")
     g.layer(f"activation_{i}", act_layer("LReLU", alpha=0.1), f"batchnormalization_{i}")
     if pool_size > 0:
         stride = pool_size if pool_stride is None else pool_stride
@@ -126,7 +126,7 @@ def _darknet_block(g: _G, i: int, k: int, n_in: int, n_out: int, pool_size: int,
 
 
 def _vgg16(c: int, classes: int, hw: tuple[int, int] = (224, 224)) -> dict[str, Any]:
-    g = _G()
+    g = _GraphBuilder()
     prev, n_in, idx = "input", c, 0
     for n, reps in [(64, 2), (128, 2), (256, 3), (512, 3), (512, 3)]:
         for _ in range(reps):
@@ -141,7 +141,7 @@ def _vgg16(c: int, classes: int, hw: tuple[int, int] = (224, 224)) -> dict[str, 
 
 
 def _darknet19(c: int, classes: int) -> dict[str, Any]:
-    g = _G()
+    g = _GraphBuilder()
     spec = [(3, c, 32, 2), (3, 32, 64, 2), (3, 64, 128, 0), (1, 128, 64, 0), (3, 64, 128, 2), (3, 128, 256, 0),
             (1, 256, 128, 0), (3, 128, 256, 2), (3, 256, 512, 0), (1, 512, 256, 0), (3, 256, 512, 0),
             (1, 512, 256, 0), (3, 256, 512, 2), (3, 512, 1024, 0), (1, 1024, 512, 0), (3, 512, 1024, 0),
@@ -149,30 +149,30 @@ def _darknet19(c: int, classes: int) -> dict[str, Any]:
     for i, (k, a, b, p) in enumerate(spec, start=1):
         _darknet_block(g, i, k, a, b, p)
     g.layer("convolution2d_19", conv(1024, classes, 1, mode="Same"), "activation_18")
-    g.layer("globalpooling", {"@class": L + "GlobalPoolingLayer", "poolingType": "AVG", "collapseDimensions": True},
+    g.layer("globalpooling", {"@class": LAYER_CLASS + "GlobalPoolingLayer", "poolingType": "AVG", "collapseDimensions": True},
             "convolution2d_19")
     g.layer("softmax", act_layer("Softmax"), "globalpooling")
-    g.layer("loss", {"@class": L + "LossLayer", "activationFn": _act("Identity")}, "softmax")
+    g.layer("loss", {"@class": LAYER_CLASS + "LossLayer", "activationFn": _act("Identity")}, "softmax")
     return g.conf(["loss"])
 
 
 def _tinyyolo(c: int, classes: int, n_boxes: int = 5, priors: list[list[float]] | None = None) -> dict[str, Any]:
-    g = _G()
+    g = _GraphBuilder()
     spec = [(3, c, 16, 2, 2), (3, 16, 32, 2, 2), (3, 32, 64, 2, 2), (3, 64, 128, 2, 2), (3, 128, 256, 2, 2),
             (3, 256, 512, 2, 1), (3, 512, 1024, 0, 0), (3, 1024, 1024, 0, 0)]
     for i, (k, a, b, p, s) in enumerate(spec, start=1):
         _darknet_block(g, i, k, a, b, p, s)
     g.layer("convolution2d_9", conv(1024, n_boxes * (5 + classes), 1, mode="Same"), "activation_8")
-    g.layer("outputs", {"@class": L + "objdetect.Yolo2OutputLayer", "boundingBoxes": priors or TINY_YOLO_PRIORS},
+    g.layer("outputs", {"@class": LAYER_CLASS + "objdetect.Yolo2OutputLayer", "boundingBoxes": priors or TINY_YOLO_PRIORS},
             "convolution2d_9")
     return g.conf(["outputs"])
 
 
 def _resnet50(c: int, classes: int) -> dict[str, Any]:
-    g = _G()
-    g.layer("stem-zero", {"@class": L + "ZeroPaddingLayer", "padding": [3, 3, 3, 3]}, "input")
+    g = _GraphBuilder()
+    g.layer("stem-zero", {"@class": LAYER_CLASS + "ZeroPaddingLayer", "padding": [3, 3, 3, 3]}, "input")
     g.layer("stem-cnn1", conv(c, 64, 7, 2), "stem-zero")
-    g.layer("stem-batch1", bn(64), "stem-cnn1")
+    g.layer("stem-batch1", batch_norm(64), "stem-cnn1")
     g.layer("stem-act1", act_layer("ReLU"), "stem-batch1")
     g.layer("stem-maxpool1", pool(3, 2), "stem-act1")
     n_in = 64
@@ -183,16 +183,16 @@ def _resnet50(c: int, classes: int) -> dict[str, Any]:
                            f"short{stage}{blk}_branch")
         f0, f1, f2 = filters
         g.layer(cn + "2a", conv(n_in, f0, 1, stride or 1), src)
-        g.layer(bn_ + "2a", bn(f0), cn + "2a")
+        g.layer(bn_ + "2a", batch_norm(f0), cn + "2a")
         g.layer(an + "2a", act_layer("ReLU"), bn_ + "2a")
         g.layer(cn + "2b", conv(f0, f1, 3, mode="Same"), an + "2a")
-        g.layer(bn_ + "2b", bn(f1), cn + "2b")
+        g.layer(bn_ + "2b", batch_norm(f1), cn + "2b")
         g.layer(an + "2b", act_layer("ReLU"), bn_ + "2b")
         g.layer(cn + "2c", conv(f1, f2, 1), an + "2b")
-        g.layer(bn_ + "2c", bn(f2), cn + "2c")
+        g.layer(bn_ + "2c", batch_norm(f2), cn + "2c")
         if stride is not None:
             g.layer(cn + "1", conv(n_in, f2, 1, stride), src)
-            g.layer(bn_ + "1", bn(f2), cn + "1")
+            g.layer(bn_ + "1", batch_norm(f2), cn + "1")
             g.vertex(sn, "ElementWiseVertex", bn_ + "2c", bn_ + "1", op="Add")
         else:
             g.vertex(sn, "ElementWiseVertex", bn_ + "2c", src, op="Add")
@@ -212,7 +212,7 @@ def _resnet50(c: int, classes: int) -> dict[str, Any]:
 
 
 def _squeezenet(c: int, classes: int) -> dict[str, Any]:
-    g = _G()
+    g = _GraphBuilder()
     g.layer("conv1", conv(c, 64, 3, 2), "input")
     g.layer("conv1_act", act_layer("ReLU"), "conv1")
     g.layer("pool1", pool(3, 2), "conv1_act")
@@ -244,14 +244,14 @@ def _squeezenet(c: int, classes: int) -> dict[str, Any]:
     src = fire(7, 48, 192, src)
     src = fire(8, 64, 256, src)
     src = fire(9, 64, 256, src)
-    g.layer("drop9", {"@class": L + "DropoutLayer", "idropout": {"@class": "org.deeplearning4j.nn.conf.dropout.Dropout",
+    g.layer("drop9", {"@class": LAYER_CLASS + "DropoutLayer", "idropout": {"@class": "org.deeplearning4j.nn.conf.dropout.Dropout",
                                                                  "p": 0.5}}, src)
     g.layer("conv10", conv(n_in, classes, 1), "drop9")
     g.layer("conv10_act", act_layer("ReLU"), "conv10")
-    g.layer("avg_pool", {"@class": L + "GlobalPoolingLayer", "poolingType": "AVG", "collapseDimensions": True},
+    g.layer("avg_pool", {"@class": LAYER_CLASS + "GlobalPoolingLayer", "poolingType": "AVG", "collapseDimensions": True},
             "conv10_act")
     g.layer("softmax", act_layer("Softmax"), "avg_pool")
-    g.layer("loss", {"@class": L + "LossLayer", "activationFn": _act("Identity")}, "softmax")
+    g.layer("loss", {"@class": LAYER_CLASS + "LossLayer", "activationFn": _act("Identity")}, "softmax")
     return g.conf(["loss"])
 
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tlexp.graph import Role, register_layer
-from tlexp.graph._layers import _act, _Pool
+from tlexp.graph._layers import _activation_layer, _Pool
 from tlexp.sources.keras._layers import Crop, KerasActivationName, ZeroPad, keras_activation
 
 IntOrTuple = int | tuple[int, ...]
@@ -47,7 +47,7 @@ class WindowConvTranspose(nn.Module):
         self.conv = cls(in_channels, out_channels, tuple(kernel_size), tuple(stride), 0, 0, groups, False,
                         tuple(dilation))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
-        self.act = _act(activation, None, dim=1)
+        self.act = _activation_layer(activation, None, dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)

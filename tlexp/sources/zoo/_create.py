@@ -17,7 +17,7 @@ __all__ = ["check_name", "create_model", "WEIGHT_SUFFIXES"]
 
 #: local weight files timm reads without unpickling code (torch.load(weights_only=True) for .pth)
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
-_FIX = "give a local file with source.weights=FILE (.safetensors or .pth)"
+_LOCAL_WEIGHTS_HINT = "give a local file with source.weights=FILE (.safetensors or .pth)"
 
 
 def _first_line(e: BaseException) -> str:
@@ -70,19 +70,19 @@ def _check_hub(name: str) -> None:
 
     cfg = get_pretrained_cfg(name)
     if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
-        raise SourceError(f"source.pretrained: timm has no pretrained weights for {name!r}; {_FIX} or set source.pretrained=false")
+        raise SourceError(f"source.pretrained: timm has no pretrained weights for {name!r}; {_LOCAL_WEIGHTS_HINT} or set source.pretrained=false")
     if _cached(cfg):
         return
     if _offline():
         raise SourceError(
             f"source.pretrained: the weights of {name!r} are not in the local cache and downloads are off "
-            f"(HF_HUB_OFFLINE=1); {_FIX}, or unset HF_HUB_OFFLINE to let timm download them"
+            f"(HF_HUB_OFFLINE=1); {_LOCAL_WEIGHTS_HINT}, or unset HF_HUB_OFFLINE to let timm download them"
         )
     host, port = _download_host(cfg)
     why = _unreachable(host, port)
     if why:  # fail now instead of after the hub client's retries
         raise SourceError(
-            f"source.pretrained: cannot reach {host} to download the weights of {name!r} ({why}); {_FIX}, "
+            f"source.pretrained: cannot reach {host} to download the weights of {name!r} ({why}); {_LOCAL_WEIGHTS_HINT}, "
             "or set HF_HUB_OFFLINE=1 to use only the local cache"
         )
 
@@ -187,7 +187,7 @@ def create_model(name: str, pretrained: bool, weights: str | None, kwargs: dict[
             raise SourceError(f"source.weights: {str(path)!r} does not fit timm model {name!r}: {_first_line(e)}") from None
         if extra:
             raise SourceError(
-                f"source.pretrained: cannot download the weights of {name!r} ({_first_line(e)}); {_FIX}, "
+                f"source.pretrained: cannot download the weights of {name!r} ({_first_line(e)}); {_LOCAL_WEIGHTS_HINT}, "
                 "or set HF_HUB_OFFLINE=1 to use only the local cache"
             ) from None
         # random init only runs timm's constructor: what fails there is the arguments given

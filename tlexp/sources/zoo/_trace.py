@@ -160,58 +160,58 @@ class _Builder:
 
     # ---- expressions -------------------------------------------------------------------------
 
-    def _encode(self, a: Any, ctx: dict[str, Any]) -> Any:
+    def _encode(self, a: Any, parts: dict[str, Any]) -> Any:
         if isinstance(a, fx.Node):
             if a in self.names:
-                if self.names[a] not in ctx["inputs"]:
-                    ctx["inputs"].append(self.names[a])
-                return {"input": ctx["inputs"].index(self.names[a])}
-            if a.op == "get_attr" and ctx.get("call"):
-                return {"tensor": self._call_buffer(a, ctx)}
+                if self.names[a] not in parts["inputs"]:
+                    parts["inputs"].append(self.names[a])
+                return {"input": parts["inputs"].index(self.names[a])}
+            if a.op == "get_attr" and parts.get("call"):
+                return {"tensor": self._call_buffer(a, parts)}
             if a.op == "get_attr":
-                return {"tensor": self._hold(a, ctx)}
+                return {"tensor": self._hold(a, parts)}
             if a.op == "placeholder" and a.args:
-                return self._encode(a.args[0], ctx)  # a forward argument fixed to its default
+                return self._encode(a.args[0], parts)  # a forward argument fixed to its default
             if a.op in ("call_function", "call_method") and not self.is_node[a]:
-                return self._expr(a, ctx)
+                return self._expr(a, parts)
             raise Unsupported(f"value {a.name!r} ({a.op}) cannot be passed between nodes")
         if isinstance(a, bool) or a is None or isinstance(a, (int, float, str)):
             return a
         if isinstance(a, torch.dtype):
             return {"dtype": str(a).removeprefix("torch.")}
         if isinstance(a, tuple):
-            return {"tuple": [self._encode(x, ctx) for x in a]}
+            return {"tuple": [self._encode(x, parts) for x in a]}
         if isinstance(a, list):
-            return [self._encode(x, ctx) for x in a]
+            return [self._encode(x, parts) for x in a]
         if isinstance(a, slice):
-            return {"slice": [self._encode(x, ctx) for x in (a.start, a.stop, a.step)]}
+            return {"slice": [self._encode(x, parts) for x in (a.start, a.stop, a.step)]}
         if a is Ellipsis:
             return {"ellipsis": True}
         if isinstance(a, dict):
-            return {"dict": {str(k): self._encode(v, ctx) for k, v in a.items()}}
+            return {"dict": {str(k): self._encode(v, parts) for k, v in a.items()}}
         raise Unsupported(f"argument {a!r} of type {type(a).__name__} cannot be saved")
 
-    def _hold(self, n: fx.Node, ctx: dict[str, Any]) -> str:
+    def _hold(self, n: fx.Node, parts: dict[str, Any]) -> str:
         target = str(n.target)
-        owner = self.holders.setdefault(target, ctx["name"])
-        if owner != ctx["name"]:
-            raise Unsupported(f"tensor {target!r} is used by two operations ({owner}, {ctx['name']})")
+        owner = self.holders.setdefault(target, parts["name"])
+        if owner != parts["name"]:
+            raise Unsupported(f"tensor {target!r} is used by two operations ({owner}, {parts['name']})")
         name = "t_" + target.replace(".", "_")
-        ctx["tensors"][name] = _fetch(self.gm, target)
-        if target not in ctx["targets"]:
-            ctx["targets"].append(target)
+        parts["tensors"][name] = _fetch(self.gm, target)
+        if target not in parts["targets"]:
+            parts["targets"].append(target)
         return name
 
-    def _call_buffer(self, n: fx.Node, ctx: dict[str, Any]) -> str:
+    def _call_buffer(self, n: fx.Node, parts: dict[str, Any]) -> str:
         target = str(n.target)
         if not is_computed_buffer(self.gm, target):
-            raise Unsupported(f"module {ctx['name']!r} takes {target!r}, a tensor the model's weights hold")
-        ctx["buffers"][target] = self.gm.get_buffer(target)
+            raise Unsupported(f"module {parts['name']!r} takes {target!r}, a tensor the model's weights hold")
+        parts["buffers"][target] = self.gm.get_buffer(target)
         return target
 
-    def _expr(self, n: fx.Node, ctx: dict[str, Any]) -> dict[str, Any]:
-        args = [self._encode(a, ctx) for a in n.args]
-        kwargs = {k: self._encode(v, ctx) for k, v in n.kwargs.items()}
+    def _expr(self, n: fx.Node, parts: dict[str, Any]) -> dict[str, Any]:
+        args = [self._encode(a, parts) for a in n.args]
+        kwargs = {k: self._encode(v, parts) for k, v in n.kwargs.items()}
         if n.op == "call_method":
             if n.target not in METHODS:
                 raise Unsupported(f"tensor method {n.target!r} is not in the allowed set")
@@ -239,12 +239,12 @@ class _Builder:
         call = None
         if n.kwargs or not all(isinstance(a, fx.Node) and a in self.names for a in n.args):
             # called with constants or values derived from earlier nodes besides its inputs
-            ctx: dict[str, Any] = {"name": path, "inputs": [], "tensors": {}, "targets": [], "call": True, "buffers": {}}
-            call = {"args": [self._encode(a, ctx) for a in n.args], "kwargs": {k: self._encode(v, ctx) for k, v in n.kwargs.items()}}
-            if ctx["tensors"] or not ctx["inputs"]:
+            parts: dict[str, Any] = {"name": path, "inputs": [], "tensors": {}, "targets": [], "call": True, "buffers": {}}
+            call = {"args": [self._encode(a, parts) for a in n.args], "kwargs": {k: self._encode(v, parts) for k, v in n.kwargs.items()}}
+            if parts["tensors"] or not parts["inputs"]:
                 raise Unsupported(f"module {path!r} takes a parameter of its parent, or no earlier node")
-            inputs = list(ctx["inputs"])
-            buffers = dict(ctx["buffers"])
+            inputs = list(parts["inputs"])
+            buffers = dict(parts["buffers"])
         else:
             inputs = [self.names[a] for a in n.args]
         module = self.gm.get_submodule(path)
@@ -291,14 +291,14 @@ class _Builder:
     def add_op(self, n: fx.Node) -> None:
         if self.add_dropout(n):
             return
-        ctx: dict[str, Any] = {"name": n.name, "inputs": [], "tensors": {}, "targets": []}
-        expr = self._expr(n, ctx)
-        if not ctx["inputs"]:
+        parts: dict[str, Any] = {"name": n.name, "inputs": [], "tensors": {}, "targets": []}
+        expr = self._expr(n, parts)
+        if not parts["inputs"]:
             raise Unsupported(f"operation {n.name!r} reads no earlier node")
         # an operation holding one tensor is named after it (cls_token, pos_embed), else as fx names it
-        name = self._unique(ctx["targets"][0] if len(ctx["targets"]) == 1 else n.name)
+        name = self._unique(parts["targets"][0] if len(parts["targets"]) == 1 else n.name)
         self.names[n] = name
-        self.nodes.append(Node(name, _op_module(expr, ctx), list(ctx["inputs"])))
+        self.nodes.append(Node(name, _op_module(expr, parts), list(parts["inputs"])))
 
     def build(self, input_shape: Sequence[int]) -> LayerGraph:
         output = next(n for n in self.gm.graph.nodes if n.op == "output")
@@ -328,25 +328,25 @@ def _fetch(gm: fx.GraphModule, target: str) -> dict[str, Any]:
     return {"value": value, "param": isinstance(value, nn.Parameter)}
 
 
-def _op_module(expr: dict[str, Any], ctx: dict[str, Any]) -> nn.Module:
-    n_in = len(ctx["inputs"])
+def _op_module(expr: dict[str, Any], parts: dict[str, Any]) -> nn.Module:
+    n_in = len(parts["inputs"])
     plain = [{"input": i} for i in range(n_in)]
-    if not ctx["tensors"] and n_in >= 2 and not expr.get("kwargs"):
+    if not parts["tensors"] and n_in >= 2 and not expr.get("kwargs"):
         # the registry's own merge layers where they are the same operation
         if expr.get("call") in ("add", "torch_add") and expr["args"] == plain:
             return build_layer("add")
-    if not ctx["tensors"] and n_in >= 2 and expr.get("call") == "torch_cat":
+    if not parts["tensors"] and n_in >= 2 and expr.get("call") == "torch_cat":
         args, kwargs = expr["args"], expr.get("kwargs") or {}
         dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
         if args[0] == plain and isinstance(dim, int) and set(kwargs) <= {"dim"} and len(args) <= 2:
             return build_layer("concat", {"dim": dim})
     specs = {
         k: {"shape": list(v["value"].shape), "dtype": str(v["value"].dtype).removeprefix("torch."), "param": v["param"]}
-        for k, v in ctx["tensors"].items()
+        for k, v in parts["tensors"].items()
     }
     module = build_layer("tensor_op", {"expr": expr, "tensors": specs or None})
     with torch.no_grad():
-        for k, v in ctx["tensors"].items():
+        for k, v in parts["tensors"].items():
             getattr(module, k).copy_(v["value"])
             if v["param"]:
                 getattr(module, k).requires_grad_(v["value"].requires_grad)
