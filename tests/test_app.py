@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import tlexp
-from tests.conftest import run_cli
+from tests.conftest import cli_here
 from tlexp.train import run
 
 
@@ -21,7 +21,7 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.slow
 def test_default_experiment_as_a_user_runs_it(tmp_path: Path) -> None:
     """`tlexp` with no arguments but where to write: the shipped digits transfer, end to end."""
-    res = run_cli([f"hydra.run.dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}"], cwd=tmp_path)
+    res = cli_here([f"hydra.run.dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     run_dir = tmp_path / "run"
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -83,7 +83,7 @@ def test_frozen_prefix_is_unchanged_and_cut_is_the_named_layer(compose_cfg, tmp_
 @pytest.mark.slow
 def test_sweep_2x2_reuses_the_cache(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    res = run_cli(
+    res = cli_here(
         ["-m", "freeze.up_to=pool2,flatten", "finetune.lr=1e-3,3e-3", "trainer.max_epochs=1",
          f"hydra.sweep.dir={sweep}", f"paths.cache_dir={tmp_path / 'cache'}", "trainer.enable_progress_bar=false"],
         cwd=tmp_path,

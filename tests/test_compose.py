@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 import tlexp.config  # noqa: F401  (registers the schemas)
-from tests.conftest import run_cli
+from tests.conftest import cli_here
 from tlexp._choices import shadowed_choice
 from tlexp._resources import CONF_DIR
 from tlexp.cli import _hydra_error_line
@@ -86,7 +86,7 @@ def test_freeze_in_model_on_the_command_line_is_what_runs():
     (["finetune=nesterov"], "finetune=nesterov: experiment digits_transfer sets finetune.lr"),
 ])
 def test_the_cli_prints_one_line_and_exits_2(tmp_path, args, expect):
-    res = run_cli(args, cwd=tmp_path)
+    res = cli_here(args, cwd=tmp_path)
     assert res.returncode == 2
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("tlexp: error: " + expect), res.stderr

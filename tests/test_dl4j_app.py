@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import tlexp
-from tests.conftest import run_cli
+from tests.conftest import cli_here, run_cli
 from tlexp.sources.dl4j import load_dl4j
 from tlexp.train import run as train_run
 
@@ -290,12 +290,12 @@ def test_dl4j_learning_rate_schedule_continues_at_the_saved_iteration(compose_cf
 @pytest.mark.slow
 def test_experiment_continue_from_the_command_line_continues_the_schedule(tmp_path: Path) -> None:
     common = [f"paths.cache_dir={tmp_path / 'cache'}", "trainer.enable_progress_bar=false", "trainer.max_epochs=1"]
-    first = run_cli(["experiment=churn_transfer", *common, "unfreeze.epochs=0", "finetune.schedule=step", "print_table=false",
-                     "finetune.schedule_args={step_size: 1, gamma: 0.5}", f"hydra.run.dir={tmp_path / 'a'}"], cwd=tmp_path)
+    first = cli_here(["experiment=churn_transfer", *common, "unfreeze.epochs=0", "finetune.schedule=step", "print_table=false",
+                      "finetune.schedule_args={step_size: 1, gamma: 0.5}", f"hydra.run.dir={tmp_path / 'a'}"], cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     a = json.loads((tmp_path / "a" / "metrics.json").read_text())["progress"]
-    res = run_cli(["experiment=continue", f"source.path={tmp_path / 'a' / 'model'}", "data=churn", *common,
-                   f"hydra.run.dir={tmp_path / 'b'}"], cwd=tmp_path)
+    res = cli_here(["experiment=continue", f"source.path={tmp_path / 'a' / 'model'}", "data=churn", *common,
+                    f"hydra.run.dir={tmp_path / 'b'}"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     b = json.loads((tmp_path / "b" / "metrics.json").read_text())["progress"]
     assert b["schedule_restored"] is True and b["lr_first"] == pytest.approx(a["lr_first"] * 0.5)

@@ -305,11 +305,11 @@ def test_a_corrupted_cache_is_one_warning_line_on_the_console_and_rebuilt(tmp_pa
     in tlexp.log), the entry is rebuilt, and the run trains on the rebuilt features."""
     import json
 
-    from tests.conftest import run_cli
+    from tests.conftest import cli_here, run_cli
 
     cache = tmp_path / "cache"
     common = [f"paths.cache_dir={cache}", "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "print_table=false"]
-    first = run_cli([*common, f"hydra.run.dir={tmp_path / 'a'}"], cwd=tmp_path)
+    first = cli_here([*common, f"hydra.run.dir={tmp_path / 'a'}"], cwd=tmp_path)
     assert first.returncode == 0 and not first.stderr.strip(), first.stderr[-2000:]
     (train,) = cache.glob("*-train.h5")
     _flip_bytes(train, "f0")

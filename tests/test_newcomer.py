@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import tlexp
-from tests.conftest import run_cli
+from tests.conftest import cli_here, run_cli
 from tlexp._resources import MODELS_DIR
 
 QUICK = ["trainer.enable_progress_bar=false", "print_table=false"]
@@ -35,16 +35,16 @@ def test_churn_model_on_own_csv_of_another_width(tmp_path: Path) -> None:
     data = _own_csv(tmp_path / "own.csv")
     common = ["experiment=churn_transfer", "data=csv", f"data.path={data}", "data.label=label", "data.where={}",
               f"paths.cache_dir={tmp_path / 'cache'}", "trainer.max_epochs=2", *QUICK]
-    res = run_cli([*common, f"hydra.run.dir={tmp_path / 'a'}"], cwd=tmp_path)
+    res = cli_here([*common, f"hydra.run.dir={tmp_path / 'a'}"], cwd=tmp_path)
     assert res.returncode == 2
     assert "data.preprocessing=refit" in res.stderr  # the shipped model's statistics are for its own columns
     common.append("data.preprocessing=refit")
-    res = run_cli([*common, f"hydra.run.dir={tmp_path / 'a2'}"], cwd=tmp_path)
+    res = cli_here([*common, f"hydra.run.dir={tmp_path / 'a2'}"], cwd=tmp_path)
     assert res.returncode == 2
     assert "{op: n_in_replace, layer: dense0, n_in: 4}" in res.stderr  # the message leads there
     ops = ("surgery.ops=[{op: n_in_replace, layer: dense0, n_in: 4}, {op: remove_output_layer}, "
            "{op: add_layer, name: output, type: dense, out_features: auto, activation: softmax}]")
-    res = run_cli([*common, ops, "freeze.up_to=null", "unfreeze.epochs=0", f"hydra.run.dir={tmp_path / 'b'}"], cwd=tmp_path)
+    res = cli_here([*common, ops, "freeze.up_to=null", "unfreeze.epochs=0", f"hydra.run.dir={tmp_path / 'b'}"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["samples"]["train"] > 100  # the filter was cleared
@@ -55,8 +55,8 @@ def test_churn_model_on_own_csv_of_another_width(tmp_path: Path) -> None:
 def test_experiment_continue_loads_the_optimizer_state(tmp_path: Path) -> None:
     common = [f"paths.cache_dir={tmp_path / 'cache'}", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"]
     # one phase (the recipe's phase 2 unfreezes everything): the frozen set continued is freeze.up_to's
-    first = run_cli(["experiment=churn_transfer", *common, "unfreeze.epochs=0", "print_table=false",
-                     f"hydra.run.dir={tmp_path / 'a'}"], cwd=tmp_path)
+    first = cli_here(["experiment=churn_transfer", *common, "unfreeze.epochs=0", "print_table=false",
+                      f"hydra.run.dir={tmp_path / 'a'}"], cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     res = run_cli(["experiment=continue", f"source.path={tmp_path / 'a' / 'model'}", "data=churn",
                    "data.where={Geography: [Germany]}", *common, f"hydra.run.dir={tmp_path / 'b'}"], cwd=tmp_path)
@@ -256,7 +256,7 @@ def test_cache_list_fits_80_columns_without_cutting_paths(tmp_path: Path) -> Non
 
 @pytest.mark.slow
 def test_help_lists_options_not_schemas(tmp_path: Path) -> None:
-    res = run_cli(["--help"], cwd=tmp_path)
+    res = cli_here(["--help"], cwd=tmp_path)
     assert res.returncode == 0
     assert "data: churn, csv, digits, image_folder" in res.stdout
     assert "base_" not in res.stdout.split("== Config ==")[0]

@@ -21,7 +21,7 @@ from tlexp.data.tabular import synthetic_churn, write_csv
 from tlexp.errors import ConfigError
 from tlexp.train import run
 
-from .conftest import run_cli
+from .conftest import cli_here
 
 CHURN = {"type": "churn", "label": "Exited", "drop": ["RowNumber", "CustomerId", "Surname"],
          "categorical": ["Geography", "Gender"], "synthetic_rows": 1500}
@@ -144,7 +144,7 @@ def test_cli_names_mismatched_columns(tmp_path: Path) -> None:
     keep = [i for i, h in enumerate(header) if h != "Age"]
     path = tmp_path / "no_age.csv"
     write_csv(path, [header[i] for i in keep], [[r[i] for i in keep] for r in rows])
-    res = run_cli(["experiment=churn_transfer", f"source.path={model_dir}", f"data.path={path}",
+    res = cli_here(["experiment=churn_transfer", f"source.path={model_dir}", f"data.path={path}",
                    f"hydra.run.dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}"], cwd=tmp_path)
     assert res.returncode == 2, res.stderr[-2000:]
     lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]

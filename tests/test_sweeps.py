@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, cli_here, run_cli
 
 # A Hydra app that records what its process saw: the GPU it was given, its threads, its times.
 APP = '''
@@ -216,7 +216,7 @@ def test_depth_sweep_on_gpu_pool_one_pass_failure_recorded_and_report(tmp_path: 
     assert sorted(c["up_to"] for c in group["cuts"]) == ["flatten", "pool2"]
     assert group["passes"] == {"train": 1, "val": 1}
     # the report: every job, and a real PNG
-    report = run_cli([str(sweep)], cwd=tmp_path, script="tlexp-report")
+    report = cli_here([str(sweep)], cwd=tmp_path, script="tlexp-report")
     assert report.returncode == 0, report.stderr
     rows = (sweep / "report.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 6
@@ -361,9 +361,9 @@ def test_tlexp_cache_command_line(tmp_path: Path) -> None:
     (cache / f"{key}-train.h5").write_bytes(b"x" * 10)
     note_entry(cache, key, {"up_to": "layer2", "source": "zoo: resnet18", "data": {"data": "digits"}}, wrote=True)
     # wide enough that no cell folds (at 80 columns the table folds long values over lines)
-    res = run_cli(["--cache-dir", str(cache), "list"], cwd=tmp_path, script="tlexp-cache", env={"COLUMNS": "200"})
+    res = cli_here(["--cache-dir", str(cache), "list"], cwd=tmp_path, script="tlexp-cache", env={"COLUMNS": "200"})
     assert res.returncode == 0 and "layer2" in res.stdout and "resnet18" in res.stdout
-    bad = run_cli(["--cache-dir", str(cache), "prune", "--older-than", "soon"], cwd=tmp_path, script="tlexp-cache")
+    bad = cli_here(["--cache-dir", str(cache), "prune", "--older-than", "soon"], cwd=tmp_path, script="tlexp-cache")
     assert bad.returncode == 2 and "--older-than" in bad.stderr and len(scan(cache)) == 1
 
 

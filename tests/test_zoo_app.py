@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import tlexp
-from tests.conftest import run_cli
+from tests.conftest import cli_here
 from tlexp.data.demo_images import write_digit_images
 from tlexp.errors import ConfigError
 from tlexp.train import run
@@ -55,8 +55,8 @@ def test_random_augmentation_is_refused_unless_copies_are_stored(compose_cfg, tm
 @pytest.mark.slow
 def test_zoo_run_end_to_end_from_the_command_line(tmp_path: Path, images: Path) -> None:
     run_dir = tmp_path / "run"
-    res = run_cli([*ZOO, f"data.path={images}", "freeze.up_to=layer2", "trainer.max_epochs=1",
-                   "featurize.dtype=float16", f"hydra.run.dir={run_dir}", f"paths.cache_dir={tmp_path / 'cache'}"], cwd=tmp_path)
+    res = cli_here([*ZOO, f"data.path={images}", "freeze.up_to=layer2", "trainer.max_epochs=1",
+                    "featurize.dtype=float16", f"hydra.run.dir={run_dir}", f"paths.cache_dir={tmp_path / 'cache'}"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["featurize"]["key"] and "accuracy" in m["test"]
@@ -68,8 +68,8 @@ def test_zoo_run_end_to_end_from_the_command_line(tmp_path: Path, images: Path) 
 
 @pytest.mark.slow
 def test_inspect_lists_resnet18_blocks_with_feature_sizes(tmp_path: Path) -> None:
-    res = run_cli(["source=zoo", "source.name=resnet18", "source.input_size=[3,64,64]"], cwd=tmp_path,
-                  script="tlexp-inspect", env={"COLUMNS": "220"})
+    res = cli_here(["source=zoo", "source.name=resnet18", "source.input_size=[3,64,64]"], cwd=tmp_path,
+                   script="tlexp-inspect", env={"COLUMNS": "220"})
     assert res.returncode == 0, res.stderr[-2000:]
     for block in ("conv1", "layer1.0", "layer3.1", "layer4.1", "fc"):
         assert block in res.stdout
