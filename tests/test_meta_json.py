@@ -101,3 +101,41 @@ def test_a_source_without_optimizer_state_is_refused_in_one_line():
 
     with pytest.raises(ConfigError, match="source.load_optimizer_state: a spec source has no optimizer state"):
         load_source_optimizer_state({"type": "spec"})
+
+
+def test_a_run_applies_the_terms_of_an_enforced_keras_training_config(compose_cfg, tmp_path):
+    """From the config to the training loop: the JSON terms in meta are applied while training
+    (a NonNeg bias constraint holds after the run; the source's bias starts negative)."""
+    import shutil
+
+    import h5py
+
+    from tlexp.train import run as train_run
+
+    path = tmp_path / "digits_terms.h5"
+    shutil.copy(HERE / "fixtures" / "keras" / "k3" / "digits.h5", path)
+    with h5py.File(path, "r+") as f:
+        config = json.loads(f.attrs["model_config"])
+        for layer in config["config"]["layers"]:
+            if layer["config"].get("name") == "hidden":
+                layer["config"]["bias_constraint"] = {"module": "keras.constraints", "class_name": "NonNeg", "config": {}}
+                layer["config"]["kernel_regularizer"] = {"module": "keras.regularizers", "class_name": "L2",
+                                                         "config": {"l2": 0.01}}
+        f.attrs["model_config"] = json.dumps(config)
+        bias = f["model_weights/hidden"]
+        name = next(n for n in _datasets(bias) if n.endswith("bias"))
+        bias[name][...] = -1.0
+    cfg = compose_cfg("source=keras", f"source.path={path}", "experiment=none", "data=digits",
+                      "source.enforce_training_config=true", "freeze.up_to=conv", "trainer.max_epochs=1")
+    train_run(cfg)
+    saved = tlexp.load_model(tmp_path / "run" / "model")
+    _json_data(saved.meta)
+    assert (saved.node("hidden").module.bias >= 0).all()
+
+
+def _datasets(group) -> list[str]:
+    import h5py
+
+    names: list[str] = []
+    group.visititems(lambda n, obj: names.append(n) if isinstance(obj, h5py.Dataset) else None)
+    return names
