@@ -1,6 +1,6 @@
 """The op registry and the loop that applies a list of ops to a LayerGraph.
 
-An op is a function ``fn(graph, ctx, **args) -> LayerGraph`` registered under a name. Its
+An op is a function ``fn(graph, context, **args) -> LayerGraph`` registered under a name. Its
 keyword-only parameters are its config keys: their names and type hints are checked before the
 op runs, so an unknown key or a wrong type is one line naming ``surgery.ops[i].<key>``. Ops that
 build a layer (``layer_args=True``) take the layer's arguments inline or under ``args``, as
@@ -50,7 +50,7 @@ _OPS: dict[str, OpSpec] = {}
 
 
 def register_op(name: str, *, layer_args: bool = False) -> Callable[[OpFn], OpFn]:
-    """Register ``fn(graph, ctx, *, key=...)`` as the surgery op ``name``.
+    """Register ``fn(graph, context, *, key=...)`` as the surgery op ``name``.
 
     With ``layer_args=True`` keys that are not the op's own go to the layer being built and the
     function receives them (merged with an ``args`` mapping) as ``args``.
@@ -252,7 +252,7 @@ def apply_ops(graph: LayerGraph, ops: Sequence[Mapping[str, Any]] | None, field:
     shapes = graph.trace_shapes(where=f"{field} (the model before surgery)") if _has_shapes(graph) else None
     added: dict[str, str] = {}  # node created by an op -> that op's label
     for i, p in enumerate(parsed):
-        ctx = OpContext(
+        context = OpContext(
             field=f"{field}[{i}]",
             op=p.spec.name,
             label=p.label,
@@ -261,7 +261,7 @@ def apply_ops(graph: LayerGraph, ops: Sequence[Mapping[str, Any]] | None, field:
             arg_fields=p.arg_fields,
         )
         before = set(graph.node_names)
-        new = p.spec.fn(graph, ctx, **p.kwargs)
+        new = p.spec.fn(graph, context, **p.kwargs)
         if not isinstance(new, LayerGraph):
             raise TypeError(f"surgery op {p.spec.name!r} returned {type(new).__name__}, not a LayerGraph")
         shapes = new.trace_shapes(where=p.label) if _has_shapes(new) else None

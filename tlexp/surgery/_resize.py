@@ -51,12 +51,12 @@ def can_replace_n_in() -> list[str]:
     return sorted(lt.name for lt in list_layers() if lt.role is Role.WEIGHTS and lt.n_in is not None)
 
 
-def _check_init(ctx: OpContext, key: str, scheme: str | None) -> None:
+def _check_init(context: OpContext, key: str, scheme: str | None) -> None:
     if scheme is not None and scheme not in WEIGHT_INITS:
-        raise ctx.error(key, f"unknown weight init {scheme!r}; valid: {choices(WEIGHT_INITS)}")
+        raise context.error(key, f"unknown weight init {scheme!r}; valid: {choices(WEIGHT_INITS)}")
 
 
-def _plan(graph: LayerGraph, target: str, ctx: OpContext) -> dict[str, str]:
+def _plan(graph: LayerGraph, target: str, context: OpContext) -> dict[str, str]:
     """What happens to each node after ``target``: pass, follow (resize and go on) or in (resize, stop).
 
     Raises before anything is built when a node on the way cannot take the new size.
@@ -72,7 +72,7 @@ def _plan(graph: LayerGraph, target: str, ctx: OpContext) -> dict[str, str]:
         if role is Role.ELEMENTWISE:
             others = [i for i in node.inputs if i not in changed]
             if others:
-                raise ctx.error("layer", f"layer {node.name!r} ({node.type}) combines the resized output of {hit[0]!r} "
+                raise context.error("layer", f"layer {node.name!r} ({node.type}) combines the resized output of {hit[0]!r} "
                                          f"element-wise with {others[0]!r}, whose size stays; it cannot be resized")
             kind = "pass"
         elif role in (Role.PASS, Role.CONCAT):
@@ -82,7 +82,7 @@ def _plan(graph: LayerGraph, target: str, ctx: OpContext) -> dict[str, str]:
         elif role is Role.WEIGHTS and lt is not None and lt.n_in is not None:
             kind = "in"
         else:
-            raise ctx.error("layer", f"layer {node.name!r} ({node.type}) takes the output of {target!r}"
+            raise context.error("layer", f"layer {node.name!r} ({node.type}) takes the output of {target!r}"
                                      f"{'' if hit[0] == target else f' (through {hit[0]!r})'} and cannot be resized "
                                      f"to fit; resizable next layers: {choices(resizable_next())}")
         plan[node.name] = kind
@@ -118,17 +118,17 @@ class _Tracer:
             node.module.train(was)
 
 
-def _rebuild(node: Node, ctx: OpContext, changes: dict[str, Any], scheme: str | None) -> None:
+def _rebuild(node: Node, context: OpContext, changes: dict[str, Any], scheme: str | None) -> None:
     """Give ``node`` (a copy, never the input graph's own) a fresh layer with ``changes``, marked
     re-initialized."""
     assert node.spec is not None
-    module, node.spec = rebuild_layer_and_spec(node.spec, where=f"{ctx.label}: layer {node.name!r}", **changes)
+    module, node.spec = rebuild_layer_and_spec(node.spec, where=f"{context.label}: layer {node.name!r}", **changes)
     node.module, node.reinit, node.weight_init = module, True, scheme
     if scheme is not None:
         init_weights(module, scheme)
 
 
-def _in_changes(node: Node, ctx: OpContext, shapes: list[tuple[int, ...]] | None, size: int | None) -> dict[str, Any]:
+def _in_changes(node: Node, context: OpContext, shapes: list[tuple[int, ...]] | None, size: int | None) -> dict[str, Any]:
     """The new input-size argument of ``node``, from its traced input shape (or the known size)."""
     lt = get_layer_type(node.type)
     key = lt.n_in if lt.role is Role.WEIGHTS else lt.follow
@@ -140,7 +140,7 @@ def _in_changes(node: Node, ctx: OpContext, shapes: list[tuple[int, ...]] | None
         if lt.infer is not None:
             return {key: lt.infer(shapes)[key]}
     if size is None or (isinstance(old, list) and len(old) != 1):
-        raise ctx.error("layer", f"the new input size of {node.name!r} ({node.type}) cannot be worked out without "
+        raise context.error("layer", f"the new input size of {node.name!r} ({node.type}) cannot be worked out without "
                                  "shapes; declare the model's input shape in the source config")
     return {key: [size] if isinstance(old, list) else size}
 
@@ -161,7 +161,7 @@ def _pass_size(node: Node, sizes: dict[str, int | None]) -> int | None:
 @register_op("n_out_replace")
 def n_out_replace(
     graph: LayerGraph,
-    ctx: OpContext,
+    context: OpContext,
     *,
     layer: str | int,
     n_out: int,
@@ -173,39 +173,39 @@ def n_out_replace(
     ``weight_init`` applies to the resized layer and (unless ``weight_init_next`` is given) to
     the layers re-initialized after it, as DL4J's nOutReplace(layer, nOut, scheme) does.
     """
-    _check_init(ctx, "weight_init", weight_init)
-    _check_init(ctx, "weight_init_next", weight_init_next)
-    target = ctx.resolve(graph, layer, "layer")
+    _check_init(context, "weight_init", weight_init)
+    _check_init(context, "weight_init_next", weight_init_next)
+    target = context.resolve(graph, layer, "layer")
     node = graph.node(target)
     lt = _type(node)
     if lt is None or lt.n_out is None:
-        raise ctx.error("layer", f"layer {target!r} ({node.type}) has no output size to replace; "
+        raise context.error("layer", f"layer {target!r} ({node.type}) has no output size to replace; "
                                  f"valid layer types: {choices(can_replace_n_out())}")
     if n_out < 1:
-        raise ctx.error("n_out", f"{n_out} is not a size; valid: a positive int")
+        raise context.error("n_out", f"{n_out} is not a size; valid: a positive int")
     changes: dict[str, Any] = {lt.n_out: n_out}
     if lt.role is Role.FOLLOW:  # sized by its input: n_out is a multiple of it (depthwise conv)
         assert lt.follow is not None
         in_ch = node.args[lt.follow]
         if n_out % in_ch:
-            raise ctx.error("n_out", f"{n_out} is not a multiple of the {in_ch} input channels of "
+            raise context.error("n_out", f"{n_out} is not a multiple of the {in_ch} input channels of "
                                      f"layer {target!r} ({node.type}); valid: {in_ch}, {2 * in_ch}, …")
         changes = {lt.n_out: n_out // in_ch}
-    plan = _plan(graph, target, ctx)
-    ctx.check_unshared(graph, [n for n, kind in plan.items() if kind != "pass"], "layer",
+    plan = _plan(graph, target, context)
+    context.check_unshared(graph, [n for n, kind in plan.items() if kind != "pass"], "layer",
                        f"n_out_replace of {target!r}")
     scheme_next = weight_init_next if weight_init_next is not None else weight_init
-    tracer = _Tracer(graph, ctx.label) if ctx.shapes is not None else None
+    tracer = _Tracer(graph, context.label) if context.shapes is not None else None
     sizes: dict[str, int | None] = {}
     nodes = []
     for n in copy_nodes(graph):
         kind = plan.get(n.name)
         if kind == "out":
-            _rebuild(n, ctx, changes, weight_init)
+            _rebuild(n, context, changes, weight_init)
             sizes[n.name] = _out_size(n, n_out)
         elif kind in ("follow", "in"):
             size = sizes.get(n.inputs[0])
-            _rebuild(n, ctx, _in_changes(n, ctx, tracer.shapes(n.inputs) if tracer else None, size), scheme_next)
+            _rebuild(n, context, _in_changes(n, context, tracer.shapes(n.inputs) if tracer else None, size), scheme_next)
             if kind == "follow":
                 follow_type = get_layer_type(n.type)
                 args = n.args
@@ -221,7 +221,7 @@ def n_out_replace(
 
 @register_op("n_in_replace")
 def n_in_replace(
-    graph: LayerGraph, ctx: OpContext, *, layer: str | int, n_in: int, weight_init: str | None = None
+    graph: LayerGraph, context: OpContext, *, layer: str | int, n_in: int, weight_init: str | None = None
 ) -> LayerGraph:
     """Re-initialize a layer with a new input size.
 
@@ -229,19 +229,19 @@ def n_in_replace(
     input changes what the model takes: that input's declared shape gets the new size on its
     feature axis (the last one for dense and recurrent layers, the channel axis for convs).
     """
-    _check_init(ctx, "weight_init", weight_init)
-    target = ctx.resolve(graph, layer, "layer")
+    _check_init(context, "weight_init", weight_init)
+    target = context.resolve(graph, layer, "layer")
     node = graph.node(target)
     lt = _type(node)
     if lt is None or lt.role is not Role.WEIGHTS or lt.n_in is None:
-        raise ctx.error("layer", f"layer {target!r} ({node.type}) has no input size to replace; "
+        raise context.error("layer", f"layer {target!r} ({node.type}) has no input size to replace; "
                                  f"valid layer types: {choices(can_replace_n_in())}")
     if n_in < 1:
-        raise ctx.error("n_in", f"{n_in} is not a size; valid: a positive int")
-    ctx.check_unshared(graph, [target], "layer", "n_in_replace")
+        raise context.error("n_in", f"{n_in} is not a size; valid: a positive int")
+    context.check_unshared(graph, [target], "layer", "n_in_replace")
     nodes = copy_nodes(graph)
     k = graph.index(target)
-    _rebuild(nodes[k], ctx, {lt.n_in: n_in}, weight_init)
+    _rebuild(nodes[k], context, {lt.n_in: n_in}, weight_init)
     inputs = list(graph.graph_inputs)
     src = node.inputs[0]
     if src in graph.inputs:

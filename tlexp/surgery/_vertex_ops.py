@@ -28,35 +28,35 @@ def _refs(value: Any) -> list[Any]:
 
 @register_op("add_vertex", layer_args=True)
 def add_vertex(
-    graph: LayerGraph, ctx: OpContext, *, name: str, type: str, inputs: list[str | int] | str, args: dict[str, Any]
+    graph: LayerGraph, context: OpContext, *, name: str, type: str, inputs: list[str | int] | str, args: dict[str, Any]
 ) -> LayerGraph:
     """Add a node taking the named nodes or graph inputs; it becomes an output only through set_outputs."""
-    check_new_name(graph, ctx, name)
+    check_new_name(graph, context, name)
     refs = _refs(inputs)
     if not refs:
-        raise ctx.error("inputs", f"a vertex needs at least one input; valid: {choices([*graph.inputs, *graph.node_names])}")
-    srcs = [ctx.resolve(graph, r, f"inputs[{j}]", allow_inputs=True) for j, r in enumerate(refs)]
-    new = ctx.new_node(name, srcs, type, args, ctx.input_shapes(srcs))
+        raise context.error("inputs", f"a vertex needs at least one input; valid: {choices([*graph.inputs, *graph.node_names])}")
+    srcs = [context.resolve(graph, r, f"inputs[{j}]", allow_inputs=True) for j, r in enumerate(refs)]
+    new = context.new_node(name, srcs, type, args, context.input_shapes(srcs))
     nodes = copy_nodes(graph)
     nodes.append(new)  # last: every input is already defined
     return make_graph(graph, nodes)
 
 
 @register_op("remove_vertex_keep_connections")
-def remove_vertex_keep_connections(graph: LayerGraph, ctx: OpContext, *, name: str | int) -> LayerGraph:
+def remove_vertex_keep_connections(graph: LayerGraph, context: OpContext, *, name: str | int) -> LayerGraph:
     """Remove a node; whatever took its output (consumers, graph outputs) takes its input instead."""
-    target = ctx.resolve(graph, name, "name")
+    target = context.resolve(graph, name, "name")
     node = graph.node(target)
     users = graph.consumers(target)
     is_output = target in graph.outputs
     if len(node.inputs) != 1 and (users or is_output):
         taking = choices(users + (["the graph outputs"] if is_output else []))
-        raise ctx.error("name", f"vertex {target!r} has {len(node.inputs)} inputs ({choices(node.inputs)}) and "
+        raise context.error("name", f"vertex {target!r} has {len(node.inputs)} inputs ({choices(node.inputs)}) and "
                                 f"{taking} take one tensor from it; its connections can be kept only when it has "
                                 "exactly one input; use remove_vertex_and_connections")
     src = node.inputs[0]
     if is_output and src not in graph:
-        raise ctx.error("name", f"removing {target!r} would make graph input {src!r} an output; "
+        raise context.error("name", f"removing {target!r} would make graph input {src!r} an output; "
                                 "at least one layer must produce each output")
     nodes = [n for n in copy_nodes(graph) if n.name != target]
     rewire(nodes, {target: src})
@@ -71,31 +71,31 @@ def remove_vertex_keep_connections(graph: LayerGraph, ctx: OpContext, *, name: s
 
 
 @register_op("add_inputs")
-def add_inputs(graph: LayerGraph, ctx: OpContext, *, inputs: list[str] | str,
+def add_inputs(graph: LayerGraph, context: OpContext, *, inputs: list[str] | str,
                shapes: list[list[int]] | None = None) -> LayerGraph:
     """New graph inputs (DL4J ``addInputs``); ``shapes``: one per-sample shape per input."""
     from tlexp.graph import GraphInput
 
     names = [inputs] if isinstance(inputs, str) else list(inputs)
     if not names:
-        raise ctx.error("inputs", "name at least one new input")
+        raise context.error("inputs", "name at least one new input")
     if shapes is not None and len(shapes) != len(names):
-        raise ctx.error("shapes", f"{len(shapes)} shapes for {len(names)} inputs; give one per input")
+        raise context.error("shapes", f"{len(shapes)} shapes for {len(names)} inputs; give one per input")
     for n in names:
-        check_new_name(graph, ctx, n, "inputs")
+        check_new_name(graph, context, n, "inputs")
     new = [GraphInput(n, tuple(shapes[i]) if shapes is not None else None) for i, n in enumerate(names)]
     return make_graph(graph, copy_nodes(graph), inputs=[*graph.graph_inputs, *new])
 
 
 @register_op("remove_vertex_and_connections")
-def remove_vertex_and_connections(graph: LayerGraph, ctx: OpContext, *, name: str | int) -> LayerGraph:
+def remove_vertex_and_connections(graph: LayerGraph, context: OpContext, *, name: str | int) -> LayerGraph:
     """Remove a node, its connections and every node left without inputs by that.
 
     A merge (add, concat, average, …) that loses one of several inputs keeps the others. A
     removed graph output must be replaced by a later set_outputs op; until then the outputs are
     the remaining ones (or, if none remain, the nodes nothing consumes).
     """
-    target = ctx.resolve(graph, name, "name")
+    target = context.resolve(graph, name, "name")
     removed = {target}
     nodes = []
     for n in copy_nodes(graph):
@@ -111,16 +111,16 @@ def remove_vertex_and_connections(graph: LayerGraph, ctx: OpContext, *, name: st
             nodes.append(n)
         else:
             lost = next(i for i in n.inputs if i in removed)
-            raise ctx.error("name", f"layer {n.name!r} ({n.type}) takes both {lost!r} and {kept[0]!r}; removing "
+            raise context.error("name", f"layer {n.name!r} ({n.type}) takes both {lost!r} and {kept[0]!r}; removing "
                                     f"{target!r} would leave it without an input it needs; remove or replace "
                                     f"{n.name!r} first (inputs can be dropped only from {choices(variadic_types())})")
     if not nodes:
-        raise ctx.error("name", f"removing {target!r} would remove every layer of the model")
+        raise context.error("name", f"removing {target!r} would remove every layer of the model")
     lost_outputs = [o for o in graph.outputs if o in removed]
     outputs = [o for o in graph.outputs if o not in removed]
     if lost_outputs:
-        if "set_outputs" not in ctx.later_ops:
-            raise ctx.error("name", f"removing {target!r} removes graph output(s) {choices(lost_outputs)}; "
+        if "set_outputs" not in context.later_ops:
+            raise context.error("name", f"removing {target!r} removes graph output(s) {choices(lost_outputs)}; "
                                     "add a set_outputs op after it naming the new outputs")
         if not outputs:
             used = {i for n in nodes for i in n.inputs}
@@ -129,12 +129,12 @@ def remove_vertex_and_connections(graph: LayerGraph, ctx: OpContext, *, name: st
 
 
 @register_op("set_outputs")
-def set_outputs(graph: LayerGraph, ctx: OpContext, *, outputs: list[str | int] | str, prune: bool = True) -> LayerGraph:
+def set_outputs(graph: LayerGraph, context: OpContext, *, outputs: list[str | int] | str, prune: bool = True) -> LayerGraph:
     """Replace the graph outputs; with ``prune`` (default) drop the nodes no output depends on."""
     refs = _refs(outputs)
     if not refs:
-        raise ctx.error("outputs", f"at least one output is needed; valid: {choices(graph.node_names)}")
-    names = [ctx.resolve(graph, r, f"outputs[{j}]") for j, r in enumerate(refs)]
+        raise context.error("outputs", f"at least one output is needed; valid: {choices(graph.node_names)}")
+    names = [context.resolve(graph, r, f"outputs[{j}]") for j, r in enumerate(refs)]
     nodes = copy_nodes(graph)
     if prune:
         live = graph.ancestors(names)

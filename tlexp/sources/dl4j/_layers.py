@@ -18,17 +18,17 @@ from torch import nn
 from tlexp.graph import Role, register_layer
 from tlexp.graph._layers import Dense
 
-__all__ = ["DL4J_ACTIVATIONS", "dl4j_act"]
+__all__ = ["DL4J_ACTIVATIONS", "apply_dl4j_activation"]
 
-Act = Literal[
+DL4JActivationName = Literal[
     "identity", "relu", "relu6", "leakyrelu", "elu", "selu", "swish", "sigmoid", "hardsigmoid", "tanh",
     "hardtanh", "rationaltanh", "rectifiedtanh", "cube", "softsign", "softplus", "softmax", "thresholdedrelu",
     "rrelu", "gelu", "mish", "logsoftmax",
 ]
-DL4J_ACTIVATIONS: tuple[str, ...] = Act.__args__  # type: ignore[attr-defined]
+DL4J_ACTIVATIONS: tuple[str, ...] = DL4JActivationName.__args__  # type: ignore[attr-defined]
 
 
-def dl4j_act(x: torch.Tensor, name: str, alpha: float = 0.0, beta: float = 0.0, dim: int = 1) -> torch.Tensor:
+def apply_dl4j_activation(x: torch.Tensor, name: str, alpha: float = 0.0, beta: float = 0.0, dim: int = 1) -> torch.Tensor:
     """DL4J's activation ``name`` (``alpha``/``beta``: leakyrelu/elu alpha, thresholdedrelu theta,
     rrelu bounds, relu max (beta) and threshold (alpha)). Softmax over ``dim`` (features)."""
     if name == "identity":
@@ -89,14 +89,14 @@ class DL4JActivation(nn.Module):
         self.name, self.alpha, self.beta, self.dim = name, alpha, beta, dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return dl4j_act(x, self.name, self.alpha, self.beta, self.dim)
+        return apply_dl4j_activation(x, self.name, self.alpha, self.beta, self.dim)
 
     def extra_repr(self) -> str:
         return f"{self.name}, alpha={self.alpha}, beta={self.beta}"
 
 
 @register_layer("dl4j_activation", role=Role.PASS, example={"name": "rationaltanh"})
-def dl4j_activation(name: Act, alpha: float = 0.0, beta: float = 0.0, dim: int = 1) -> nn.Module:
+def dl4j_activation(name: DL4JActivationName, alpha: float = 0.0, beta: float = 0.0, dim: int = 1) -> nn.Module:
     """One of Deeplearning4j's activation functions, as DL4J computes it (softmax over ``dim``)."""
     return DL4JActivation(name, alpha, beta, dim)
 
@@ -137,18 +137,18 @@ class DL4JLSTM(nn.Module):
         act, gate = self.activation, self.gate_activation
         for t in steps:
             z = xw[:, t] + h @ rw
-            a = dl4j_act(z[:, :n], act)
+            a = apply_dl4j_activation(z[:, :n], act)
             zf, zo, zg = z[:, n : 2 * n], z[:, 2 * n : 3 * n], z[:, 3 * n :]
             if self.peepholes:
                 zf = zf + c * self.RW[:, 4 * n]
                 zg = zg + c * self.RW[:, 4 * n + 2]
-            f = dl4j_act(zf, gate)
-            g = dl4j_act(zg, gate)
+            f = apply_dl4j_activation(zf, gate)
+            g = apply_dl4j_activation(zg, gate)
             c = f * c + g * a
             if self.peepholes:
                 zo = zo + c * self.RW[:, 4 * n + 1]
-            o = dl4j_act(zo, gate)
-            h = o * dl4j_act(c, act)
+            o = apply_dl4j_activation(zo, gate)
+            h = o * apply_dl4j_activation(c, act)
             outs[t] = h
         return torch.stack(outs, dim=2)
 
@@ -172,7 +172,7 @@ class DL4JSimpleRnn(nn.Module):
         h = x.new_zeros(B, self.n_out)
         outs: list[torch.Tensor] = [x.new_zeros(0)] * T
         for t in range(T - 1, -1, -1) if reverse else range(T):
-            h = dl4j_act(xw[:, t] + h @ self.RW, self.activation)
+            h = apply_dl4j_activation(xw[:, t] + h @ self.RW, self.activation)
             outs[t] = h
         return torch.stack(outs, dim=2)
 
@@ -202,8 +202,8 @@ def dl4j_rnn(
     n_in: int,
     n_out: int,
     kind: RnnKind = "lstm",
-    activation: Act = "tanh",
-    gate_activation: Act = "sigmoid",
+    activation: DL4JActivationName = "tanh",
+    gate_activation: DL4JActivationName = "sigmoid",
     dropout: float = 0.0,
 ) -> nn.Module:
     """DL4J's LSTM / GravesLSTM (peepholes) / SimpleRnn on [features, time]; every step out."""
@@ -245,8 +245,8 @@ def dl4j_bidirectional(
     n_out: int,
     kind: RnnKind = "lstm",
     mode: BiMode = "concat",
-    activation: Act = "tanh",
-    gate_activation: Act = "sigmoid",
+    activation: DL4JActivationName = "tanh",
+    gate_activation: DL4JActivationName = "sigmoid",
     dropout: float = 0.0,
 ) -> nn.Module:
     """DL4J's Bidirectional wrapper (and GravesBidirectionalLSTM: mode add): one layer forwards,
@@ -266,9 +266,9 @@ class TimeDense(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:
-            return dl4j_act(self.dense(x), self.activation, self.alpha, dim=1)
+            return apply_dl4j_activation(self.dense(x), self.activation, self.alpha, dim=1)
         y = self.dense(x.transpose(1, 2)).transpose(1, 2)
-        return dl4j_act(y, self.activation, self.alpha, dim=1)
+        return apply_dl4j_activation(y, self.activation, self.alpha, dim=1)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -286,7 +286,7 @@ def dl4j_time_dense(
     in_features: int,
     out_features: int,
     bias: bool = True,
-    activation: Act = "identity",
+    activation: DL4JActivationName = "identity",
     alpha: float = 0.0,
     dropout: float = 0.0,
 ) -> nn.Module:
@@ -310,15 +310,15 @@ class DL4JEmbedding(nn.Module):
             y = self.W[idx]  # [B, T, nOut]
             if self.b is not None:
                 y = y + self.b
-            return dl4j_act(y, self.activation, dim=-1).transpose(1, 2)
+            return apply_dl4j_activation(y, self.activation, dim=-1).transpose(1, 2)
         y = self.W[idx.reshape(idx.shape[0])]
         if self.b is not None:
             y = y + self.b
-        return dl4j_act(y, self.activation, dim=1)
+        return apply_dl4j_activation(y, self.activation, dim=1)
 
 
 @register_layer("dl4j_embedding", role=Role.WEIGHTS, n_out="n_out", example={"n_in": 5, "n_out": 3}, example_inputs=((1,),))
-def dl4j_embedding(n_in: int, n_out: int, bias: bool = False, sequence: bool = False, activation: Act = "identity") -> nn.Module:
+def dl4j_embedding(n_in: int, n_out: int, bias: bool = False, sequence: bool = False, activation: DL4JActivationName = "identity") -> nn.Module:
     """DL4J's EmbeddingLayer ([B,1] indices -> [B,nOut]) or EmbeddingSequenceLayer ([B,T] -> [B,nOut,T])."""
     return DL4JEmbedding(n_in, n_out, bias, sequence, activation)
 
