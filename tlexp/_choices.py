@@ -69,6 +69,8 @@ def shadowed_choice(argv: list[str], conf_dir: Path) -> str | None:
     pairs = [a.split("=", 1) for a in overrides]
     given = {k.lstrip("+~") for k, _ in pairs}
     choices = {k: v for k, v in pairs if "." not in k and "/" not in k and not k.startswith(("+", "~"))}
+    if not set(choices) - {"experiment", "hydra"}:
+        return None  # no group option chosen: nothing to shadow (and no config files to read)
     root = _load([conf_dir], ".", "config") or {}
     default_exp = _chosen([{k: v} for e in root.get("defaults", []) if isinstance(e, Mapping) for k, v in e.items()])
     experiment = choices.get("experiment", default_exp.get("experiment"))
