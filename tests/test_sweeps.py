@@ -240,6 +240,30 @@ def test_depth_sweep_on_gpu_pool_one_pass_failure_recorded_and_report(tmp_path: 
     assert matplotlib.image.imread(png).shape[0] > 100
 
 
+@pytest.mark.slow
+def test_basic_launcher_sweep_goes_on_past_a_failed_job_and_exits_with_the_count(tmp_path: Path) -> None:
+    """Hydra's basic launcher runs the jobs in the sweep's own process: a job's user error
+    (exit status 2 on its own) fails that job only; the sweep's exit status is how many failed."""
+    sweep = tmp_path / "sweep"
+    # lr=-1 is refused by the job that gets it, the first of the three
+    res = run_cli(["-m", "freeze.up_to=flatten", "finetune.lr=-1,0.01,0.003", "trainer.max_epochs=1",
+                   "trainer.enable_progress_bar=false", "logger=none", f"hydra.sweep.dir={sweep}",
+                   f"paths.cache_dir={tmp_path / 'cache'}"], cwd=tmp_path, timeout=600)
+    assert res.returncode == 1, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr
+    assert "tlexp: error: job #0 (" in res.stderr and "finetune.lr" in res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("tlexp: error: 1 of 3 job(s) failed: #0 (")
+    jobs = {m.parent.name.split("_", 1)[0]: json.loads(m.read_text()) for m in sweep.glob("*/metrics.json")}
+    assert sorted(jobs) == ["0", "1", "2"]
+    assert jobs["0"]["status"] == "failed" and "finetune.lr" in jobs["0"]["error"]
+    assert jobs["1"]["status"] == jobs["2"]["status"] == "completed"
+    (failed_dir,) = sweep.glob("0_*")
+    assert "finetune.lr" in (failed_dir / "error.txt").read_text()
+    # the report of the whole sweep, the failed job in it
+    rows = (sweep / "report.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 3 and sum("failed" in r for r in rows[1:]) == 1
+
+
 def test_one_pass_is_bit_identical_to_each_cut_alone_and_reads_the_data_once(compose_cfg, tmp_path: Path, monkeypatch) -> None:
     import pytorch_lightning as pl
 

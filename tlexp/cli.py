@@ -94,10 +94,11 @@ def _guard(entry: Callable[[], Any]) -> None:
     """Run a Hydra entry point, turning config errors into one line and exit status 2."""
     # Hydra re-raises the original exception (instead of printing its own report) with this set
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    from tlexp.sweep.callback import failed_jobs, forget_jobs
+
+    forget_jobs()
     try:
         entry()
-    except TlexpError as e:
-        _fail(str(e))
     except Exception as e:  # noqa: BLE001 - only config errors are turned into a line
         if hasattr(e, "exit_status") and hasattr(e, "sweep_dir"):
             _sweep_failed(e)
@@ -106,6 +107,12 @@ def _guard(entry: Callable[[], Any]) -> None:
             print("tlexp: error: hparams_search: every trial failed; each job's error.txt (or job.out) says why",
                   file=sys.stderr)
             sys.exit(1)
+        # Hydra's basic sweeper ran every job, then raised the first failed job's error: the count
+        failed = failed_jobs()
+        if failed is not None:
+            _sweep_failed(failed)
+        if isinstance(e, TlexpError):
+            _fail(str(e))
         line = _hydra_error_line(e)
         if line is None:
             raise
@@ -113,8 +120,8 @@ def _guard(entry: Callable[[], Any]) -> None:
 
 
 def _sweep_failed(e: Any) -> None:
-    """Some jobs of a gpu_pool sweep failed, the others finished: the report, then the count of
-    failed jobs as the exit status."""
+    """Some jobs of a sweep failed, the others finished: the report, then the count of failed
+    jobs as the exit status."""
     from tlexp.sweep.report import print_sweep_report
 
     try:
@@ -150,11 +157,26 @@ def _run_task(cfg: DictConfig) -> float | None:
         # a failed run's folder keeps .hydra/, tlexp.log with the error and metrics.json with
         # status: failed (run() writes them), so a sweep's report can say which runs failed
         metrics = run(cfg)
+        # returned for sweepers that optimize a value (hparams_search=optuna)
+        return optimized_value(cfg, metrics)
     except TlexpError as e:
+        if _jobs_run_here():
+            raise  # this job fails (Hydra records it), the sweep's other jobs still run
         _fail(str(e))
         return None
-    # returned for sweepers that optimize a value (hparams_search=optuna)
-    return optimized_value(cfg, metrics)
+
+
+def _jobs_run_here() -> bool:
+    """Whether this process runs a sweep's jobs itself, one after another (Hydra's basic
+    launcher): there a job's user error must fail that job, not end the process (and the sweep)
+    with exit status 2. Launchers that run each job in its own process keep the exit status."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return False
+    hc = HydraConfig.get()
+    return hc.mode == RunMode.MULTIRUN and str(hc.launcher.get("_target_", "")).endswith(".BasicLauncher")
 
 
 _run_app = hydra.main(version_base="1.3", config_path="conf", config_name="config")(_run_task)
