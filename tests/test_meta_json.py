@@ -139,3 +139,14 @@ def _datasets(group) -> list[str]:
     names: list[str] = []
     group.visititems(lambda n, obj: names.append(n) if isinstance(obj, h5py.Dataset) else None)
     return names
+
+
+def test_a_graph_refuses_meta_that_is_not_json_data():
+    from tlexp.graph import LayerGraph, Node, build_layer
+
+    nodes = [Node("fc", build_layer("dense", {"in_features": 4, "out_features": 2}), ["x"])]
+    with pytest.raises(TypeError, match="meta must be JSON data"):
+        LayerGraph(["x"], nodes, ["fc"], meta={"state": torch.zeros(2)})
+    graph = LayerGraph(["x"], nodes, ["fc"], meta={"source": "test"})
+    with pytest.raises(TypeError, match="meta must be JSON data"):
+        graph.rebuilt(meta={**graph.meta, "terms": object()})

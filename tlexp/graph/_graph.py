@@ -8,6 +8,7 @@ freeze splits one, and saved/inspect serialize one.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -118,6 +119,10 @@ class LayerGraph(nn.Module):
         #: what the source knows beyond the layers (timm's data config, the classifier's name,
         #: a Keras file's training config …); JSON data, saved with the model
         self.meta: dict[str, Any] = dict(meta or {})
+        try:
+            json.dumps(self.meta)
+        except (TypeError, ValueError) as e:  # a tensor or an object: carry it another declared way
+            raise TypeError(f"LayerGraph meta must be JSON data (it is saved with the model): {e}") from None
         #: how a saved model's inputs were prepared (tlexp.data.preprocessing; set by load_model)
         self.preprocessing: Any = None
         self.graph_inputs: list[GraphInput] = [i if isinstance(i, GraphInput) else GraphInput(i) for i in inputs]
