@@ -59,6 +59,17 @@ def test_keras_meta_with_regularizers_and_constraints_is_json_and_the_terms_appl
     applied = KerasTerms(terms)
     w = graph.node("d1").module.weight
     assert torch.allclose(applied.penalty(graph), 0.1 * w.detach().square().sum())
+    # attached once per fit phase: the activity penalty (L1 0.01 on d1's output) is recorded once
+    x = torch.rand(3, 6)
+    applied.attach(graph)
+    first = applied._recorder
+    applied.attach(graph)
+    graph(x)
+    with torch.no_grad():
+        out = graph.node("d1").module(x)
+    assert first is not None and first.outputs == []
+    want = 0.1 * w.detach().square().sum() + 0.01 * out.detach().abs().sum() / 3
+    assert torch.allclose(applied.penalty(graph).detach(), want)
     with torch.no_grad():
         graph.node("d1").module.bias.fill_(-1.0)
     applied.after_step(graph)

@@ -156,6 +156,12 @@ class KerasTerms:
         self._recorder: Recorder | None = None
 
     def attach(self, model: Any) -> None:
+        """Hook the model's regularized outputs (again for each fit phase: the hooks of an earlier
+        attach come off, so no recorder keeps outputs nobody takes)."""
+        if self._recorder is not None:
+            for handle in self._recorder.handles:
+                handle.remove()
+            self._recorder = None
         if any(t.get("output") for t in self.terms):
             self._recorder = Recorder(model, self.terms)
 
