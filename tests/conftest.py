@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,7 +68,10 @@ def cli_here(args: list[str], cwd: Path, script: str = "tlexp", env: dict[str, s
     environment read at import) use ``run_cli``.
 
     Afterwards the process is as before: argv, folder, environment, the root logger's handlers
-    (Hydra's job logging replaces them) and Hydra's global state."""
+    (Hydra's job logging replaces them) and Hydra's global state. Hydra configures logging with
+    ``logging.config.dictConfig``, which closes every handler of the process — in a user's
+    process nothing else is there, here it would close pytest's capture file through the handlers
+    that absl (imported with keras) made on it: during the call, those are flushed, not closed."""
     import contextlib
     import io
     import logging
@@ -84,8 +88,18 @@ def cli_here(args: list[str], cwd: Path, script: str = "tlexp", env: dict[str, s
     saved_argv, saved_cwd, saved_env = sys.argv, os.getcwd(), dict(os.environ)
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
+    real_shutdown = logging.shutdown
+
+    def flush_only(handler_list: list[Any] | None = None) -> None:
+        for ref in handler_list or []:
+            handler = ref()
+            if handler is not None:
+                with contextlib.suppress(Exception):
+                    handler.flush()
+
     code = 0
     try:
+        logging.shutdown = flush_only
         os.chdir(cwd)
         os.environ.update(env or {})
         sys.argv = [script, *args]
@@ -103,6 +117,7 @@ def cli_here(args: list[str], cwd: Path, script: str = "tlexp", env: dict[str, s
                 traceback.print_exc()
                 code = 1
     finally:
+        logging.shutdown = real_shutdown
         sys.argv = saved_argv
         os.chdir(saved_cwd)
         os.environ.clear()
