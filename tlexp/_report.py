@@ -32,10 +32,12 @@ def print_run_table(cfg: Any, metrics: Mapping[str, Any], out_dir: Path, console
     t = Table(title=f"tlexp run: {metrics.get('name')}", show_header=True, header_style="bold")
     t.add_column("", style="bold", no_wrap=True)
     t.add_column("value", overflow="fold")  # long paths fold onto the next line, never cut to "…"
-    src = cfg.source
+    from tlexp.config import plain
+
+    src = plain(cfg.source)
     what = src.get("path") or src.get("name") or f"{len(src.get('layers') or [])} layers listed"
-    t.add_row("source", f"{src.type}: {what}")
-    if src.type == "zoo" and not src.get("pretrained") and not src.get("weights"):
+    t.add_row("source", f"{src.get('type')}: {what}")
+    if src.get("type") == "zoo" and not src.get("pretrained") and not src.get("weights"):
         t.add_row("weights", "[bold red]RANDOM WEIGHTS[/]: nothing pretrained was loaded; "
                              "source.pretrained=true (download) or source.weights=FILE")
     if metrics.get("optimizer_state_loaded"):
@@ -55,7 +57,7 @@ def print_run_table(cfg: Any, metrics: Mapping[str, Any], out_dir: Path, console
     if f.get("key"):
         mode += f"  (cache {'hit' if f['cache_hit'] else 'built'}, key {f['key'][:12]})"
     t.add_row("mode", mode)
-    t.add_row("data", f"{cfg.data.type}: train {metrics['samples']['train']}, val {metrics['samples']['val']}, "
+    t.add_row("data", f"{plain(cfg.data).get('type')}: train {metrics['samples']['train']}, val {metrics['samples']['val']}, "
                       f"test {metrics['samples']['test']}, {metrics['num_classes']} classes")
     t.add_row("epochs", str(metrics["epochs"]))
     tm = metrics["timing"]

@@ -11,16 +11,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from tlexp.config import plain
+from tlexp.config import TlexpConfig, check_required, plain, typed_config
 from tlexp.errors import ConfigError, ShapeError
 from tlexp.freeze import freeze
 from tlexp.graph import GraphInput, LayerGraph
 from tlexp.sources import load_source
 from tlexp.surgery import apply_ops
 
-__all__ = ["DataLike", "build_model", "edit_graph", "load_graph", "needs_data", "plain"]
+__all__ = ["DataLike", "build_model", "check_required", "edit_graph", "load_graph", "needs_data", "plain"]
+
+#: what the public functions take: the composed config, or the TlexpConfig made of it once
+Config = DictConfig | TlexpConfig
 
 
 class DataLike(Protocol):
@@ -41,9 +44,10 @@ def _mentions_auto(op: Any) -> bool:
     return False
 
 
-def needs_data(cfg: DictConfig) -> bool:
+def needs_data(cfg: Config) -> bool:
     """Whether building the model needs the data (an ``auto`` size, a spec without input shape)."""
-    ops = plain(cfg.surgery.ops) or []
+    cfg = typed_config(cfg)
+    ops = cfg.surgery.ops or []
     source = plain(cfg.source)
     layers = source.get("layers") or [] if source.get("type") == "spec" else []
     return any(_mentions_auto(op) for op in [*ops, *layers]) or _spec_without_shape(source)
@@ -81,18 +85,9 @@ def _with_input_shape(graph: LayerGraph, data: DataLike, check: bool = True) -> 
     return graph
 
 
-def check_required(cfg: DictConfig) -> None:
-    """A required value left unset (``???`` in a config) is named, not passed on as a string."""
-    missing = [k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra.")]
-    if missing:
-        key = missing[0]
-        raise ConfigError(f"{key}: a value is required and none is set; add {key}=… to the command line or your experiment"
-                          + (f" (also unset: {', '.join(missing[1:4])})" if len(missing) > 1 else ""))
-
-
-def load_graph(cfg: DictConfig, data: DataLike | None = None) -> tuple[LayerGraph, dict[str, Any]]:
+def load_graph(cfg: Config, data: DataLike | None = None) -> tuple[LayerGraph, dict[str, Any]]:
     """The source's model and the fine-tune config (with any overrides the source carries)."""
-    check_required(cfg)
+    cfg = typed_config(cfg)
     source = plain(cfg.source)
     if data is not None and _spec_without_shape(source):
         source["input_shape"] = list(data.input_shape)
@@ -121,8 +116,9 @@ def load_graph(cfg: DictConfig, data: DataLike | None = None) -> tuple[LayerGrap
     return graph, finetune
 
 
-def edit_graph(cfg: DictConfig, graph: LayerGraph, data: DataLike | None = None) -> LayerGraph:
+def edit_graph(cfg: Config, graph: LayerGraph, data: DataLike | None = None) -> LayerGraph:
     """surgery then freeze, checked against the data's sample shape and class count."""
+    cfg = typed_config(cfg)
     if data is not None:
         graph = _with_input_shape(graph, data, check=False)
     ops = plain(cfg.surgery.ops) or []
@@ -135,13 +131,14 @@ def edit_graph(cfg: DictConfig, graph: LayerGraph, data: DataLike | None = None)
         graph = _with_input_shape(graph, data)
     up_to = plain(cfg.freeze.up_to)
     saved_cut = graph.meta.get("freeze_up_to")
-    if up_to is None and cfg.source.get("load_optimizer_state") and saved_cut:
+    if up_to is None and plain(cfg.source).get("load_optimizer_state") and saved_cut:
         up_to = saved_cut  # continuing a saved run keeps its frozen set unless freeze.up_to says otherwise
-    freeze(graph, up_to, cfg.freeze.mode)
+    freeze(graph, up_to, plain(cfg.freeze.mode))
     return graph
 
 
-def build_model(cfg: DictConfig, data: DataLike | None = None) -> tuple[LayerGraph, dict[str, Any]]:
+def build_model(cfg: Config, data: DataLike | None = None) -> tuple[LayerGraph, dict[str, Any]]:
     """source → surgery → freeze. Returns (graph, fine-tune config)."""
+    cfg = typed_config(cfg)
     graph, finetune = load_graph(cfg, data)
     return edit_graph(cfg, graph, data), finetune

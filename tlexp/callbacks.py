@@ -19,8 +19,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from tlexp.config import MonitorMode
-from tlexp.errors import ConfigError, check, choices
+from tlexp.config import MonitorMode, monitor_mode
+from tlexp.errors import ConfigError, choices
 
 __all__ = ["MONITORS", "BestWeights", "resolve_mode", "check_monitor", "build_callbacks"]
 
@@ -33,10 +33,7 @@ MODES = tuple(m.value for m in MonitorMode)
 
 def resolve_mode(monitor: str, mode: str) -> str:
     """``auto``: min for a loss, max for a score."""
-    mode = check(mode, MonitorMode, "train.mode").value
-    if mode != "auto":
-        return str(mode)
-    return "min" if monitor.endswith("loss") else "max"
+    return monitor_mode(monitor, mode)
 
 
 def check_monitor(monitor: str, num_classes: int | None = None) -> None:

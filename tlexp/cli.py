@@ -212,9 +212,9 @@ def _one_run_overrides(argv: list[str]) -> list[str] | None:
     return list(argv)
 
 
-def optimized_value(cfg: DictConfig, metrics: dict[str, Any]) -> float:
+def optimized_value(cfg: Any, metrics: dict[str, Any]) -> float:
     """The value named by ``optimized_metric`` ("val/accuracy", "val/auroc", …) in a run's metrics."""
-    name = cfg.get("optimized_metric") or ("val/auroc" if metrics.get("num_classes") == 2 else "val/accuracy")
+    name = cfg.optimized_metric or ("val/auroc" if metrics.get("num_classes") == 2 else "val/accuracy")
     node: Any = metrics
     for part in str(name).split("/"):
         if not isinstance(node, dict) or part not in node:

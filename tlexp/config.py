@@ -8,12 +8,13 @@ compute. Sources and data sets are polymorphic groups: every option has its own 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 __all__ = [
     "register_configs",
@@ -31,7 +32,9 @@ __all__ = [
     "SourceInit",
     "InputLayout",
     "WeightInit",
-    "plain_choices",
+    "plain",
+    "typed_config",
+    "check_required",
 ]
 
 
@@ -142,19 +145,25 @@ class WeightInit(Choice):
 
 
 def plain(node: Any) -> Any:
-    """A config node as plain data (interpolations resolved); anything else as it is. The one
-    place a config node becomes plain data (assemble, surgery, finetune, sources, phases use it)."""
+    """A config node (an OmegaConf node, a schema dataclass, or lists and dicts of them) as plain
+    data: interpolations resolved, closed choices as their string values, containers copied;
+    anything else as it is. The one place a config node becomes plain data (the loaders take
+    mappings: sources, data sets, finetune, surgery ops, callbacks)."""
     if OmegaConf.is_config(node):
-        return OmegaConf.to_container(node, resolve=True)
-    return node
+        node = OmegaConf.to_container(node, resolve=True)
+    return _plain_value(node)
 
 
-def plain_choices(cfg: DictConfig) -> DictConfig:
-    """The composed config with its closed choices as plain strings, for the code past the
-    entry point (h5py attributes, Lightning arguments, JSON files take strings). The choices
-    were checked when the config was composed; interpolations stay as they are."""
-    data = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
-    return OmegaConf.create(data)  # type: ignore[return-value]
+def _plain_value(v: Any) -> Any:
+    if isinstance(v, Enum):
+        return v.value
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return {f.name: _plain_value(getattr(v, f.name)) for f in dataclasses.fields(v)}
+    if isinstance(v, dict):
+        return {k: _plain_value(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_plain_value(x) for x in v]
+    return v
 
 
 # ---- source -----------------------------------------------------------------------------------
@@ -470,6 +479,84 @@ class TlexpConfig:
     #: the value a run returns to a sweeper (hparams_search=optuna): "val/accuracy", "val/auroc", …;
     #: null: val/auroc for two classes, else val/accuracy
     optimized_metric: Optional[str] = None
+
+
+# ---- the entry points' one conversion --------------------------------------------------------
+
+
+def check_required(cfg: DictConfig) -> None:
+    """A required value left unset (``???`` in a config) is named, not passed on as a string."""
+    from tlexp.errors import ConfigError
+
+    missing = [k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra.")]
+    if missing:
+        key = missing[0]
+        raise ConfigError(f"{key}: a value is required and none is set; add {key}=… to the command line or your experiment"
+                          + (f" (also unset: {', '.join(missing[1:4])})" if len(missing) > 1 else ""))
+
+
+def monitor_mode(monitor: str, mode: Any) -> str:
+    """``train.mode`` as the callbacks take it: ``auto`` is min for a loss, max for a score."""
+    from tlexp.errors import check
+
+    mode = check(mode, MonitorMode, "train.mode").value
+    if mode != "auto":
+        return str(mode)
+    return "min" if str(monitor).endswith("loss") else "max"
+
+
+def typed_config(cfg: DictConfig | TlexpConfig) -> TlexpConfig:
+    """The composed config as typed objects (:class:`TlexpConfig` and its children), made once at
+    an entry point (a run, ``tlexp-inspect``, the helper, a sweep's plan) with
+    ``OmegaConf.to_object``; a :class:`TlexpConfig` is returned as it is, so the public functions
+    take either.
+
+    Required values left unset are named first; interpolations are resolved, with the
+    ``callbacks``' ``${train.mode}`` as the callbacks take it (``auto`` → min/max). A source or
+    data option extends its schema, so it becomes that dataclass (a mapping when a user's option
+    has none); ``logger``, ``callbacks`` and the other free-form values stay plain lists and dicts
+    of plain values (``hydra.utils.instantiate`` takes them), closed choices in them as strings.
+    """
+    if isinstance(cfg, TlexpConfig):
+        return cfg
+    from tlexp.errors import ConfigError
+
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"config: expected a composed config (DictConfig) or a TlexpConfig, not {type(cfg).__name__}")
+    check_required(cfg)
+    work = cfg.copy()
+    OmegaConf.set_readonly(work, False)
+    with open_dict(work):
+        if "hydra" in work:  # composed with return_hydra_config: Hydra's own node is not the run's
+            del work["hydra"]
+        if work.get("callbacks"):
+            work.train.mode = monitor_mode(work.train.monitor, work.train.mode)
+    out = OmegaConf.to_object(work)
+    if not isinstance(out, TlexpConfig):
+        raise ConfigError(f"config: the composed config does not extend base_config (got {type(out).__name__})")
+    out.train.mode = cfg.train.mode
+    _plain_free_values(out)
+    return out
+
+
+def _plain_free_values(obj: Any) -> None:
+    """Lists and dicts held by a schema dataclass (its ``Any`` fields) as plain values; the
+    dataclasses in them (``finetune.groups``) stay typed."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, (dict, list)) or (dataclasses.is_dataclass(value) and not isinstance(value, type)):
+            setattr(obj, f.name, _free(value))
+
+
+def _free(v: Any) -> Any:
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        _plain_free_values(v)
+        return v
+    if isinstance(v, dict):
+        return {k: _free(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_free(x) for x in v]
+    return v.value if isinstance(v, Enum) else v
 
 
 def path_safe(value: Any) -> str:

@@ -166,8 +166,7 @@ class TransferLearningHelper:
         import pytorch_lightning as pl
 
         from tlexp import finetune as ft
-        from tlexp.assemble import plain
-        from tlexp.config import plain_choices
+        from tlexp.config import plain, typed_config
         from tlexp.data import TlexpDataModule
         from tlexp.phases import fit_phase
 
@@ -177,7 +176,7 @@ class TransferLearningHelper:
         data.setup()
         with tempfile.TemporaryDirectory(prefix="tlexp-helper-") as tmp:
             out_dir = Path(output_dir) if output_dir is not None else Path(tmp)
-            cfg = plain_choices(_compose([
+            cfg = typed_config(_compose([
                 "experiment=none", "freeze=featurize", "logger=none",
                 f"paths.output_dir={out_dir}", f"paths.cache_dir={self.cache_dir}",
                 f"featurize.dtype={self.dtype}", f"featurize.batch_size={self.batch_size}",
@@ -189,7 +188,7 @@ class TransferLearningHelper:
             cfg.freeze.up_to = list(self.up_to) if isinstance(self.up_to, (list, tuple)) else self.up_to
             settings = {**plain(cfg.finetune), **dict(finetune or {})}
             ft.validate_finetune(settings)
-            pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+            pl.seed_everything(cfg.seed, workers=True, verbose=False)
             ft.apply_graph_overrides(self.model, settings)  # as a run does, before it splits the model
             class_weights = data.class_weights() if settings.get("class_weights") else None
             result = fit_phase(cfg, self.model, data, self.cut, self.device, False, out_dir, phase=1,

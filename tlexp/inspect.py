@@ -13,6 +13,7 @@ from typing import Any
 from omegaconf import DictConfig
 from rich.console import Console
 
+from tlexp.config import TlexpConfig, plain, typed_config
 from tlexp.errors import ConfigError
 
 __all__ = ["inspect_config"]
@@ -20,14 +21,13 @@ __all__ = ["inspect_config"]
 FORMATS = ("table", "json")
 
 
-def inspect_config(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
+def inspect_config(cfg: DictConfig | TlexpConfig, console: Console | None = None) -> dict[str, Any]:
     from tlexp._report import layer_table
-    from tlexp.assemble import DataLike, build_model, needs_data, plain
-    from tlexp.config import plain_choices
+    from tlexp.assemble import DataLike, build_model, needs_data
     from tlexp.data import build_datamodule, data_facts
 
-    cfg = plain_choices(cfg)
-    fmt = cfg.inspect.format
+    cfg = typed_config(cfg)
+    fmt = plain(cfg.inspect.format)
     if fmt not in FORMATS:
         raise ConfigError(f"inspect.format: {fmt!r} is not a format; valid: {', '.join(FORMATS)}")
     data: DataLike | None = None
@@ -43,12 +43,12 @@ def inspect_config(cfg: DictConfig, console: Console | None = None) -> dict[str,
     rows = graph.summary()
     total = sum(r.params for r in rows)
     trainable = sum(r.params for r in rows if r.trainable)
-    title = f"{cfg.source.type} model: {len(rows)} layers, {total:,} parameters ({trainable:,} trainable)"
+    title = f"{plain(cfg.source).get('type')} model: {len(rows)} layers, {total:,} parameters ({trainable:,} trainable)"
     console.print(layer_table(graph, rows, title=title))
     if graph.frozen:
         b = graph.boundary(graph.frozen)
         console.print(f"cut after the rule: {len(graph.frozen)} frozen layer(s); the cache stores {', '.join(b)} "
-                      f"(freeze.mode={cfg.freeze.mode})")
+                      f"(freeze.mode={plain(cfg.freeze.mode)})")
     else:
         console.print("nothing frozen (freeze.up_to=null): every layer trains")
     from tlexp._report import equivalent_cuts

@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from tlexp.config import plain
+from tlexp.config import TlexpConfig, UnfreezeConfig, plain
 from tlexp.errors import ConfigError
 from tlexp.graph import LayerGraph
 
@@ -36,7 +35,7 @@ _EXPECTED_WARNINGS = (
 )
 
 
-def _autocast_dtype(cfg: DictConfig, device: torch.device) -> torch.dtype | None:
+def _autocast_dtype(cfg: TlexpConfig, device: torch.device) -> torch.dtype | None:
     """The trainer's mixed precision, applied to featurizing too (GPU only)."""
     precision = str(cfg.trainer.precision)
     if device.type != "cuda" or "mixed" not in precision:
@@ -44,19 +43,8 @@ def _autocast_dtype(cfg: DictConfig, device: torch.device) -> torch.dtype | None
     return torch.bfloat16 if precision.startswith("bf16") else torch.float16
 
 
-def _callbacks_node(cfg: DictConfig, mode: str) -> dict[str, Any]:
-    """The ``callbacks`` mapping resolved, with ``${train.mode}`` as resolved (auto → min/max)."""
-    if not cfg.get("callbacks"):
-        return {}
-    copy = cfg.copy()
-    OmegaConf.set_readonly(copy, False)
-    with open_dict(copy):
-        copy.train.mode = mode
-    return plain(copy.callbacks)  # type: ignore[no-any-return]
-
-
-def _source_name(cfg: DictConfig) -> str:
-    src = cfg.source
+def _source_name(cfg: TlexpConfig) -> str:
+    src = plain(cfg.source)
     return f"{src.get('type', '?')}: {src.get('name') or src.get('path') or ''}".rstrip(": ")
 
 
@@ -92,14 +80,14 @@ class PhaseResult:
         }
 
 
-def check_unfreeze(node: Mapping[str, Any]) -> None:
+def check_unfreeze(node: UnfreezeConfig) -> None:
     """Checks of the ``unfreeze`` group that need no model."""
-    if int(node.get("epochs") or 0) < 0:
-        raise ConfigError(f"unfreeze.epochs: {node.get('epochs')} must be 0 (one phase) or more")
-    if float(node.get("lr_scale", 1.0)) <= 0:
-        raise ConfigError(f"unfreeze.lr_scale: {node.get('lr_scale')} must be above 0")
-    if node.get("bn", "frozen") not in BN_MODES:
-        raise ConfigError(f"unfreeze.bn: {node.get('bn')!r} is not a mode; valid: {', '.join(BN_MODES)}")
+    if node.epochs < 0:
+        raise ConfigError(f"unfreeze.epochs: {node.epochs} must be 0 (one phase) or more")
+    if node.lr_scale <= 0:
+        raise ConfigError(f"unfreeze.lr_scale: {node.lr_scale} must be above 0")
+    if node.bn not in BN_MODES:
+        raise ConfigError(f"unfreeze.bn: {node.bn!r} is not a mode; valid: {', '.join(BN_MODES)}")
 
 
 def phase2_cut(graph: LayerGraph, cut1: set[str], up_to: Any) -> set[str]:
@@ -150,7 +138,7 @@ def bn_modules(graph: LayerGraph, names: Sequence[str]) -> list[nn.Module]:
     return out
 
 
-def fit_phase(cfg: Any, graph: LayerGraph, data: Any, cut: set[str], device: torch.device, logger: Any,
+def fit_phase(cfg: TlexpConfig, graph: LayerGraph, data: Any, cut: set[str], device: torch.device, logger: Any,
               out_dir: Path, *, phase: int, max_epochs: int, finetune: Mapping[str, Any],
               optimizer_state: Mapping[str, Any] | None, class_weights: torch.Tensor | None,
               eval_modules: Sequence[nn.Module] = (), start: Any = None, training_terms: Any = None,
@@ -167,22 +155,21 @@ def fit_phase(cfg: Any, graph: LayerGraph, data: Any, cut: set[str], device: tor
     """
     import pytorch_lightning as pl
 
-    from tlexp.assemble import plain as container
     from tlexp.callbacks import BestWeights, build_callbacks, resolve_mode
     from tlexp.featurize import FeaturizedDataModule, describe, featurize
     from tlexp.module import TransferModule
 
     graph.set_frozen(cut)
-    info: dict[str, Any] = {"mode": cfg.freeze.mode, "key": None, "cache_hit": False}
+    info: dict[str, Any] = {"mode": plain(cfg.freeze.mode), "key": None, "cache_hit": False}
     t_feat = 0.0
     if cfg.freeze.mode == "featurize" and cut:
         prefix, suffix = graph.split(cut)
         boundary = graph.boundary(cut)
         result = featurize(
-            prefix, boundary, data, cfg.paths.cache_dir, dtype=cfg.featurize.dtype,
+            prefix, boundary, data, cfg.paths.cache_dir, dtype=plain(cfg.featurize.dtype),
             batch_size=cfg.featurize.batch_size, augment_copies=cfg.featurize.augment_copies,
             overwrite=cfg.featurize.overwrite, device=device, autocast=_autocast_dtype(cfg, device),
-            info={"up_to": container(cfg.freeze.up_to) if phase == 1 else sorted(cut), "source": _source_name(cfg),
+            info={"up_to": plain(cfg.freeze.up_to) if phase == 1 else sorted(cut), "source": _source_name(cfg),
                   "data": data.identity(), "writer": str(out_dir)},
         )
         t_feat = result.seconds
@@ -202,13 +189,13 @@ def fit_phase(cfg: Any, graph: LayerGraph, data: Any, cut: set[str], device: tor
     mode = resolve_mode(cfg.train.monitor, cfg.train.mode)
     module = TransferModule(trainable, finetune, data.num_classes, class_weights, optimizer_state,
                             monitor=cfg.train.monitor, eval_modules=eval_modules, training_terms=training_terms)
-    trainer_kwargs = {k: v for k, v in container(cfg.trainer).items() if v is not None}
+    trainer_kwargs = {k: v for k, v in plain(cfg.trainer).items() if v is not None}
     trainer_kwargs["max_epochs"] = max_epochs
     keep = bool(cfg.train.restore_best)
     best = BestWeights(cfg.train.monitor, mode, keep=keep, target=graph if start is not None else None)
     if start is not None and keep:
         best.start_from(start, graph)
-    callbacks = [best, *build_callbacks(_callbacks_node(cfg, mode), trainer_kwargs, logger)]
+    callbacks = [best, *build_callbacks(cfg.callbacks, trainer_kwargs, logger)]
     if after is not None:
         _continue_checkpoints(callbacks, after.trainer)
     trainer = pl.Trainer(**trainer_kwargs, logger=logger, default_root_dir=str(out_dir), callbacks=callbacks)

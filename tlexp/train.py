@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from tlexp import finetune as ft
-from tlexp.assemble import build_model, check_required, edit_graph, load_graph, plain
-from tlexp.config import Accelerator, FreezeMode, plain_choices
+from tlexp.assemble import build_model, edit_graph, load_graph
+from tlexp.config import Accelerator, FreezeMode, TlexpConfig, plain, typed_config
 from tlexp.data import TlexpDataModule, build_datamodule
 from tlexp.errors import ConfigError, ShapeError, check
 from tlexp.graph import LayerGraph
@@ -35,11 +35,6 @@ CONTINUE_KEYS = ("optimizer", "momentum", "betas", "eps", "groups")
 
 ACCELERATORS = tuple(a.value for a in Accelerator)
 
-#: Lightning warnings about things tlexp does on purpose
-def _container(node: Any) -> Any:
-    return plain(node)
-
-
 def _check_accelerator(acc: str) -> None:
     if acc in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(
@@ -50,11 +45,12 @@ def _check_accelerator(acc: str) -> None:
         raise ConfigError("trainer.accelerator: 'mps' but Apple's MPS backend is not available here; use trainer=cpu")
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig | TlexpConfig) -> None:
     """Checks that need no data or model, done before anything is loaded."""
-    check_required(cfg)
+    cfg = typed_config(cfg)
+    data = plain(cfg.data)
     for key in ("batch_size", "num_workers"):
-        value = cfg.data.get(key)
+        value = data.get(key)
         least = 1 if key == "batch_size" else 0
         if value is not None and value < least:
             raise ConfigError(f"data.{key}: {value} must be at least {least}")
@@ -69,8 +65,8 @@ def validate(cfg: DictConfig) -> None:
     check(cfg.trainer.accelerator, Accelerator, "trainer.accelerator")
     if cfg.trainer.max_epochs < 1:
         raise ConfigError(f"trainer.max_epochs: {cfg.trainer.max_epochs} must be at least 1")
-    _check_accelerator(cfg.trainer.accelerator)
-    ops = plain(cfg.surgery.ops)
+    _check_accelerator(str(cfg.trainer.accelerator))
+    ops = cfg.surgery.ops
     if not isinstance(ops, list):
         raise ConfigError("surgery.ops: expected a list of ops")
     from tlexp.callbacks import check_monitor, resolve_mode
@@ -78,12 +74,12 @@ def validate(cfg: DictConfig) -> None:
     check_monitor(cfg.train.monitor)
     from tlexp.baselines import check_init
 
-    check_init(cfg.source.get("init", "pretrained"))
+    check_init(plain(cfg.source).get("init", "pretrained"))
     from tlexp.phases import check_unfreeze
 
-    check_unfreeze(plain(cfg.get("unfreeze")) or {})
+    check_unfreeze(cfg.unfreeze)
     resolve_mode(cfg.train.monitor, cfg.train.mode)
-    if cfg.get("callbacks") is not None and not OmegaConf.is_dict(cfg.callbacks):
+    if cfg.callbacks is not None and not isinstance(cfg.callbacks, Mapping):
         raise ConfigError("callbacks: expected a mapping of name: {_target_: …} entries")
 
 
@@ -106,10 +102,11 @@ def _training_terms(meta: dict[str, Any]) -> Any:
     return KerasTerms(terms)
 
 
-def prepare(cfg: DictConfig) -> Prepared:
-    cfg = plain_choices(cfg)
+def prepare(cfg: DictConfig | TlexpConfig) -> Prepared:
+    cfg = typed_config(cfg)
     validate(cfg)
     data_cfg = plain(cfg.data)
+    source = plain(cfg.source)
     source_pre = _source_preprocessing(cfg)
     if data_cfg.get("type") == "image_folder":
         # image transforms follow the model (timm's data config): load the model first
@@ -147,13 +144,13 @@ def prepare(cfg: DictConfig) -> Prepared:
                 "replace the output layer (surgery=replace_output) or set its size"
             )
     optimizer_state = None
-    if cfg.source.get("load_optimizer_state"):
+    if source.get("load_optimizer_state"):
         from tlexp.sources import load_source_optimizer_state
 
-        optimizer_state = load_source_optimizer_state(cfg.source)  # a saved model's, or a DL4J zip's
+        optimizer_state = load_source_optimizer_state(source)  # a saved model's, or a DL4J zip's
     ft.apply_graph_overrides(graph, finetune)
     if not any(p.requires_grad for p in graph.parameters()):
-        frozen = f"freeze.up_to={_container(cfg.freeze.up_to)!r} freezes every layer" if graph.frozen else "the model has no parameters"
+        frozen = f"freeze.up_to={cfg.freeze.up_to!r} freezes every layer" if graph.frozen else "the model has no parameters"
         raise ConfigError(f"freeze.up_to: nothing is left to train ({frozen}); freeze up to an earlier layer")
     _check_optimizer(graph, finetune)
     return Prepared(graph, data, set(graph.frozen), finetune, optimizer_state)
@@ -171,24 +168,25 @@ def _check_optimizer(graph: LayerGraph, finetune: Mapping[str, Any]) -> None:
         ft.build_optimizer(graph, finetune)
 
 
-def _source_preprocessing(cfg: DictConfig) -> Any:
+def _source_preprocessing(cfg: TlexpConfig) -> Any:
     """The preprocessing a saved source model carries (None: another source, or saved without one)."""
-    if cfg.source.get("type") != "saved" or not cfg.source.get("path"):
+    source = plain(cfg.source)
+    if source.get("type") != "saved" or not source.get("path"):
         return None
     from tlexp.data.preprocessing import load_preprocessing
 
-    return load_preprocessing(str(cfg.source.path))
+    return load_preprocessing(str(source["path"]))
 
 
-def _device(cfg: DictConfig) -> torch.device:
+def _device(cfg: DictConfig | TlexpConfig) -> torch.device:
     acc = cfg.trainer.accelerator
     if acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
 
 
-def _logger(cfg: DictConfig) -> Any:
-    node = cfg.get("logger")
+def _logger(cfg: TlexpConfig) -> Any:
+    node = cfg.logger
     if not node or "_target_" not in node:
         return False
     from hydra.utils import instantiate
@@ -200,37 +198,37 @@ def _logger(cfg: DictConfig) -> Any:
         while root.__cause__ is not None:
             root = root.__cause__
         why = str(root).strip().splitlines()[0] if str(root).strip() else type(root).__name__
-        raise ConfigError(f"logger: cannot create {node._target_} ({why}); use logger=csv or install its package") from None
+        raise ConfigError(f"logger: cannot create {node['_target_']} ({why}); use logger=csv or install its package") from None
 
 
-def _baselines(cfg: DictConfig, prepared: Prepared, device: torch.device) -> tuple[dict[str, Any], dict[str, str]]:
+def _baselines(cfg: TlexpConfig, prepared: Prepared, device: torch.device) -> tuple[dict[str, Any], dict[str, str]]:
     """``baseline.source`` (the source as loaded) and ``baseline.before_fit`` on the test split."""
     from tlexp.baselines import source_baseline
     from tlexp.module import evaluate
 
     out: dict[str, Any] = {}
     skipped: dict[str, str] = {}
-    node = cfg.get("baseline") or {}
-    if node.get("source", True):
+    if cfg.baseline.source:
         result, why = source_baseline(plain(cfg.source), prepared.data, device)
         if result is not None:
             out["source"] = result
         else:
             skipped["source"] = why
             log.info("baseline.source: not defined, %s", why)
-    if node.get("before_fit", True):
+    if cfg.baseline.before_fit:
         out["before_fit"] = evaluate(prepared.graph, prepared.data.test_dataloader(), prepared.data.num_classes, device)
         prepared.graph.cpu()
     return out, skipped
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
+def run(cfg: DictConfig | TlexpConfig) -> dict[str, Any]:
     """Run one experiment; returns the metrics also written to ``metrics.json``.
 
     A run that fails (a user error or anything else) leaves its folder marked: ``.hydra/``,
     ``tlexp.log`` with the error, and ``metrics.json`` with ``status: failed`` and the error;
     whatever else this run had created there (Lightning's logs, a checkpoint, a model) is removed,
-    so a failed run never looks like a finished one.
+    so a failed run never looks like a finished one. ``cfg``: the composed config, or the
+    :class:`~tlexp.config.TlexpConfig` made of it (:func:`tlexp.config.typed_config`).
     """
     out_dir = Path(cfg.paths.output_dir)
     started_at = _utc_now()
@@ -239,6 +237,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     remove_stale(out_dir)  # what an earlier, killed run in this folder left half-written
     try:
+        cfg = typed_config(cfg)  # the code past here reads typed attributes
         metrics = _run(cfg, out_dir)
     except BaseException as e:
         _record_failure(cfg, out_dir, started_at, before, e)
@@ -246,7 +245,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     metrics = write_metrics(out_dir, metrics, status="completed", started_at=started_at)
     log.info("done: val accuracy %.4f, test accuracy %.4f, %s", metrics["val"]["accuracy"], metrics["test"]["accuracy"],
              metrics["timing"])
-    if cfg.get("print_table", True):
+    if cfg.print_table:
         from tlexp._report import print_run_table
 
         print_run_table(cfg, metrics, out_dir)
@@ -264,7 +263,7 @@ def _error_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
-def _record_failure(cfg: DictConfig, out_dir: Path, started_at: str, before: set[str], e: BaseException) -> None:
+def _record_failure(cfg: DictConfig | TlexpConfig, out_dir: Path, started_at: str, before: set[str], e: BaseException) -> None:
     """Mark the run folder failed: the error in tlexp.log and metrics.json, nothing that looks done."""
     import shutil
 
@@ -277,7 +276,8 @@ def _record_failure(cfg: DictConfig, out_dir: Path, started_at: str, before: set
         log.exception("error: %s", line)
     try:
         keep = {".hydra", "tlexp.log", "metrics.json"}
-        cache = Path(str(cfg.paths.cache_dir)).resolve() if cfg.paths.get("cache_dir") else None
+        cache_dir, name = _failure_facts(cfg)
+        cache = Path(str(cache_dir)).resolve() if cache_dir else None
         if out_dir.is_dir():
             for p in out_dir.iterdir():
                 if p.name in keep or p.name in before or (cache is not None and p.resolve() == cache):
@@ -286,9 +286,25 @@ def _record_failure(cfg: DictConfig, out_dir: Path, started_at: str, before: set
                     shutil.rmtree(p, ignore_errors=True)
                 else:
                     p.unlink(missing_ok=True)
-        write_metrics(out_dir, {"name": cfg.get("name"), "error": line}, status="failed", started_at=started_at)
+        write_metrics(out_dir, {"name": name, "error": line}, status="failed", started_at=started_at)
     except OSError as err:  # the folder itself may be what failed (read-only, full disk)
         log.error("could not mark the run failed in %s: %s", out_dir, err)
+
+
+def _failure_facts(cfg: DictConfig | TlexpConfig) -> tuple[Any, Any]:
+    """``paths.cache_dir`` and ``name`` of a failed run's config, which may have failed to
+    convert (a required value unset): read off the composed config then, None where unset."""
+    if isinstance(cfg, TlexpConfig):
+        return cfg.paths.cache_dir, cfg.name
+    from omegaconf import OmegaConf
+
+    def get(key: str) -> Any:
+        try:
+            return OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        except Exception:  # noqa: BLE001 - an interpolation that cannot resolve: not known
+            return None
+
+    return get("paths.cache_dir"), get("name")
 
 
 def write_metrics(out_dir: Path, metrics: Mapping[str, Any], status: str, started_at: str) -> dict[str, Any]:
@@ -314,10 +330,9 @@ def _finite(v: Any) -> Any:
     return v
 
 
-def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+def _run(cfg: TlexpConfig, out_dir: Path) -> dict[str, Any]:
     import pytorch_lightning as pl
 
-    cfg = plain_choices(cfg)
     from tlexp.module import evaluate
     from tlexp.sources.saved import save_model
 
@@ -335,22 +350,22 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
     check_monitor(cfg.train.monitor, data.num_classes)
     terms = _training_terms(prepared.graph.meta)
-    unfreeze = plain(cfg.get("unfreeze")) or {}
-    cut2 = phase2_cut(graph, cut, unfreeze.get("up_to")) if int(unfreeze.get("epochs") or 0) > 0 else None
+    unfreeze = cfg.unfreeze
+    cut2 = phase2_cut(graph, cut, unfreeze.up_to) if unfreeze.epochs > 0 else None
     phases = [fit_phase(cfg, graph, data, cut, device, logger, out_dir, phase=1, max_epochs=int(cfg.trainer.max_epochs),
                         finetune=prepared.finetune, optimizer_state=prepared.optimizer_state, class_weights=class_weights,
                         training_terms=terms, later_phase=cut2 is not None)]
     if cut2 is not None:
         # phase 2: the cut moves back; newly unfrozen layers train at a scaled learning rate
         unfrozen = [n for n in graph.node_names if n in cut - cut2]
-        finetune2 = scale_lrs(prepared.finetune, float(unfreeze.get("lr_scale", 1.0)))
-        frozen_bn = bn_modules(graph, unfrozen) if unfreeze.get("bn", "frozen") == "frozen" else []
+        finetune2 = scale_lrs(prepared.finetune, float(unfreeze.lr_scale))
+        frozen_bn = bn_modules(graph, unfrozen) if unfreeze.bn == "frozen" else []
         p1 = phases[0].best
         phases.append(fit_phase(cfg, graph, data, cut2, device, logger, out_dir, phase=2,
-                                max_epochs=int(unfreeze["epochs"]), finetune=finetune2, optimizer_state=None,
+                                max_epochs=int(unfreeze.epochs), finetune=finetune2, optimizer_state=None,
                                 class_weights=class_weights, eval_modules=frozen_bn, start=p1.best_value,
                                 training_terms=terms, after=phases[0]))
-        phases[1].extra.update({"unfrozen": unfrozen, "lr": finetune2["lr"], "bn": unfreeze.get("bn", "frozen")})
+        phases[1].extra.update({"unfrozen": unfrozen, "lr": finetune2["lr"], "bn": plain(unfreeze.bn)})
     best = phases[-1].best
     featurize_info = phases[0].featurize
     t_feat = sum(ph.featurize_s for ph in phases)

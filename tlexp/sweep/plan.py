@@ -21,6 +21,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from tlexp.config import TlexpConfig, plain, typed_config
+
 __all__ = ["expand_grid", "make_plan", "PLAN_FILE"]
 
 log = logging.getLogger(__name__)
@@ -49,8 +51,8 @@ def _compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
     return compose(config_name=config_name, overrides=list(overrides))
 
 
-def _describe_source(cfg: DictConfig) -> str:
-    src = cfg.source
+def _describe_source(cfg: TlexpConfig) -> str:
+    src = plain(cfg.source)
     what = src.get("name") or src.get("path") or ""
     return f"{src.get('type', '?')}: {what}".strip().rstrip(":")
 
@@ -79,7 +81,7 @@ def make_plan(config: DictConfig, sweep_dir: str | Path, execute: bool = True) -
         job: dict[str, Any] = {"num": num, "overrides": overrides}
         jobs.append(job)
         try:
-            cfg = _compose(config_name, overrides)
+            cfg = typed_config(_compose(config_name, overrides))  # the job's config, as its run reads it
             if cfg.freeze.mode != "featurize" or cfg.freeze.up_to is None:
                 job["skipped"] = "nothing featurized (freeze.mode or freeze.up_to)"
                 continue
@@ -98,11 +100,11 @@ def make_plan(config: DictConfig, sweep_dir: str | Path, execute: bool = True) -
         autocast = _autocast_dtype(cfg, device)
         prefix, _ = p.graph.split(p.cut)
         boundary = p.graph.boundary(p.cut)
-        job["key"] = featurize_key(prefix, boundary, p.data, cfg.featurize.dtype, 0, autocast)
-        job["up_to"] = OmegaConf.to_container(cfg.freeze, resolve=True)["up_to"]  # type: ignore[index]
+        job["key"] = featurize_key(prefix, boundary, p.data, plain(cfg.featurize.dtype), 0, autocast)
+        job["up_to"] = plain(cfg.freeze.up_to)
         job["cut_size"] = len(p.cut)
         job["boundary"] = boundary
-        featurize_setting = json.dumps({"data": p.data.identity(), "dtype": cfg.featurize.dtype, "autocast": str(autocast),
+        featurize_setting = json.dumps({"data": p.data.identity(), "dtype": plain(cfg.featurize.dtype), "autocast": str(autocast),
                           "device": str(device), "batch_size": int(cfg.featurize.batch_size),
                           "cache_dir": str(cfg.paths.cache_dir)}, sort_keys=True, default=str)
         prepared[num] = (cfg, p, featurize_setting, device, autocast)
@@ -123,7 +125,7 @@ def make_plan(config: DictConfig, sweep_dir: str | Path, execute: bool = True) -
                 continue
             lead.graph.set_frozen(p.cut)
             pre, _ = lead.graph.split(p.cut)
-            same = featurize_key(pre, lead.graph.boundary(p.cut), lead.data, lead_cfg.featurize.dtype, 0,
+            same = featurize_key(pre, lead.graph.boundary(p.cut), lead.data, plain(lead_cfg.featurize.dtype), 0,
                                  lead_autocast) == job["key"]
             lead.graph.set_frozen(lead.cut)
             if same:
@@ -142,7 +144,7 @@ def make_plan(config: DictConfig, sweep_dir: str | Path, execute: bool = True) -
     for gi, g in enumerate(groups):
         lead_cfg, lead, _, device, autocast = prepared[g["leader"]]
         record: dict[str, Any] = {
-            "source": _describe_source(lead_cfg), "data": lead.data.identity(), "dtype": lead_cfg.featurize.dtype,
+            "source": _describe_source(lead_cfg), "data": lead.data.identity(), "dtype": plain(lead_cfg.featurize.dtype),
             "deepest": g["cuts"][0]["up_to"],
             "cuts": [{k: v for k, v in c.items() if k != "cut"} for c in g["cuts"]],
         }
@@ -151,7 +153,7 @@ def make_plan(config: DictConfig, sweep_dir: str | Path, execute: bool = True) -
                      "writer": f"sweep {sweep_dir} (featurize plan)"} for c in g["cuts"]]
             with torch.no_grad():
                 res = featurize_cuts(lead.graph, [c["cut"] for c in g["cuts"]], lead.data, lead_cfg.paths.cache_dir,
-                                     dtype=lead_cfg.featurize.dtype, batch_size=lead_cfg.featurize.batch_size,
+                                     dtype=plain(lead_cfg.featurize.dtype), batch_size=lead_cfg.featurize.batch_size,
                                      device=device, autocast=autocast, info=info)
             assert res.keys == [c["key"] for c in g["cuts"]], "plan keys differ from the featurized keys"
             record.update(passes=res.passes, hits=res.hits, seconds=round(res.seconds, 4))
