@@ -97,6 +97,7 @@ def test_inspect_bad_input_is_one_line(tmp_path: Path, args: list[str], expect: 
         (["freeze.up_to=conv9"], "freeze.up_to: no layer named 'conv9'"),
         (["freeze.mode=sometimes"], "freeze.mode: 'sometimes' is not a valid choice; valid: featurize, in_model"),
         (["featurize.dtype=int8"], "featurize.dtype: 'int8' is not a valid choice; valid: float32, float16, bfloat16"),
+        (["unfreeze.bn=sometimes"], "unfreeze.bn: 'sometimes' is not a valid choice; valid: frozen, train"),
     ],
 )
 def test_run_bad_config_is_one_line_and_leaves_no_run_or_a_failed_one(tmp_path: Path, args: list[str], expect: str) -> None:

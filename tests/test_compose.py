@@ -43,6 +43,7 @@ def test_a_misspelled_key_names_it_and_the_valid_keys():
     ("finetune.loss=mse", "[cross_entropy, nll]"),
     ("finetune.weight_init=glorot", "[default, xavier_uniform,"),
     ("source.init=imagenet", "[pretrained, random]"),
+    ("unfreeze.bn=sometimes", "[frozen, train]"),
 ])
 def test_a_bad_closed_choice_fails_at_compose_time_listing_the_valid_values(override, valid):
     line = _compose_error([override])
@@ -113,7 +114,7 @@ def test_each_closed_choice_lists_what_its_room_accepts():
              c.PreprocessingMode: PREPROCESSING_MODES, c.WeightInit: WEIGHT_INITS, c.SourceInit: INITS,
              c.CacheDtype: tuple(DTYPES), c.Loss: LOSSES, c.InputLayout: LAYOUTS}
     assert set(rooms) == {e for e in vars(c).values() if isinstance(e, type) and issubclass(e, c.Choice)
-                          and e is not c.Choice} - {c.Accelerator, c.InspectFormat, c.MonitorMode}
+                          and e is not c.Choice} - {c.Accelerator, c.InspectFormat, c.MonitorMode, c.BatchNormMode}
     for enum, values in rooms.items():
         assert tuple(m.value for m in enum) == tuple(values), enum.__name__
 

@@ -73,13 +73,30 @@ def test_bn_train_updates_the_statistics_of_unfrozen_layers(compose_cfg, tmp_pat
 @pytest.mark.parametrize(("overrides", "field"), [
     (("unfreeze.up_to=fc",), "unfreeze.up_to"),
     (("unfreeze.up_to=flatten",), "unfreeze.up_to"),
-    (("unfreeze.bn=sometimes",), "unfreeze.bn"),
     (("unfreeze.lr_scale=0",), "unfreeze.lr_scale"),
     (("freeze.up_to=null",), "unfreeze.epochs"),
 ])
 def test_bad_unfreeze_is_a_config_error(compose_cfg, overrides, field: str) -> None:
     with pytest.raises(ConfigError, match=field):
         run(compose_cfg(*NET, *overrides))
+
+
+def test_bad_unfreeze_bn_is_refused_when_the_config_is_composed(compose_cfg) -> None:
+    """unfreeze.bn is a closed choice (tlexp.config.BatchNormMode): OmegaConf refuses a bad value
+    at compose time, one line naming the key and the valid values; a TlexpConfig made in Python
+    with a bad value is refused by the run's checks."""
+    from tlexp.cli import _hydra_error_line
+    from tlexp.config import typed_config
+
+    with pytest.raises(Exception) as info:
+        compose_cfg(*NET, "unfreeze.bn=sometimes")
+    line = _hydra_error_line(info.value)
+    assert line is not None and "\n" not in line
+    assert "unfreeze.bn: 'sometimes' is not a valid choice; valid: frozen, train" in line
+    cfg = typed_config(compose_cfg(*NET))
+    cfg.unfreeze.bn = "sometimes"  # type: ignore[assignment]
+    with pytest.raises(ConfigError, match="unfreeze.bn: 'sometimes' is not one of frozen, train"):
+        prepare(cfg)
 
 
 def test_lr_scale_applies_to_every_absolute_rate() -> None:

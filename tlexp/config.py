@@ -32,6 +32,7 @@ __all__ = [
     "SourceInit",
     "InputLayout",
     "WeightInit",
+    "BatchNormMode",
     "plain",
     "typed_config",
     "check_required",
@@ -142,6 +143,13 @@ class WeightInit(Choice):
     zeros = "zeros"
     ones = "ones"
 
+
+class BatchNormMode(Choice):
+    """``unfreeze.bn``: BatchNorm in newly unfrozen layers keeps inference mode (its running
+    statistics) or trains (its statistics follow the new data)."""
+
+    frozen = "frozen"
+    train = "train"
 
 
 def plain(node: Any) -> Any:
@@ -431,7 +439,7 @@ class UnfreezeConfig:
     #: phase 2's learning rate is finetune.lr times this (finetune.groups still apply)
     lr_scale: float = 0.1
     #: BatchNorm in newly unfrozen layers: frozen (inference mode, running stats kept) or train
-    bn: str = "frozen"
+    bn: BatchNormMode = BatchNormMode.frozen
 
 
 @dataclass

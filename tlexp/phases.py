@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from tlexp.config import TlexpConfig, UnfreezeConfig, plain
-from tlexp.errors import ConfigError
+from tlexp.config import BatchNormMode, TlexpConfig, UnfreezeConfig, plain
+from tlexp.errors import ConfigError, check
 from tlexp.graph import LayerGraph
 
 #: Lightning warnings every fit phase expects (filtered, never shown)
@@ -52,7 +52,8 @@ __all__ = ["PhaseResult", "fit_phase", "phase2_cut", "bn_modules", "scale_lrs", 
 
 log = logging.getLogger(__name__)
 
-BN_MODES = ("frozen", "train")
+#: unfreeze.bn, as tlexp.config.BatchNormMode (checked when the config is composed)
+BN_MODES = tuple(m.value for m in BatchNormMode)
 
 
 @dataclass
@@ -86,8 +87,7 @@ def check_unfreeze(node: UnfreezeConfig) -> None:
         raise ConfigError(f"unfreeze.epochs: {node.epochs} must be 0 (one phase) or more")
     if node.lr_scale <= 0:
         raise ConfigError(f"unfreeze.lr_scale: {node.lr_scale} must be above 0")
-    if node.bn not in BN_MODES:
-        raise ConfigError(f"unfreeze.bn: {node.bn!r} is not a mode; valid: {', '.join(BN_MODES)}")
+    check(node.bn, BatchNormMode, "unfreeze.bn")  # a TlexpConfig made in Python, not composed
 
 
 def phase2_cut(graph: LayerGraph, cut1: set[str], up_to: Any) -> set[str]:

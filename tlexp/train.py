@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from tlexp import finetune as ft
 from tlexp.assemble import build_model, edit_graph, load_graph
-from tlexp.config import Accelerator, FreezeMode, TlexpConfig, plain, typed_config
+from tlexp.config import Accelerator, BatchNormMode, FreezeMode, TlexpConfig, plain, typed_config
 from tlexp.data import TlexpDataModule, build_datamodule
 from tlexp.errors import ConfigError, ShapeError, check
 from tlexp.graph import LayerGraph
@@ -359,7 +359,7 @@ def _run(cfg: TlexpConfig, out_dir: Path) -> dict[str, Any]:
         # phase 2: the cut moves back; newly unfrozen layers train at a scaled learning rate
         unfrozen = [n for n in graph.node_names if n in cut - cut2]
         finetune2 = scale_lrs(prepared.finetune, float(unfreeze.lr_scale))
-        frozen_bn = bn_modules(graph, unfrozen) if unfreeze.bn == "frozen" else []
+        frozen_bn = bn_modules(graph, unfrozen) if unfreeze.bn == BatchNormMode.frozen else []
         p1 = phases[0].best
         phases.append(fit_phase(cfg, graph, data, cut2, device, logger, out_dir, phase=2,
                                 max_epochs=int(unfreeze.epochs), finetune=finetune2, optimizer_state=None,
