@@ -45,6 +45,20 @@ def test_a_required_value_is_named_before_the_conversion(compose_cfg) -> None:
         c.typed_config({"seed": 1})  # type: ignore[arg-type]
 
 
+def test_composed_outside_a_hydra_job_the_output_folder_is_the_current_one(tmp_path: Path, monkeypatch) -> None:
+    """A notebook's compose, or a sweep's plan before its jobs exist: ${hydra:runtime.output_dir}
+    has nothing to resolve to; the conversion takes the current folder, as Hydra's default would."""
+    from hydra import compose, initialize_config_dir
+
+    from tlexp._resources import CONF_DIR
+
+    monkeypatch.chdir(tmp_path)
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"paths.cache_dir={tmp_path / 'cache'}"])
+    typed = c.typed_config(cfg)
+    assert typed.paths.output_dir == str(tmp_path) and typed.logger["save_dir"] == str(tmp_path)
+
+
 def test_code_past_the_entry_points_receives_a_TlexpConfig(compose_cfg, tmp_path: Path, monkeypatch) -> None:
     import tlexp.assemble
     import tlexp.train

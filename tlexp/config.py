@@ -9,6 +9,7 @@ compute. Sources and data sets are polymorphic groups: every option has its own 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Optional
@@ -531,12 +532,17 @@ def typed_config(cfg: DictConfig | TlexpConfig) -> TlexpConfig:
 
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"config: expected a composed config (DictConfig) or a TlexpConfig, not {type(cfg).__name__}")
-    check_required(cfg)
     work = cfg.copy()
     OmegaConf.set_readonly(work, False)
     with open_dict(work):
         if "hydra" in work:  # composed with return_hydra_config: Hydra's own node is not the run's
             del work["hydra"]
+        if OmegaConf.is_interpolation(work.paths, "output_dir") and _no_hydra_output_dir():
+            # composed outside a Hydra job (a notebook, a sweep's plan before its jobs exist): the
+            # current folder, as Hydra's own default would be; run() reads the composed value itself
+            work.paths.output_dir = os.getcwd()
+    check_required(work)
+    with open_dict(work):
         if work.get("callbacks"):
             work.train.mode = monitor_mode(work.train.monitor, work.train.mode)
     out = OmegaConf.to_object(work)
@@ -545,6 +551,15 @@ def typed_config(cfg: DictConfig | TlexpConfig) -> TlexpConfig:
     out.train.mode = cfg.train.mode
     _plain_free_values(out)
     return out
+
+
+def _no_hydra_output_dir() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return True
+    hydra_cfg: Any = HydraConfig.get()
+    return OmegaConf.select(hydra_cfg, "runtime.output_dir", default=None, throw_on_missing=False) is None
 
 
 def _plain_free_values(obj: Any) -> None:
