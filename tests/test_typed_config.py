@@ -49,10 +49,12 @@ def test_composed_outside_a_hydra_job_the_output_folder_is_the_current_one(tmp_p
     """A notebook's compose, or a sweep's plan before its jobs exist: ${hydra:runtime.output_dir}
     has nothing to resolve to; the conversion takes the current folder, as Hydra's default would."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
 
     from tlexp._resources import CONF_DIR
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # no Hydra job (an earlier test's may linger)
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[f"paths.cache_dir={tmp_path / 'cache'}"])
     typed = c.typed_config(cfg)
