@@ -73,7 +73,9 @@ def main() -> None:
     py = sys.executable
     load_before = _load()
     with tempfile.TemporaryDirectory() as tmp:
-        run_args = [f"paths.cache_dir={tmp}/cache", "trainer.max_epochs=1", "logger=none", "callbacks=none"]
+        # the default experiment as a user runs it (its CSV logger, checkpoint, early stopping and
+        # progress bar included), for one epoch; only the run and cache folders are placed here
+        run_args = [f"paths.cache_dir={tmp}/cache", "trainer.max_epochs=1"]
         torch_s = _best([py, "-c", "import torch"], args.repeat, tmp)
         inspect_s = _best([py, "-c", "from tlexp.cli import inspect_main; inspect_main()"], args.repeat, tmp)
         imports_s = _best([py, "-c", "import tlexp.cli, tlexp.train"], args.repeat, tmp)
