@@ -96,10 +96,11 @@ def test_gpu_pool_hands_each_job_one_of_four_simulated_gpus_and_refills_a_freed_
     # each job saw exactly the device its slot holds, set before the process started
     for n in jobs:
         assert seen[n]["cuda"] == jobs[n]["device"]
-        assert seen[n]["threads"] == max(1, (os.cpu_count() or 1) // 4)
+        assert seen[n]["threads"] == max(1, len(os.sched_getaffinity(0)) // 4)
     assert {seen[n]["cuda"] for n in range(4)} == {"0", "1", "2", "3"}  # the first four: one per GPU
     assert len({seen[n]["pid"] for n in seen}) == 5  # a fresh process per job
     assert all(seen[n]["preloaded"] for n in seen)  # forked from the warm fork server
+    assert summary["fork_server"] == "fresh interpreter"  # this app has no tlexp callback to fork it early
     # job 4 took a slot freed by a short job while job 0 still held GPU 0
     assert seen[4]["cuda"] != seen[0]["cuda"]
     assert _t(jobs[4]["started_at"]) < _t(jobs[0]["finished_at"])
@@ -117,6 +118,7 @@ def test_gpu_pool_without_zygote_starts_a_fresh_interpreter_per_job(tmp_path: Pa
     seen = [json.loads((Path(j["dir"]) / "seen.json").read_text()) for j in jobs]
     assert [s["cuda"] for s in seen] == ["", ""] and not any(s["preloaded"] for s in seen)
     assert len({s["pid"] for s in seen}) == 2
+    assert json.loads((sweep / "gpu_pool.json").read_text())["fork_server"] is None
 
 
 @pytest.mark.slow
@@ -193,6 +195,9 @@ def test_depth_sweep_on_gpu_pool_one_pass_failure_recorded_and_report(tmp_path: 
     assert "2 of 6 job(s) failed" in res.stderr
     summary = json.loads((sweep / "gpu_pool.json").read_text())
     assert summary["failed"] == 2 and summary["completed"] == 4
+    # the jobs were forked from a fork server that was itself a fork of the sweep's process (after
+    # its imports, before the plan's compute), not a fresh interpreter importing torch again
+    assert summary["fork_server"] == "forked"
     jobs = {j["num"]: j for j in summary["jobs"]}
     for j in jobs.values():
         d = Path(j["dir"])
@@ -402,6 +407,17 @@ def test_gpu_pool_slots_follow_the_visible_devices(monkeypatch) -> None:
     assert [s.device for s in GpuPoolLauncher(slots=2).make_slots()] == [None, None]  # CPU slots
     with pytest.raises(ValueError, match="jobs_per_gpu"):
         GpuPoolLauncher(jobs_per_gpu=0)
+
+
+def test_gpu_pool_cpu_slots_and_threads_follow_the_cores_this_process_may_use(monkeypatch) -> None:
+    """A process held to 4 of a machine's 64 cores (taskset, a SLURM allocation) splits those 4."""
+    from hydra_plugins.tlexp_gpu_pool import launcher
+
+    monkeypatch.setattr(launcher.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(launcher.os, "cpu_count", lambda: 64)
+    pool = launcher.GpuPoolLauncher(devices=[])
+    assert len(pool.make_slots()) == 2 and pool._threads(2) == 2
+    assert launcher.GpuPoolLauncher(devices=[], slots=4)._threads(4) == 1
 
 
 def test_cache_lock_says_when_it_holds_on_this_machine_only(tmp_path: Path, monkeypatch, caplog) -> None:

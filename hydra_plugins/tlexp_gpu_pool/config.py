@@ -11,7 +11,8 @@ from hydra.core.config_store import ConfigStore
 @dataclass
 class GpuPoolLauncherConf:
     _target_: str = "hydra_plugins.tlexp_gpu_pool.launcher.GpuPoolLauncher"
-    #: jobs at once. null: jobs_per_gpu × the GPUs, or 1 job per 2 CPU cores without GPUs.
+    #: jobs at once. null: jobs_per_gpu × the GPUs, or 1 job per 2 CPU cores without GPUs (the
+    #: cores this process may run on: its affinity, e.g. taskset or a SLURM allocation).
     #: With GPUs a larger value is capped at jobs_per_gpu × GPUs.
     slots: Optional[int] = None
     #: jobs sharing one GPU at a time
@@ -19,7 +20,7 @@ class GpuPoolLauncherConf:
     #: GPU ids to hand out (each job sees one as CUDA_VISIBLE_DEVICES). null: the ids in the
     #: launching process's CUDA_VISIBLE_DEVICES, else every GPU torch counts; [] forces CPU jobs.
     devices: Optional[List[str]] = None
-    #: torch/OpenMP threads per job; null: the CPU cores divided by the slots
+    #: torch/OpenMP threads per job; null: the CPU cores (as above) divided by the slots
     threads_per_job: Optional[int] = None
     #: on Ctrl-C: seconds between asking a job to stop (SIGTERM) and killing it (SIGKILL)
     kill_timeout_s: float = 10.0

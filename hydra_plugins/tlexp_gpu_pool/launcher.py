@@ -4,10 +4,13 @@ Each job is a fresh process with its own ``CUDA_VISIBLE_DEVICES`` (so the device
 CUDA starts) and its own thread count, in its own process group. By default (``zygote``) it is
 forked from a warm fork server (multiprocessing's forkserver) that imported torch, Lightning and the
 task's modules once and never started CUDA, so a job starts in milliseconds; ``zygote=false`` starts
-a fresh interpreter per job (``python -m hydra_plugins.tlexp_gpu_pool._worker``). The parent starts
-the next job the moment any job ends, records every job in ``gpu_pool.json`` in the sweep folder
-(device, pid, started/finished, status, exit code, error), and on Ctrl-C or SIGTERM stops every
-job's process group before it returns.
+a fresh interpreter per job (``python -m hydra_plugins.tlexp_gpu_pool._worker``). Under tlexp's
+sweep callback the fork server is itself a fork of the sweep's process, made right after its
+imports and before any compute (:func:`fork_zygote_here`), so nothing is imported twice. A job's
+config is composed when it starts, while the earlier jobs run. The parent starts the next job the
+moment any job ends, records every job in ``gpu_pool.json`` in the sweep folder (device, pid,
+started/finished, status, exit code, error), and on Ctrl-C or SIGTERM stops every job's process
+group before it returns.
 """
 
 from __future__ import annotations
@@ -75,6 +78,15 @@ def visible_devices(configured: Sequence[Any] | None) -> list[str]:
         return []
 
 
+def cores() -> int:
+    """The CPU cores this process may run on (its affinity: taskset, a SLURM or cgroup cpuset),
+    not every core of the machine."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity on this platform
+        return os.cpu_count() or 1
+
+
 @dataclass
 class Slot:
     index: int
@@ -86,8 +98,8 @@ class Slot:
 class Job:
     num: int
     overrides: list[str]
-    config: DictConfig
-    dir: Path
+    config: DictConfig | None = None  # composed when the job starts
+    dir: Path | None = None
     slot: Slot | None = None
     proc: subprocess.Popen | _Forked | None = None
     reader: threading.Thread | None = None
@@ -144,6 +156,94 @@ def zygote_context(modules: Sequence[str]) -> Any:
     return ctx
 
 
+def fork_zygote_here(modules: Sequence[str]) -> bool:
+    """Start the pool's fork server as a fork of this process, which imports ``modules`` first
+    (the launching process needs them anyway, for instance for a sweep's featurize plan): the
+    server then starts with them loaded at no cost, where multiprocessing's own server would start
+    a fresh interpreter and import them all again (seconds of CPU that a small machine takes from
+    the launching process). Only before this process has started CUDA or other threads (a fork
+    copies only the forking thread); else False, and the launcher starts the usual fork server.
+
+    The server is multiprocessing's own (its loop, its ``Process`` objects and sentinels), so the
+    jobs are forked from it exactly as from the fresh-interpreter server."""
+    import importlib
+    import socket
+    from multiprocessing import connection, forkserver, resource_tracker, util
+
+    if not hasattr(os, "fork") or "forkserver" not in multiprocessing.get_all_start_methods():
+        return False
+    # an import that asks torch.cuda.is_available() answers through NVML: it must not start the
+    # CUDA driver here, where every job would inherit it
+    before = os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
+    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
+    try:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - a job that needs it imports it (and says why it cannot)
+                pass
+    finally:
+        if before is None:
+            os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
+        else:
+            os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = before
+    torch = sys.modules.get("torch")
+    if (torch is not None and torch.cuda.is_initialized()) or threading.active_count() > 1:
+        return False
+    server: Any = forkserver._forkserver  # type: ignore[attr-defined]
+    with server._lock:
+        resource_tracker.ensure_running()
+        if server._forkserver_pid is not None:
+            pid, _ = os.waitpid(server._forkserver_pid, os.WNOHANG)
+            if not pid:
+                return True  # running already
+            os.close(server._forkserver_alive_fd)
+            server._forkserver_address = server._forkserver_alive_fd = server._forkserver_pid = None
+        with socket.socket(socket.AF_UNIX) as listener:
+            address = connection.arbitrary_address("AF_UNIX")  # type: ignore[attr-defined]
+            listener.bind(address)
+            if not util.is_abstract_socket_namespace(address):  # type: ignore[attr-defined]
+                os.chmod(address, 0o600)
+            listener.listen()
+            # every client holds the write end of the "alive" pipe; the server ends at its EOF
+            alive_r, alive_w = os.pipe()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:  # the fork server
+                code = 0
+                try:
+                    os.close(alive_w)
+                    server._lock = threading.Lock()  # held by the forking thread: a fresh one here
+                    forkserver.main(listener.fileno(), alive_r, [])
+                except SystemExit:
+                    pass
+                except BaseException:  # noqa: BLE001 - said on stderr; jobs then fail to start
+                    code = 1
+                    import traceback
+
+                    traceback.print_exc()
+                finally:
+                    os._exit(code)
+            os.close(alive_r)
+        server._forkserver_address, server._forkserver_alive_fd, server._forkserver_pid = address, alive_w, pid
+        _forked_here.add(pid)
+    return True
+
+
+#: fork servers that :func:`fork_zygote_here` started (their pids)
+_forked_here: set[int] = set()
+
+
+def _fork_server_kind() -> str:
+    """How the running fork server started: "forked" (from the launching process, imports
+    shared) or "fresh interpreter" (multiprocessing's own, which imported them itself)."""
+    from multiprocessing import forkserver
+
+    pid = forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]
+    return "forked" if pid in _forked_here else "fresh interpreter"
+
+
 def _task_reference(task_function: TaskFunction) -> dict[str, Any]:
     """How a fresh process finds the task function: its module and name (the worker unwraps the
     ``hydra.main`` decorator); a script run as ``__main__`` is re-run by path under another name."""
@@ -192,13 +292,13 @@ class GpuPoolLauncher(Launcher):
                 n = min(n, self.slots_cfg)
             # round-robin over the devices: slot i uses device i mod len(devices)
             return [Slot(i, devices[i % len(devices)]) for i in range(n)]
-        n = self.slots_cfg if self.slots_cfg is not None else max(1, (os.cpu_count() or 1) // 2)
+        n = self.slots_cfg if self.slots_cfg is not None else max(1, cores() // 2)
         return [Slot(i, None) for i in range(n)]
 
     def _threads(self, n_slots: int) -> int:
         if self.threads_per_job is not None:
             return max(1, int(self.threads_per_job))
-        return max(1, (os.cpu_count() or 1) // n_slots)
+        return max(1, cores() // n_slots)
 
     # ---- launch -------------------------------------------------------------------------------
 
@@ -222,6 +322,8 @@ class GpuPoolLauncher(Launcher):
                             type(e).__name__, e)
                 self.zygote = False
 
+        # each job's config is composed when it starts (while the earlier jobs run), not all before the
+        # first (the sweeper has checked that each composes)
         jobs = [self._make_job(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
         # a sweeper that launches in batches (Optuna) calls launch again: keep the earlier batches' jobs
         earlier = _earlier_jobs(sweep_dir / SUMMARY, {j.num for j in jobs})
@@ -229,6 +331,8 @@ class GpuPoolLauncher(Launcher):
             "launcher": "gpu_pool", "slots": len(slots), "jobs_per_gpu": self.jobs_per_gpu,
             "devices": sorted({s.device for s in slots if s.device is not None}), "threads_per_job": threads,
             "started_at": now_iso(), "jobs": [*earlier, *(j.record for j in jobs)],
+            # how each job started: forked from the pool's fork server, or a fresh interpreter
+            "fork_server": _fork_server_kind() if self.zygote and self._ctx is not None else None,
         }
         pending = list(jobs)
         running: list[Job] = []
@@ -276,8 +380,15 @@ class GpuPoolLauncher(Launcher):
         return [self._job_return(j, error) for j in jobs]
 
     def _make_job(self, num: int, overrides: list[str]) -> Job:
+        job = Job(num, overrides)
+        job.record.update(num=num, overrides=list(filter_overrides(overrides)), status="pending")
+        return job
+
+    def _compose(self, job: Job) -> None:
+        """The job's config and folder (as Hydra's run_job will compute it in the worker)."""
         assert self.config is not None and self.hydra_context is not None
-        sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        num = job.num
+        sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, job.overrides)
         with open_dict(sweep_config):
             sweep_config.hydra.job.id = num
             sweep_config.hydra.job.num = num
@@ -290,11 +401,12 @@ class GpuPoolLauncher(Launcher):
         finally:
             if previous is not None:
                 HydraConfig.instance().cfg = previous  # type: ignore[assignment]
-        job = Job(num, overrides, sweep_config, job_dir.absolute())
-        job.record.update(num=num, overrides=list(filter_overrides(overrides)), dir=str(job.dir), status="pending")
-        return job
+        job.config, job.dir = sweep_config, job_dir.absolute()
+        job.record["dir"] = str(job.dir)
 
     def _start(self, job: Job, slot: Slot, task_ref: dict[str, Any], threads: int) -> None:
+        self._compose(job)
+        assert job.dir is not None
         slot.busy = True
         job.slot = slot
         job.dir.mkdir(parents=True, exist_ok=True)
@@ -328,6 +440,7 @@ class GpuPoolLauncher(Launcher):
                  " ".join(job.record["overrides"]))
 
     def _fork(self, job: Job, env: dict[str, str], job_data: dict[str, Any]) -> None:
+        assert job.dir is not None
         from hydra_plugins.tlexp_gpu_pool._worker import forked_main
 
         read_conn, write_conn = self._ctx.Pipe(duplex=False)
@@ -342,6 +455,7 @@ class GpuPoolLauncher(Launcher):
         job.reader.start()
 
     def _exec(self, job: Job, env: dict[str, str], job_data: dict[str, Any]) -> None:
+        assert job.dir is not None
         read_fd, write_fd = os.pipe()
         payload = pickle.dumps({**job_data, "result_fd": write_fd})
         out = open(job.dir / JOB_OUTPUT, "wb")
@@ -381,7 +495,7 @@ class GpuPoolLauncher(Launcher):
         job.result = b"".join(chunks)
 
     def _finish(self, job: Job) -> None:
-        assert job.proc is not None and job.slot is not None
+        assert job.proc is not None and job.slot is not None and job.dir is not None
         if job.reader is not None:
             job.reader.join(timeout=30)
         job.slot.busy = False
@@ -437,6 +551,7 @@ class GpuPoolLauncher(Launcher):
     def _job_return(self, job: Job, error: BaseException | None) -> JobReturn:
         ret = JobReturn()
         ret.overrides = list(job.overrides)
+        assert job.config is not None  # every job the sweep returns was started
         cfg = OmegaConf.to_container(job.config, resolve=False)
         assert isinstance(cfg, dict)
         hydra_part = cfg.pop("hydra", None)

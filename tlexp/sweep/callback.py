@@ -118,14 +118,19 @@ class SweepCallback(Callback):
 
 
 def _warm_pool(config: DictConfig) -> None:
-    """Under ``hydra/launcher=gpu_pool``: start its fork server now, so its imports run while the
-    plan featurizes (the launcher finds it running)."""
+    """Under ``hydra/launcher=gpu_pool``: start its fork server now, before the plan starts any
+    compute, as a fork of this process once it has imported what the plan needs anyway (torch,
+    Lightning, tlexp): the server starts with them loaded, at no cost. Where that cannot be (CUDA
+    or threads already started here), the usual fork server, whose imports then run while the
+    plan featurizes. The launcher finds it running."""
     launcher = config.hydra.get("launcher") or {}
     if not str(launcher.get("_target_", "")).endswith("GpuPoolLauncher") or not launcher.get("zygote", True):
         return
     try:
-        from hydra_plugins.tlexp_gpu_pool.launcher import zygote_context
+        from hydra_plugins.tlexp_gpu_pool.launcher import fork_zygote_here, zygote_context
 
-        zygote_context([*(launcher.get("preload") or []), "tlexp.cli"])
+        modules = [*(launcher.get("preload") or []), "tlexp.cli"]
+        if not fork_zygote_here(modules):
+            zygote_context(modules)
     except Exception as e:  # noqa: BLE001 - the launcher tries again (and says why it cannot)
         log.debug("gpu_pool fork server not started early: %s", e)
