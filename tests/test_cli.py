@@ -222,3 +222,47 @@ def test_missing_logger_package_is_one_line_before_any_compute(tmp_path: Path) -
     assert "logger: cannot create pytorch_lightning.loggers.TensorBoardLogger (Neither `tensorboard`" in line
     _no_run_or_marked_failed(run_dir, line)
     assert not list((tmp_path / "cache").glob("*.h5"))
+
+
+# A program whose top level calls tlexp's main(), as the console script does; it records what
+# runs at its exit: its exit handler (must run) and Python's finalization of its objects (skipped).
+TOP_LEVEL = """
+import atexit, sys
+from pathlib import Path
+
+class AtFinalization:
+    def __del__(self):
+        Path("finalized").write_text("yes")
+
+kept = AtFinalization()
+atexit.register(lambda: Path("exit_handler").write_text("ran"))
+sys.stdout.write("unflushed line from the program ")
+sys.argv = ["tlexp", *sys.argv[1:]]
+from tlexp.cli import main
+main()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("args", "code"), [(["--help"], 0), (["trainer.max_epochs=-1"], 2)])
+def test_console_main_ends_the_process_without_finalization_keeping_its_status_output_and_exit_handlers(
+        tmp_path: Path, args: list[str], code: int) -> None:
+    """Called from a program's top level, main() ends the process once done: its exit handlers
+    run and its output is flushed, its exit status kept, but Python's finalization of every
+    module (seconds with torch and Lightning loaded) is skipped."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "prog.py").write_text(TOP_LEVEL)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    res = subprocess.run([sys.executable, "prog.py", *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == code, res.stderr[-2000:]
+    assert res.stdout.startswith("unflushed line from the program")
+    if code == 0:
+        assert res.stdout.rstrip().endswith("Use --hydra-help to view Hydra specific help")  # the help, whole
+    else:
+        assert res.stderr.strip().splitlines()[-1].startswith("tlexp: error: trainer.max_epochs")
+    assert (tmp_path / "exit_handler").read_text() == "ran"
+    assert not (tmp_path / "finalized").exists()

@@ -14,7 +14,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra
 from omegaconf import DictConfig
@@ -289,7 +289,46 @@ def _quiet_console() -> None:
 
 
 def main() -> None:
-    """``tlexp [overrides]`` / ``tlexp -m key=a,b …``."""
+    """``tlexp [overrides]`` / ``tlexp -m key=a,b …``.
+
+    Called from a program's top level (the console script, ``python -c``), the command is the
+    whole process, and it ends the process itself when done (:func:`_end_process`)."""
+    if sys._getframe(1).f_globals.get("__name__") == "__main__":
+        _end_process(_main)
+    _main()
+
+
+def _end_process(entry: Callable[[], None]) -> NoReturn:
+    """Run ``entry`` as the whole process; on its return or exit status the process's threads are
+    joined, its exit handlers run and its output is flushed, as at any exit, and then it ends at
+    once: without Python's finalization of torch's and Lightning's modules and objects, which takes
+    seconds (1.8–4.6 s measured on 2 cores after a sweep or a run) and does nothing for a command
+    that has finished. Any other error is left to Python (its traceback, exit status 1)."""
+    import atexit
+    import threading
+
+    try:
+        entry()
+        code = 0
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            code = e.code or 0
+        else:  # sys.exit("message"): the message on stderr, status 1
+            print(e.code, file=sys.stderr)
+            code = 1
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be said there
+            pass
+    os._exit(code)
+
+
+def _main() -> None:
     argv = _default_recipe(sys.argv[1:])
     _refuse_shadowed(argv)
     sys.argv = [sys.argv[0], *argv]
