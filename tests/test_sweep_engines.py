@@ -142,7 +142,7 @@ def test_throughput_benchmark_sweeps_compose(gpu: bool) -> None:
     assert basic_name == "basic" and not any(a.startswith("hydra/launcher") for a in basic)
     parser = OverridesParser.create()
     # the first job of the sweep, as the launcher composes it
-    first = [o.key_or_group + "=" + str(next(iter(o.sweep_string_iterator())) if o.is_sweep_override() else o.value())
+    first = [o.key_or_group + "=" + str(next(iter(o.sweep_string_iterator()))) if o.is_sweep_override() else o.input_line
              for o in parser.parse_overrides(pool)]
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=first, return_hydra_config=True)
@@ -153,3 +153,28 @@ def test_throughput_benchmark_sweeps_compose(gpu: bool) -> None:
     else:
         assert cfg.hydra.launcher.slots == 2 and list(cfg.hydra.launcher.devices) == []
     assert cfg.trainer.max_epochs == 3 and cfg.freeze.up_to == "pool2"
+    # every job does the same work (no early stop), on every training image: jobs of seconds, not a fraction of one
+    assert "early_stopping" not in cfg.callbacks and cfg.data.max_per_class is None
+    assert [a for a in basic if not a.startswith("hydra")] == [a for a in pool if not a.startswith("hydra")]
+
+
+def test_throughput_benchmark_splits_the_sweep_into_its_jobs_phase_and_the_fixed_part(tmp_path: Path) -> None:
+    """sweep_throughput.py's jobs phase: the first job's start to the last job's end, from the jobs'
+    metrics.json; the fixed part: process start to the first job, the last job to the end."""
+    import importlib.util
+    from datetime import datetime, timezone
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("sweep_throughput", REPO / "benchmarks" / "sweep_throughput.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
+    for i, (start, end) in enumerate([(10.0, 14.0), (11.0, 13.0), (14.5, 19.0)]):
+        (tmp_path / str(i)).mkdir()
+        timing = {"started_at": datetime.fromtimestamp(t0 + start, timezone.utc).isoformat(),
+                  "finished_at": datetime.fromtimestamp(t0 + end, timezone.utc).isoformat()}
+        (tmp_path / str(i) / "metrics.json").write_text(json.dumps({"status": "completed", "timing": timing}))
+    times = bench.sweep_times(tmp_path, t0, t0 + 21.0)
+    assert times == pytest.approx({"phase": 9.0, "before": 10.0, "after": 2.0})
