@@ -7,7 +7,7 @@ task's modules once and never started CUDA, so a job starts in milliseconds; ``z
 a fresh interpreter per job (``python -m hydra_plugins.tlexp_gpu_pool._worker``). Under tlexp's
 sweep callback the fork server is itself a fork of the sweep's process, made right after its
 imports and before any compute (:func:`fork_zygote_here`), so nothing is imported twice. A job's
-config is composed when it starts, while the earlier jobs run. The parent starts the next job the
+config is composed just ahead of its start, while the earlier jobs run. The parent starts the next job the
 moment any job ends, records every job in ``gpu_pool.json`` in the sweep folder (device, pid,
 started/finished, status, exit code, error), and on Ctrl-C or SIGTERM stops every job's process
 group before it returns.
@@ -322,8 +322,8 @@ class GpuPoolLauncher(Launcher):
                             type(e).__name__, e)
                 self.zygote = False
 
-        # each job's config is composed when it starts (while the earlier jobs run), not all before the
-        # first (the sweeper has checked that each composes)
+        # each job's config is composed just ahead of its start (while the earlier jobs run), not all
+        # before the first (the sweeper has checked that each composes)
         jobs = [self._make_job(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
         # a sweeper that launches in batches (Optuna) calls launch again: keep the earlier batches' jobs
         earlier = _earlier_jobs(sweep_dir / SUMMARY, {j.num for j in jobs})
@@ -338,6 +338,9 @@ class GpuPoolLauncher(Launcher):
         running: list[Job] = []
         previous_term = _raise_on_sigterm()
         try:
+            # the first slots' configs, so those jobs start back to back
+            for job in pending[:len(slots)]:
+                self._compose(job)
             while pending or running:
                 for slot in slots:
                     if not slot.busy and pending:
@@ -350,7 +353,12 @@ class GpuPoolLauncher(Launcher):
                         self._finish(job)
                         running.remove(job)
                         self._write_summary(sweep_dir, summary)
-                time.sleep(0.05)
+                # while jobs run: the configs of the jobs that take the next free slots, one at a time
+                ahead = next((j for j in pending[:len(slots)] if j.config is None), None)
+                if ahead is not None:
+                    self._compose(ahead)
+                else:
+                    time.sleep(0.05)
         except BaseException:
             # Ctrl-C, SIGTERM or an error here: no job may outlive the sweep
             for job in running:
@@ -405,7 +413,8 @@ class GpuPoolLauncher(Launcher):
         job.record["dir"] = str(job.dir)
 
     def _start(self, job: Job, slot: Slot, task_ref: dict[str, Any], threads: int) -> None:
-        self._compose(job)
+        if job.config is None:
+            self._compose(job)
         assert job.dir is not None
         slot.busy = True
         job.slot = slot
