@@ -52,8 +52,11 @@ def _timed_runs(py: str, run_args: list[str], repeat: int, tmp: str) -> list[tup
     for i in range(repeat):
         mark = Path(tmp, f"after_imports_{i}.txt")
         run_dir = Path(tmp, f"run{i}")
-        code = ("import time\nimport tlexp.cli, tlexp.train\nt = time.perf_counter()\ntry:\n    tlexp.cli.main()\n"
-                f"finally:\n    open({str(mark)!r}, 'w').write(f'{{time.perf_counter() - t}}')\n")
+        # main() at the program's top level, as in the console script: it ends the process when
+        # done (exit handlers run, Python's finalization skipped), so the mark is an exit handler
+        code = ("import atexit, time\nimport tlexp.cli, tlexp.train\nt = time.perf_counter()\n"
+                f"atexit.register(lambda: open({str(mark)!r}, 'w').write(f'{{time.perf_counter() - t}}'))\n"
+                "tlexp.cli.main()\n")
         t = time.perf_counter()
         subprocess.run([py, "-c", code, *run_args, f"hydra.run.dir={run_dir}"], cwd=tmp, env=env, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

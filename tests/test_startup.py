@@ -15,19 +15,27 @@ HEAVY = ("pytorch_lightning", "lightning", "lightning_fabric", "torchmetrics", "
 
 @pytest.mark.slow
 def test_inspect_on_the_default_experiment_imports_neither_lightning_nor_timm(tmp_path: Path) -> None:
+    # called at the program's top level (as the console script does), inspect_main ends the
+    # process when done: the exit handler below still runs and prints, Python's finalization of
+    # the objects (as long as importing torch took) is skipped
     code = (
-        "import sys, io, contextlib\n"
+        "import atexit, sys\n"
+        "from pathlib import Path\n"
+        "class AtFinalization:\n"
+        "    def __del__(self):\n"
+        "        Path('finalized').write_text('yes')\n"
+        "kept = AtFinalization()\n"
         "sys.argv = ['tlexp-inspect']\n"
+        f"atexit.register(lambda: print(sorted(m for m in {HEAVY!r} if m in sys.modules)))\n"
         "from tlexp.cli import inspect_main\n"
-        "out = io.StringIO()\n"
-        "with contextlib.redirect_stdout(out):\n"
-        "    inspect_main()\n"
-        "assert 'flatten' in out.getvalue(), out.getvalue()\n"
-        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+        "inspect_main()\n"
+        "print('not reached')\n"
     )
     res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
+    assert "flatten" in res.stdout and "not reached" not in res.stdout
     assert res.stdout.strip().splitlines()[-1] == "[]"
+    assert not (tmp_path / "finalized").exists()
 
 
 def test_inspect_and_a_run_assemble_the_model_in_one_place() -> None:
@@ -116,11 +124,12 @@ def test_a_plain_run_imports_no_sklearn_and_writes_hydras_files(tmp_path: Path) 
     # importing scikit-learn cost a run of the default experiment about 0.3 s of its start-up
     # (the digits come from its bundled file, the splits are its draws made with numpy)
     code = (
-        "import sys\n"
+        "import atexit, sys\n"
         f"sys.argv = ['tlexp', 'trainer.max_epochs=1', 'hydra.run.dir={tmp_path}/run', 'paths.cache_dir={tmp_path}/cache']\n"
+        # main() at the top level ends the process when done; exit handlers still run
+        "atexit.register(lambda: print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn')))\n"
         "from tlexp.cli import main\n"
         "main()\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn'))\n"
     )
     res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]

@@ -419,7 +419,16 @@ def _compose(overrides: list[str]) -> DictConfig:
 
 
 def inspect_main() -> None:
-    """``tlexp-inspect [overrides]``: the layer table (or ``inspect.format=json``)."""
+    """``tlexp-inspect [overrides]``: the layer table (or ``inspect.format=json``).
+
+    Called from a program's top level, it ends the process when done, as :func:`main` does
+    (Python's finalization of torch's modules would add about as long as importing torch)."""
+    if sys._getframe(1).f_globals.get("__name__") == "__main__":
+        _end_process(_inspect_main)
+    _inspect_main()
+
+
+def _inspect_main() -> None:
     argv = _default_recipe(sys.argv[1:])
     _refuse_shadowed(argv)
     _quiet_console()  # warnings (a Keras file's ignored training config, …) as one line each
