@@ -185,9 +185,11 @@ def test_gpu_pool_sweep_killed_outright_leaves_no_job_running(tmp_path: Path) ->
 @pytest.mark.slow
 def test_depth_sweep_on_gpu_pool_one_pass_failure_recorded_and_report(tmp_path: Path) -> None:
     sweep, cache = tmp_path / "sweep", tmp_path / "cache"
-    # 2 cuts x 3 lr; lr=-1 is refused by each job that gets it (one per cut)
+    # 2 cuts x 3 lr; lr=-1 is refused by each job that gets it (one per cut); the first two jobs,
+    # which start together, both complete (a 1-epoch job is shorter than a job's start and exit,
+    # so a job started when a failed one ends need not overlap the one still running)
     res = run_cli(["-m", "hydra/launcher=gpu_pool", "hydra.launcher.slots=2", "hydra.launcher.devices=[]",
-                   "freeze.up_to=pool2,flatten", "finetune.lr=0.01,-1,0.003", "trainer.max_epochs=1",
+                   "freeze.up_to=pool2,flatten", "finetune.lr=0.01,0.003,-1", "trainer.max_epochs=1",
                    "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep}", f"paths.cache_dir={cache}"],
                   cwd=tmp_path, timeout=900)
     # the sweep's exit status is the number of failed jobs; the others finished
@@ -220,6 +222,10 @@ def test_depth_sweep_on_gpu_pool_one_pass_failure_recorded_and_report(tmp_path: 
     group = plan["groups"][0]
     assert sorted(c["up_to"] for c in group["cuts"]) == ["flatten", "pool2"]
     assert group["passes"] == {"train": 1, "val": 1}
+    # one model prepared per cut: the jobs that differ from it only in finetune.lr share its key
+    by_num = {j["num"]: j for j in plan["jobs"]}
+    assert sum("planned_as" not in j for j in plan["jobs"]) == 2
+    assert all(by_num[j["planned_as"]]["key"] == j["key"] for j in plan["jobs"] if "planned_as" in j)
     # the report: every job, and a real PNG
     report = cli_here([str(sweep)], cwd=tmp_path, script="tlexp-report")
     assert report.returncode == 0, report.stderr

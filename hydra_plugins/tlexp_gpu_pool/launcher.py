@@ -353,10 +353,10 @@ class GpuPoolLauncher(Launcher):
                         self._finish(job)
                         running.remove(job)
                         self._write_summary(sweep_dir, summary)
-                # while jobs run: the configs of the jobs that take the next free slots, one at a time
-                ahead = next((j for j in pending[:len(slots)] if j.config is None), None)
-                if ahead is not None:
-                    self._compose(ahead)
+                # while jobs run: the next job's config, ready for the next free slot (one at a time:
+                # a composition delays noticing a finished job by its length)
+                if pending and pending[0].config is None:
+                    self._compose(pending[0])
                 else:
                     time.sleep(0.05)
         except BaseException:
