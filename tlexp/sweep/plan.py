@@ -2,7 +2,8 @@
 
 The sweep's overrides are expanded into its jobs (as Hydra's basic sweeper does), each job's
 model is prepared (source, surgery, freeze — no compute) and its cache key computed exactly as
-the job will compute it. Jobs with the same key share it; keys of nested cuts of the same
+the job will compute it (once for jobs that differ only in training settings, ``TRAINING_ONLY``:
+``planned_as`` names the job whose key they share). Jobs with the same key share it; keys of nested cuts of the same
 graph over the same data form a group, featurized in one pass over each split by its deepest
 prefix (:func:`tlexp.featurize.featurize_cuts`). Every job then finds its cut in the cache and
 stays an independent run. ``featurize_plan.json`` in the sweep folder records the keys, cuts and
@@ -28,6 +29,17 @@ __all__ = ["expand_grid", "make_plan", "PLAN_FILE"]
 log = logging.getLogger(__name__)
 
 PLAN_FILE = "featurize_plan.json"
+
+#: overrides that change nothing a featurization depends on (the prefix, its inputs, the dtype,
+#: the device): jobs that differ only in these have the same key, so the plan prepares one of them
+#: and the others share it (a job still computes its own key when it runs: a wrong guess here
+#: would cost a cache miss, never a wrong feature)
+TRAINING_ONLY = frozenset({"finetune.lr", "finetune.weight_decay", "finetune.momentum", "trainer.max_epochs",
+                           "trainer.enable_progress_bar", "logger", "print_table", "optimized_metric"})
+
+
+def _featurize_signature(overrides: Sequence[str]) -> tuple[str, ...]:
+    return tuple(sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in TRAINING_ONLY))
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
@@ -77,9 +89,16 @@ def make_plan(config: DictConfig, sweep_dir: str | Path, execute: bool = True) -
     config_name = str(config.hydra.job.config_name)
     jobs: list[dict[str, Any]] = []
     prepared: dict[int, Any] = {}
+    planned_as: dict[tuple[str, ...], int] = {}  # a signature's first prepared job
     for num, overrides in enumerate(grid):
         job: dict[str, Any] = {"num": num, "overrides": overrides}
         jobs.append(job)
+        signature = _featurize_signature(overrides)
+        twin = planned_as.get(signature)
+        if twin is not None:
+            job.update({k: jobs[twin][k] for k in ("key", "up_to", "cut_size", "boundary")}, planned_as=twin)
+            prepared[num] = prepared[twin]
+            continue
         try:
             cfg = typed_config(_compose(config_name, overrides))  # the job's config, as its run reads it
             if cfg.freeze.mode != "featurize" or cfg.freeze.up_to is None:
@@ -108,6 +127,7 @@ def make_plan(config: DictConfig, sweep_dir: str | Path, execute: bool = True) -
                           "device": str(device), "batch_size": int(cfg.featurize.batch_size),
                           "cache_dir": str(cfg.paths.cache_dir)}, sort_keys=True, default=str)
         prepared[num] = (cfg, p, featurize_setting, device, autocast)
+        planned_as[signature] = num
 
     # groups: a leader (deepest cut) and the keys of its nested shallower cuts over the same data
     groups: list[dict[str, Any]] = []
