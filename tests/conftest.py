@@ -68,7 +68,8 @@ def cli_here(args: list[str], cwd: Path, script: str = "tlexp", env: dict[str, s
     environment read at import) use ``run_cli``.
 
     Afterwards the process is as before: argv, folder, environment, the root logger's handlers
-    (Hydra's job logging replaces them) and Hydra's global state. Hydra configures logging with
+    (Hydra's job logging replaces them) and Hydra's global state (its config search and the job's
+    ``HydraConfig``, which a run leaves set). Hydra configures logging with
     ``logging.config.dictConfig``, which closes every handler of the process — in a user's
     process nothing else is there, here it would close pytest's capture file through the handlers
     that absl (imported with keras) made on it: during the call, those are flushed, not closed."""
@@ -79,6 +80,7 @@ def cli_here(args: list[str], cwd: Path, script: str = "tlexp", env: dict[str, s
     import warnings
 
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
 
     from tlexp import cli
 
@@ -88,6 +90,7 @@ def cli_here(args: list[str], cwd: Path, script: str = "tlexp", env: dict[str, s
     saved_argv, saved_cwd, saved_env = sys.argv, os.getcwd(), dict(os.environ)
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
+    saved_job = HydraConfig.instance().cfg
     real_shutdown = logging.shutdown
 
     def flush_only(handler_list: list[Any] | None = None) -> None:
@@ -128,4 +131,5 @@ def cli_here(args: list[str], cwd: Path, script: str = "tlexp", env: dict[str, s
         root.handlers[:] = saved_handlers
         root.setLevel(saved_level)
         GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = saved_job
     return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
