@@ -47,10 +47,10 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _tlexp(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def _tlexp(args: list[str], cwd: Path, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-c", "import sys; sys.argv[0] = 'tlexp'; from tlexp.cli import main; main()", *args]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "PYTHONWARNINGS": "ignore"}
+           "PYTHONWARNINGS": "ignore", **(extra_env or {})}
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
 
 
@@ -97,11 +97,20 @@ def sweep_times(sweep: Path, t_start: float, t_end: float) -> dict[str, float]:
 def bench_a(work: Path, epochs: int, gpu: bool, per_class_train: int | None) -> list[list[str]]:
     rows = []
     base: dict[str, float] = {}
-    for name, args in sweep_overrides(epochs, gpu, per_class_train):
+    runs: list[tuple[str, list[str], dict[str, str]]] = [(name, args, {}) for name, args in
+                                                        sweep_overrides(epochs, gpu, per_class_train)]
+    if not gpu:
+        # The pool gives each of its 2 jobs cores / 2 = 1 torch thread; the basic launcher's one job
+        # at a time uses both cores. On these small layers one thread is faster than two, so a
+        # third row runs the basic launcher at 1 thread too: pool vs that row is what running jobs
+        # side by side alone buys.
+        basic_name, basic_args = sweep_overrides(epochs, gpu, per_class_train)[0]
+        runs.append((f"{basic_name}, 1 torch thread", basic_args, {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}))
+    for name, args, extra_env in runs:
         sweep, cache = work / f"a_{len(rows)}", work / f"a_cache_{len(rows)}"
         load = os.getloadavg()[0]
         t_start, t0 = time.time(), time.perf_counter()
-        res = _tlexp(["-m", *args, f"hydra.sweep.dir={sweep}", f"paths.cache_dir={cache}"], work)
+        res = _tlexp(["-m", *args, f"hydra.sweep.dir={sweep}", f"paths.cache_dir={cache}"], work, extra_env)
         wall = time.perf_counter() - t0
         t_end = t_start + wall
         jobs = len([m for m in sweep.glob("*/metrics.json") if json.loads(m.read_text()).get("status") == "completed"])
