@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import tlexp
-from tests.conftest import REPO, cli_here
+from tests.conftest import REPO, cli_here, run_cli
 from tlexp.data.tabular import synthetic_churn, write_csv
 
 
@@ -214,14 +214,35 @@ def test_a_users_own_config_folder_adds_experiments(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(__import__("importlib").util.find_spec("tensorboard") is not None, reason="tensorboard is installed")
-def test_missing_logger_package_is_one_line_before_any_compute(tmp_path: Path) -> None:
+def test_missing_logger_package_is_one_line_before_any_compute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the test extra installs tensorboard; Lightning decides from these two flags that neither
+    # tensorboard nor tensorboardX is installed, as on a machine without them
+    monkeypatch.setattr("lightning_fabric.loggers.tensorboard._TENSORBOARD_AVAILABLE", False)
+    monkeypatch.setattr("lightning_fabric.loggers.tensorboard._TENSORBOARDX_AVAILABLE", False)
     run_dir = tmp_path / "run"
     res = cli_here(["logger=tensorboard", f"hydra.run.dir={run_dir}", f"paths.cache_dir={tmp_path / 'cache'}"], cwd=tmp_path)
     line = _one_error_line(res)
     assert "logger: cannot create pytorch_lightning.loggers.TensorBoardLogger (Neither `tensorboard`" in line
     _no_run_or_marked_failed(run_dir, line)
     assert not list((tmp_path / "cache").glob("*.h5"))
+
+
+@pytest.mark.slow
+def test_tensorboard_logger_writes_every_epochs_scalars(tmp_path: Path) -> None:
+    # a real process: the console script ends without Python's finalization, so the event file
+    # must be complete by then (the writer is flushed and closed when the run ends)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = tmp_path / "run"
+    res = run_cli(["logger=tensorboard", "trainer.max_epochs=3", "~callbacks.early_stopping", "print_table=false",
+                   f"hydra.run.dir={run_dir}", f"paths.cache_dir={tmp_path / 'cache'}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    (events,) = run_dir.glob("tensorboard/**/events.out.tfevents.*")
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    val = acc.Scalars("val/accuracy")
+    assert [e.step for e in val] == sorted({e.step for e in val}) and len(val) == 3
+    assert 0.0 <= val[-1].value <= 1.0 and len(acc.Scalars("train/loss")) == 3
 
 
 # A program whose top level calls tlexp's main(), as the console script does; it records what
