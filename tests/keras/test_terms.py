@@ -29,22 +29,28 @@ def _model(K):
     return m
 
 
-def test_penalties_equal_keras_losses_and_constraints_project_alike(tmp_path) -> None:
-    K = keras()
+def _penalty_parity(model, x: np.ndarray, path):
+    """Keras's ``model.losses`` after a call on ``x`` against tlexp's penalty of the same model
+    saved to ``path`` and imported with its terms enforced; the imported graph and its terms."""
     from tlexp.sources.keras import KerasTerms, load_keras
 
-    model = _model(K)
-    xs = inputs((6, 5, 2), seed=4)
-    model(xs[0])  # Keras records the activity penalty of this call
+    model(x)  # Keras records the activity penalty of this call
     want = float(sum(float(v) for v in model.losses))
-    model.save(tmp_path / "m.keras")
-    graph = load_keras(tmp_path / "m.keras", enforce_training_config=True, input_layout="channels_last")
+    model.save(path)
+    graph = load_keras(path, enforce_training_config=True, input_layout="channels_last")
     terms = KerasTerms(graph.meta["training_terms"])
     terms.attach(graph)
     graph.eval()
-    graph(torch.from_numpy(xs[0]))
+    graph(torch.from_numpy(x))
     got = float(terms.penalty(graph))
     assert abs(got - want) <= 1e-5 * max(1.0, abs(want)), (got, want)
+    return graph, terms
+
+
+def test_penalties_equal_keras_losses_and_constraints_project_alike(tmp_path) -> None:
+    K = keras()
+    model = _model(K)
+    graph, terms = _penalty_parity(model, inputs((6, 5, 2), seed=4)[0], tmp_path / "m.keras")
 
     # constraints: tlexp's projection of the imported weights equals Keras's of the same weights
     terms.after_step(graph)
@@ -117,8 +123,6 @@ def test_shared_layer_and_conv_lstm_penalties_equal_keras_losses(tmp_path) -> No
     """A Dense applied twice: its weight penalty counts once, its activity penalty once per call
     (as in Keras's model.losses); ConvLSTM2D's kernel, recurrent and bias regularizers."""
     K = keras()
-    from tlexp.sources.keras import KerasTerms, load_keras
-
     L, R = K.layers, K.regularizers
     v = K.Input((3, 5, 5, 2), name="video")
     y = L.ConvLSTM2D(2, 3, kernel_regularizer=R.L2(0.01), recurrent_regularizer=R.L1(0.02),
@@ -129,14 +133,4 @@ def test_shared_layer_and_conv_lstm_penalties_equal_keras_losses(tmp_path) -> No
     model = K.Model(v, shared(L.Activation("tanh", name="tanh")(shared(h))))
     model.compile(optimizer=K.optimizers.SGD(0.1), loss="categorical_crossentropy")
     randomize(model, 22)
-    xs = inputs((3, 5, 5, 2), seed=5)
-    model(xs[0])
-    want = float(sum(float(t) for t in model.losses))
-    model.save(tmp_path / "s.keras")
-    graph = load_keras(tmp_path / "s.keras", enforce_training_config=True, input_layout="channels_last")
-    terms = KerasTerms(graph.meta["training_terms"])
-    terms.attach(graph)
-    graph.eval()
-    graph(torch.from_numpy(xs[0]))
-    got = float(terms.penalty(graph))
-    assert abs(got - want) <= 1e-5 * max(1.0, abs(want)), (got, want)
+    _penalty_parity(model, inputs((3, 5, 5, 2), seed=5)[0], tmp_path / "s.keras")
